@@ -1,0 +1,145 @@
+//! The proxy-wasm glue: the only code that touches the host.
+//!
+//! One module, two roles, chosen by the plugin's `root_id`:
+//! - `upsync_poller`: polls the registries and publishes snapshots
+//!   (on Envoy: an `envoy.bootstrap.wasm` service with `singleton: true`);
+//! - `upsync_eds`: answers REST EDS and the status endpoint from the
+//!   snapshots (on Envoy: an HTTP filter on a loopback listener).
+//!
+//! Only `proxy_wasm::hostcalls` are used, and every `Result` is handled:
+//! many of the SDK's trait helpers unwrap and would trap the VM.
+
+mod logger;
+mod poller;
+mod server;
+mod store;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+use std::time::{Duration, UNIX_EPOCH};
+
+pub const POLLER_ROOT_ID: &str = "upsync_poller";
+pub const SERVER_ROOT_ID: &str = "upsync_eds";
+
+proxy_wasm::main! {{
+    logger::install();
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Milliseconds since the Unix epoch, as the host tells it (0 if it cannot).
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn plugin_configuration(size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            log::error!("cannot read the plugin configuration: {e:?}");
+            Vec::new()
+        }
+    }
+}
+
+fn root_id() -> Option<String> {
+    match hostcalls::get_property(vec!["plugin_root_id"]) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+enum Role {
+    #[default]
+    Unconfigured,
+    Poller(Box<poller::Poller>),
+    Server,
+}
+
+#[derive(Default)]
+struct Root {
+    role: Role,
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Role::Poller(p) = &mut self.role {
+            p.on_http_call_response(token, num_headers, body_size);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let config = plugin_configuration(plugin_configuration_size);
+        let root = root_id().unwrap_or_default();
+        match root.as_str() {
+            POLLER_ROOT_ID => match poller::Poller::configure(&config) {
+                Ok(p) => {
+                    // Only arm the tick here: on_configure also runs in Envoy's
+                    // throwaway validation VM, where nothing else may happen.
+                    if let Err(e) =
+                        hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS))
+                    {
+                        log::error!("upsync: cannot set the tick period: {e:?}");
+                        return false;
+                    }
+                    self.role = Role::Poller(Box::new(p));
+                    true
+                }
+                Err(e) => {
+                    log::error!("upsync: invalid configuration: {e}");
+                    false
+                }
+            },
+            SERVER_ROOT_ID => match crate::sansio::config::parse_server_config(&config) {
+                Ok(()) => {
+                    self.role = Role::Server;
+                    true
+                }
+                Err(e) => {
+                    log::error!(
+                        "upsync: invalid configuration for root_id {SERVER_ROOT_ID:?}: {e}"
+                    );
+                    false
+                }
+            },
+            other => {
+                log::error!(
+                    "upsync: root_id {other:?} is not one of {POLLER_ROOT_ID:?} (registry poller) or {SERVER_ROOT_ID:?} (EDS and status server)"
+                );
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Role::Poller(p) = &mut self.role {
+            p.on_tick();
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Always a context: the SDK panics on None. Outside the server role
+        // it lets every request through untouched.
+        Some(Box::new(server::ServerStream::new(matches!(
+            self.role,
+            Role::Server
+        ))))
+    }
+}

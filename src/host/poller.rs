@@ -1,0 +1,200 @@
+//! The registry poller: turns ticks and call responses into core events,
+//! dispatches the calls the core asks for, publishes what it decides.
+
+use super::store::HostStore;
+use super::{logger, now_ms};
+use crate::sansio::config::{ConfigError, PluginConfig, RegistryConfig};
+use crate::sansio::etcd_v3::EtcdV3Adapter;
+use crate::sansio::request::HttpResponse;
+use crate::sansio::snapshot::{self, PublishOutcome};
+use crate::sansio::status::{self, StatusRecord};
+use crate::sansio::sync::{SyncConfig, SyncState, Update};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Tick period. The core decides what is due; the tick only bounds how
+/// late a due poll can start.
+pub const TICK_MS: u64 = 50;
+
+struct Upstream {
+    registry: RegistryConfig,
+    sync: SyncState,
+}
+
+pub struct Poller {
+    upstreams: Vec<Upstream>,
+    /// Host call token → (upstream index, core request id).
+    calls: HashMap<u32, (usize, u64)>,
+    index_written: bool,
+}
+
+impl Poller {
+    pub fn configure(bytes: &[u8]) -> Result<Poller, ConfigError> {
+        let config = PluginConfig::parse(bytes)?;
+        logger::set_level(config.log_level);
+        let seed = now_ms();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .zip(0u64..)
+            .map(|(u, i)| Upstream {
+                registry: u.registry.clone(),
+                sync: SyncState::new(
+                    SyncConfig::from(u),
+                    EtcdV3Adapter::new(&u.registry.prefix),
+                    seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
+            })
+            .collect();
+        log::info!(
+            "upsync: poller configured with {} upstream(s)",
+            config.upstreams.len()
+        );
+        Ok(Poller {
+            upstreams,
+            calls: HashMap::new(),
+            index_written: false,
+        })
+    }
+
+    pub fn on_tick(&mut self) {
+        let now = now_ms();
+        if !self.index_written {
+            let names: Vec<String> = self
+                .upstreams
+                .iter()
+                .map(|u| u.sync.name().to_string())
+                .collect();
+            match status::write_index(&mut HostStore, &names) {
+                Ok(()) => self.index_written = true,
+                Err(e) => log::warn!("upsync: cannot write the upstream index: {e}"),
+            }
+        }
+        for i in 0..self.upstreams.len() {
+            if let Some(u) = self.upstreams.get_mut(i) {
+                u.sync.handle_timeout(now);
+            }
+            self.drive(i, now);
+        }
+    }
+
+    pub fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize) {
+        let Some((i, id)) = self.calls.remove(&token) else {
+            log::debug!("upsync: answer for unknown call {token} ignored");
+            return;
+        };
+        let now = now_ms();
+        let Some(u) = self.upstreams.get_mut(i) else {
+            return;
+        };
+        // The whole-map getter: a response cut after its headers arrives
+        // with no headers, where single-header getters misbehave.
+        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| v.parse::<u16>().ok());
+        let body = if body_size > 0 && body_size <= u.sync.max_body_bytes() {
+            match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
+                Ok(Some(b)) => b,
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    log::warn!(
+                        "upstream {}: cannot read the registry answer: {e:?}",
+                        u.sync.name()
+                    );
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        u.sync.handle_response(
+            now,
+            id,
+            HttpResponse {
+                status,
+                body: &body,
+                body_size,
+            },
+        );
+        self.drive(i, now);
+    }
+
+    /// Drains the core's actions for upstream `i`.
+    fn drive(&mut self, i: usize, now: u64) {
+        let Some(u) = self.upstreams.get_mut(i) else {
+            return;
+        };
+        while let Some(out) = u.sync.poll_request(now) {
+            let mut headers: Vec<(&str, &str)> = vec![
+                (":method", out.request.method),
+                (":path", out.request.path.as_str()),
+                (":authority", u.registry.authority.as_str()),
+            ];
+            headers.extend(out.request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+            let sent = hostcalls::dispatch_http_call(
+                &u.registry.target,
+                headers,
+                Some(&out.request.body),
+                vec![],
+                Duration::from_millis(out.timeout_ms),
+            );
+            match sent {
+                Ok(token) => {
+                    self.calls.insert(token, (i, out.id));
+                }
+                Err(e) => u.sync.handle_dispatch_failed(
+                    now,
+                    out.id,
+                    &format!(
+                        "{e:?} (is {:?} a cluster the proxy knows?)",
+                        u.registry.target
+                    ),
+                ),
+            }
+        }
+        if let Some(update) = u.sync.poll_update() {
+            publish(u.sync.name(), &update);
+        }
+        if u.sync.take_stats_changed() {
+            let record = StatusRecord::of(&u.sync, &u.registry);
+            if let Err(e) = snapshot::put_json(&mut HostStore, &record.key, &record) {
+                log::warn!("upstream {}: cannot write status: {e}", u.sync.name());
+            }
+        }
+    }
+}
+
+fn publish(name: &str, update: &Update) {
+    let hostnames = update
+        .members
+        .iter()
+        .filter(|m| !m.addr.host.is_ip())
+        .count();
+    if hostnames > 0 {
+        log::warn!("upstream {name}: {hostnames} member(s) given by hostname; Envoy's EDS routes IP members only");
+    }
+    match snapshot::publish(&mut HostStore, name, update) {
+        Ok(PublishOutcome::Written { version }) => {
+            log::info!(
+                "upstream {name}: published version {version} ({} members, {})",
+                update.members.len(),
+                update.diff
+            )
+        }
+        Ok(PublishOutcome::Unchanged { version }) => {
+            log::debug!("upstream {name}: version {version} already current")
+        }
+        Ok(PublishOutcome::KeptStored { version }) => {
+            log::info!(
+                "upstream {name}: kept stored version {version} rather than the fallback list"
+            )
+        }
+        Err(e) => {
+            log::error!("upstream {name}: cannot publish: {e}; will retry on the next change")
+        }
+    }
+}

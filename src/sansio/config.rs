@@ -1,0 +1,539 @@
+//! The plugin configuration: one JSON schema for every host, validated field
+//! by field. Every error names the field (as a path such as
+//! `upstreams[0].registry.type`) and what is allowed.
+
+use super::member::{HostPort, Member, MemberAttrs};
+use serde_json::{Map, Value};
+
+/// A configuration error: which field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Path of the field, e.g. `upstreams[0].interval_ms`.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn err(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Log verbosity of the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// The poller's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    pub upstreams: Vec<UpstreamConfig>,
+    pub log_level: LogLevel,
+}
+
+/// Which registry API to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryType {
+    /// etcd v3 through its JSON gateway (`/v3/kv/range`).
+    EtcdV3,
+}
+
+impl RegistryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryType::EtcdV3 => "etcd_v3",
+        }
+    }
+}
+
+/// Where the members of one upstream are registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub kind: RegistryType,
+    /// The dispatch target: an Envoy cluster name.
+    pub target: String,
+    /// The `:authority` of registry requests.
+    pub authority: String,
+    /// Key prefix; members live at `<prefix><host:port>`.
+    pub prefix: String,
+}
+
+/// One upstream kept in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub registry: RegistryConfig,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_body_bytes: usize,
+    pub allow_empty: bool,
+    pub fallback: Vec<Member>,
+}
+
+pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+pub const MAX_UPSTREAMS: usize = 256;
+
+/// A JSON object being validated: remembers its path and refuses fields
+/// nobody asked for.
+struct Fields<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+    known: &'static [&'static str],
+}
+
+impl<'a> Fields<'a> {
+    fn new(
+        path: &str,
+        value: &'a Value,
+        known: &'static [&'static str],
+    ) -> Result<Self, ConfigError> {
+        let map = value
+            .as_object()
+            .ok_or_else(|| err(path, format!("must be an object, got {}", kind(value))))?;
+        if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(err(
+                &join(path, unknown),
+                format!("unknown field; allowed fields here: {}", known.join(", ")),
+            ));
+        }
+        Ok(Fields {
+            path: path.to_string(),
+            map,
+            known,
+        })
+    }
+
+    fn path(&self, name: &str) -> String {
+        debug_assert!(self.known.contains(&name));
+        join(&self.path, name)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    fn required(&self, name: &str) -> Result<&'a Value, ConfigError> {
+        self.get(name)
+            .ok_or_else(|| err(&self.path(name), "is required"))
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(err(
+                &self.path(name),
+                format!("must be a string, got {}", kind(other)),
+            )),
+        }
+    }
+
+    fn required_string(&self, name: &str) -> Result<&'a str, ConfigError> {
+        self.required(name)?;
+        let s = self.string(name)?.unwrap_or_default();
+        if s.is_empty() {
+            return Err(err(&self.path(name), "must not be empty"));
+        }
+        Ok(s)
+    }
+
+    fn uint(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        &self.path(name),
+                        format!("must be an integer in {min}..={max}, got {v}"),
+                    )
+                }),
+        }
+    }
+
+    fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(err(
+                &self.path(name),
+                format!("must be true or false, got {}", kind(other)),
+            )),
+        }
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl PluginConfig {
+    /// Parses and validates the poller configuration.
+    pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+        let root: Value = serde_json::from_slice(bytes)
+            .map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
+        let f = Fields::new("", &root, &["upstreams", "log_level"])?;
+        let log_level = match f.string("log_level")? {
+            None | Some("info") => LogLevel::Info,
+            Some("trace") => LogLevel::Trace,
+            Some("debug") => LogLevel::Debug,
+            Some("warn") => LogLevel::Warn,
+            Some("error") => LogLevel::Error,
+            Some(other) => {
+                return Err(err(
+                    "log_level",
+                    format!("must be one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", got {other:?}"),
+                ))
+            }
+        };
+        let list = f
+            .required("upstreams")?
+            .as_array()
+            .ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?;
+        if list.is_empty() || list.len() > MAX_UPSTREAMS {
+            return Err(err(
+                "upstreams",
+                format!(
+                    "must hold 1..={MAX_UPSTREAMS} upstreams, got {}",
+                    list.len()
+                ),
+            ));
+        }
+        let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(list.len());
+        for (i, v) in list.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            let up = UpstreamConfig::parse(&path, v)?;
+            if upstreams.iter().any(|u| u.name == up.name) {
+                return Err(err(
+                    &format!("{path}.name"),
+                    format!("{:?} is used by an earlier upstream", up.name),
+                ));
+            }
+            upstreams.push(up);
+        }
+        Ok(PluginConfig {
+            upstreams,
+            log_level,
+        })
+    }
+}
+
+impl UpstreamConfig {
+    fn parse(path: &str, v: &Value) -> Result<UpstreamConfig, ConfigError> {
+        let f = Fields::new(
+            path,
+            v,
+            &[
+                "name",
+                "registry",
+                "interval_ms",
+                "timeout_ms",
+                "backoff_max_ms",
+                "max_body_bytes",
+                "allow_empty",
+                "fallback",
+            ],
+        )?;
+        let name = f.required_string("name")?;
+        let name_ok = name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !name_ok {
+            return Err(err(
+                &f.path("name"),
+                format!("must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name:?}"),
+            ));
+        }
+        let registry = RegistryConfig::parse(&f.path("registry"), f.required("registry")?)?;
+        let interval_ms = f.uint("interval_ms", DEFAULT_INTERVAL_MS, 10, 3_600_000)?;
+        let timeout_ms = f.uint("timeout_ms", DEFAULT_TIMEOUT_MS, 1, 600_000)?;
+        let backoff_max_ms = f.uint(
+            "backoff_max_ms",
+            DEFAULT_BACKOFF_MAX_MS.max(interval_ms),
+            10,
+            3_600_000,
+        )?;
+        if backoff_max_ms < interval_ms {
+            return Err(err(
+                &f.path("backoff_max_ms"),
+                format!("must be at least interval_ms ({interval_ms}), got {backoff_max_ms}"),
+            ));
+        }
+        let max_body_bytes = f.uint(
+            "max_body_bytes",
+            DEFAULT_MAX_BODY_BYTES,
+            1024,
+            256 * 1024 * 1024,
+        )?;
+        let allow_empty = f.bool("allow_empty", false)?;
+        let fallback = match f.get("fallback") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{}[{i}]", f.path("fallback"));
+                    let s = item
+                        .as_str()
+                        .ok_or_else(|| err(&item_path, "must be a \"host:port\" string"))?;
+                    let addr: HostPort = s
+                        .parse()
+                        .map_err(|e| err(&item_path, format!("{s:?}: {e}")))?;
+                    out.push(Member {
+                        addr,
+                        attrs: MemberAttrs::default(),
+                    });
+                }
+                out
+            }
+            Some(other) => {
+                return Err(err(
+                    &f.path("fallback"),
+                    format!(
+                        "must be an array of \"host:port\" strings, got {}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        Ok(UpstreamConfig {
+            name: name.to_string(),
+            registry,
+            interval_ms,
+            timeout_ms,
+            backoff_max_ms,
+            // Bounded to 256 MiB above, so this fits in usize on 32-bit wasm.
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            allow_empty,
+            fallback,
+        })
+    }
+}
+
+impl RegistryConfig {
+    fn parse(path: &str, v: &Value) -> Result<RegistryConfig, ConfigError> {
+        let f = Fields::new(path, v, &["type", "target", "authority", "prefix"])?;
+        let kind = match f.required_string("type")? {
+            "etcd_v3" => RegistryType::EtcdV3,
+            other => {
+                return Err(err(
+                    &f.path("type"),
+                    format!("must be one of \"etcd_v3\", got {other:?}"),
+                ))
+            }
+        };
+        let target = f.required_string("target")?;
+        let authority = f
+            .string("authority")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or(target);
+        let prefix = f.required_string("prefix")?;
+        if !prefix.ends_with('/') {
+            return Err(err(
+                &f.path("prefix"),
+                format!(
+                    "must end with '/' so that it cannot match a sibling prefix, got {prefix:?}"
+                ),
+            ));
+        }
+        Ok(RegistryConfig {
+            kind,
+            target: target.to_string(),
+            authority: authority.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+/// The configuration of the request-serving role (EDS and status): empty,
+/// or an empty JSON object. Anything else is refused so that a poller
+/// configuration given to the wrong role does not pass silently.
+pub fn parse_server_config(bytes: &[u8]) -> Result<(), ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let root: Value = serde_json::from_slice(bytes)
+        .map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
+    Fields::new("", &root, &[]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use crate::sansio::test_prelude::*;
+
+    use super::*;
+
+    const MINIMAL: &str = r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"etcd","prefix":"/upstreams/web/"}}]}"#;
+
+    fn error_of(json: &str) -> ConfigError {
+        PluginConfig::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = PluginConfig::parse(MINIMAL.as_bytes()).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.name, "web");
+        assert_eq!(u.registry.kind, RegistryType::EtcdV3);
+        assert_eq!(u.registry.authority, "etcd");
+        assert_eq!(u.interval_ms, 1000);
+        assert_eq!(u.timeout_ms, 3000);
+        assert_eq!(u.backoff_max_ms, 10000);
+        assert_eq!(u.max_body_bytes, 8 * 1024 * 1024);
+        assert!(!u.allow_empty);
+        assert!(u.fallback.is_empty());
+        assert_eq!(c.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn full_config_is_read() {
+        let c = PluginConfig::parse(
+            br#"{"log_level":"debug","upstreams":[{"name":"api-1","registry":{"type":"etcd_v3","target":"etcd_cluster","authority":"etcd.internal:2379","prefix":"/u/api/"},
+            "interval_ms":200,"timeout_ms":500,"backoff_max_ms":2000,"max_body_bytes":4096,"allow_empty":true,"fallback":["127.0.0.1:9001","[::1]:9002"]}]}"#,
+        )
+        .unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.registry.authority, "etcd.internal:2379");
+        assert_eq!(
+            (
+                u.interval_ms,
+                u.timeout_ms,
+                u.backoff_max_ms,
+                u.max_body_bytes
+            ),
+            (200, 500, 2000, 4096)
+        );
+        assert!(u.allow_empty);
+        assert_eq!(u.fallback.len(), 2);
+        assert_eq!(c.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_what_is_allowed() {
+        let cases = [
+            ("not json", "(configuration)"),
+            ("[]", ""),
+            (r#"{}"#, "upstreams"),
+            (r#"{"upstreams":[]}"#, "upstreams"),
+            (r#"{"upstreams":[],"extra":1}"#, "extra"),
+            (r#"{"upstreams":[{"registry":{}}]}"#, "upstreams[0].name"),
+            (
+                r#"{"upstreams":[{"name":"a b","registry":{}}]}"#,
+                "upstreams[0].name",
+            ),
+            (r#"{"upstreams":[{"name":"web"}]}"#, "upstreams[0].registry"),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"consul","target":"x","prefix":"/p/"}}]}"#,
+                "upstreams[0].registry.type",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"","prefix":"/p/"}}]}"#,
+                "upstreams[0].registry.target",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p"}}]}"#,
+                "upstreams[0].registry.prefix",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/","tls":true}}]}"#,
+                "upstreams[0].registry.tls",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"interval_ms":0}]}"#,
+                "upstreams[0].interval_ms",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"timeout_ms":0}]}"#,
+                "upstreams[0].timeout_ms",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"timeout_ms":"5"}]}"#,
+                "upstreams[0].timeout_ms",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"interval_ms":5000,"backoff_max_ms":1000}]}"#,
+                "upstreams[0].backoff_max_ms",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"allow_empty":1}]}"#,
+                "upstreams[0].allow_empty",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"fallback":["1.2.3.4"]}]}"#,
+                "upstreams[0].fallback[0]",
+            ),
+            (
+                r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/p/"},"fallback":"1.2.3.4:80"}]}"#,
+                "upstreams[0].fallback",
+            ),
+            (r#"{"log_level":"loud","upstreams":[]}"#, "log_level"),
+        ];
+        for (json, field) in cases {
+            let e = error_of(json);
+            assert_eq!(e.field, field, "for {json}: {e}");
+            assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let e = error_of(
+            r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/a/"}},{"name":"web","registry":{"type":"etcd_v3","target":"e","prefix":"/b/"}}]}"#,
+        );
+        assert_eq!(e.field, "upstreams[1].name");
+        assert!(e.to_string().contains("earlier upstream"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_error_lists_the_allowed_ones() {
+        let e = error_of(
+            r#"{"upstreams":[{"name":"web","interval":5,"registry":{"type":"etcd_v3","target":"e","prefix":"/p/"}}]}"#,
+        );
+        assert_eq!(e.field, "upstreams[0].interval");
+        assert!(e.message.contains("interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn server_config_is_empty_or_an_empty_object() {
+        assert!(parse_server_config(b"").is_ok());
+        assert!(parse_server_config(b" {} ").is_ok());
+        assert_eq!(
+            parse_server_config(MINIMAL.as_bytes()).unwrap_err().field,
+            "upstreams"
+        );
+        assert!(parse_server_config(b"nope").is_err());
+    }
+}

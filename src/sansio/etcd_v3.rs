@@ -1,0 +1,438 @@
+//! etcd v3 over its JSON gateway (`POST /v3/kv/range`).
+//!
+//! The gateway speaks proto3 JSON: keys and values are base64, int64 fields
+//! are strings, and zero values (an empty `kvs`, `count: 0`) are left out.
+//!
+//! Change detection without a full read: `header.revision` is cluster-wide
+//! and moves on unrelated writes, so it cannot tell whether *our* prefix
+//! changed. Instead a probe asks for one key, keys only, sorted by
+//! `mod_revision` descending. Its answer carries the total `count` under the
+//! prefix and the highest `mod_revision`: any put under the prefix raises the
+//! latter, and a delete without a put lowers the former. Equal cursor, equal
+//! contents.
+
+use super::base64;
+use super::member::{parse_upsync_value, HostPort, Member};
+use super::member_set::MemberSet;
+use super::request::{AdapterError, HttpRequest};
+use serde_json::{json, Value};
+
+/// What a range answer says about the prefix as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeCursor {
+    pub count: u64,
+    pub max_mod_revision: i64,
+}
+
+/// A registry entry that was skipped or repaired, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryProblem {
+    pub key: String,
+    pub problem: String,
+    /// The entry was dropped (not just given default attributes).
+    pub skipped: bool,
+}
+
+/// The result of a full read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResult {
+    pub members: MemberSet,
+    pub cursor: RangeCursor,
+    pub problems: Vec<EntryProblem>,
+}
+
+/// Builds etcd v3 requests for one prefix and reads their answers.
+#[derive(Debug, Clone)]
+pub struct EtcdV3Adapter {
+    prefix: String,
+    key_b64: String,
+    range_end_b64: String,
+}
+
+/// The smallest key greater than every key that starts with `prefix`
+/// (etcd's `GetPrefixRangeEnd`).
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): the range runs to the end of the keyspace.
+    vec![0]
+}
+
+impl EtcdV3Adapter {
+    pub fn new(prefix: &str) -> Self {
+        EtcdV3Adapter {
+            prefix: prefix.to_string(),
+            key_b64: base64::encode(prefix.as_bytes()),
+            range_end_b64: base64::encode(&prefix_range_end(prefix.as_bytes())),
+        }
+    }
+
+    fn range(&self, body: Value) -> HttpRequest {
+        HttpRequest {
+            method: "POST",
+            path: "/v3/kv/range".to_string(),
+            headers: vec![("content-type", "application/json".to_string())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// The cheap "did anything change?" request.
+    pub fn probe_request(&self) -> HttpRequest {
+        self.range(json!({
+            "key": self.key_b64,
+            "range_end": self.range_end_b64,
+            "limit": "1",
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+            "keys_only": true,
+        }))
+    }
+
+    /// The full read of every key and value under the prefix.
+    pub fn fetch_request(&self) -> HttpRequest {
+        self.range(json!({ "key": self.key_b64, "range_end": self.range_end_b64 }))
+    }
+
+    pub fn parse_probe(&self, body: &[u8]) -> Result<RangeCursor, AdapterError> {
+        let root = parse_root(body)?;
+        let count = int64(root.get("count"), "count")?;
+        let mut max_mod_revision = 0;
+        for kv in kvs(&root)? {
+            max_mod_revision =
+                max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
+        }
+        Ok(RangeCursor {
+            count: u64::try_from(count).unwrap_or(0),
+            max_mod_revision,
+        })
+    }
+
+    pub fn parse_fetch(&self, body: &[u8]) -> Result<FetchResult, AdapterError> {
+        let root = parse_root(body)?;
+        if root.get("more").and_then(Value::as_bool) == Some(true) {
+            return Err(AdapterError::BadShape(
+                "range answer is truncated (\"more\": true)".into(),
+            ));
+        }
+        let mut problems = Vec::new();
+        let mut members = Vec::new();
+        let mut max_mod_revision = 0;
+        let list = kvs(&root)?;
+        for kv in list {
+            max_mod_revision =
+                max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
+            let key_bytes = b64_field(kv, "key")?;
+            let value = b64_field(kv, "value")?;
+            let key = String::from_utf8_lossy(&key_bytes).into_owned();
+            let mut problem = |problem: String, skipped: bool| {
+                problems.push(EntryProblem {
+                    key: key.clone(),
+                    problem,
+                    skipped,
+                });
+            };
+            let Some(addr_text) = member_segment(&self.prefix, &key) else {
+                problem("key has no host:port segment after the prefix".into(), true);
+                continue;
+            };
+            let addr: HostPort = match addr_text.parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    problem(
+                        format!("key segment {addr_text:?} is not host:port: {e}"),
+                        true,
+                    );
+                    continue;
+                }
+            };
+            let (attrs, value_problems) = parse_upsync_value(&value);
+            for p in value_problems {
+                problem(p.to_string(), false);
+            }
+            members.push(Member { addr, attrs });
+        }
+        let (members, duplicates) = MemberSet::from_members(members);
+        for d in duplicates {
+            problems.push(EntryProblem {
+                key: d.to_string(),
+                problem: "address listed under more than one key; the first key wins".into(),
+                skipped: true,
+            });
+        }
+        let count = u64::try_from(list.len()).unwrap_or(u64::MAX);
+        Ok(FetchResult {
+            members,
+            cursor: RangeCursor {
+                count,
+                max_mod_revision,
+            },
+            problems,
+        })
+    }
+}
+
+/// The `host:port` part of a member key: the last path segment after the prefix.
+fn member_segment<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
+    let rest = key.strip_prefix(prefix)?;
+    rest.rsplit('/').next().filter(|s| !s.is_empty())
+}
+
+fn parse_root(body: &[u8]) -> Result<Value, AdapterError> {
+    let root: Value =
+        serde_json::from_slice(body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+    if !root.is_object() {
+        return Err(AdapterError::BadShape("top level is not an object".into()));
+    }
+    if let Some(e) = root.get("error").or_else(|| root.get("message")) {
+        return Err(AdapterError::Registry(
+            e.as_str().unwrap_or("(no message)").to_string(),
+        ));
+    }
+    if root.get("header").is_none() {
+        return Err(AdapterError::BadShape(
+            "no \"header\": not an etcd range answer".into(),
+        ));
+    }
+    Ok(root)
+}
+
+fn kvs(root: &Value) -> Result<&[Value], AdapterError> {
+    match root.get("kvs") {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(list)) => Ok(list),
+        Some(_) => Err(AdapterError::BadShape("\"kvs\" is not an array".into())),
+    }
+}
+
+/// proto3 JSON int64: a string, a number, or absent for zero.
+fn int64(v: Option<&Value>, what: &str) -> Result<i64, AdapterError> {
+    match v {
+        None | Some(Value::Null) => Some(0),
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        Some(_) => None,
+    }
+    .ok_or_else(|| AdapterError::BadShape(format!("{what} is not an int64")))
+}
+
+/// proto3 JSON bytes: base64, absent for empty.
+fn b64_field(kv: &Value, name: &str) -> Result<Vec<u8>, AdapterError> {
+    match kv.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => {
+            base64::decode(s).map_err(|e| AdapterError::BadShape(format!("kvs[].{name}: {e}")))
+        }
+        Some(_) => Err(AdapterError::BadShape(format!(
+            "kvs[].{name} is not a string"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use crate::sansio::test_prelude::*;
+
+    use super::*;
+    use crate::sansio::member::MemberAttrs;
+
+    fn kv(key: &str, value: &str, mod_rev: i64) -> Value {
+        json!({
+            "key": base64::encode(key.as_bytes()),
+            "create_revision": "2",
+            "mod_revision": mod_rev.to_string(),
+            "version": "1",
+            "value": base64::encode(value.as_bytes()),
+        })
+    }
+
+    fn answer(kvs: Vec<Value>, count: u64) -> Vec<u8> {
+        json!({
+            "header": {"cluster_id": "14841639068965178418", "member_id": "10276657743932975437", "revision": "99", "raft_term": "2"},
+            "kvs": kvs,
+            "count": count.to_string(),
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn range_end_follows_etcd() {
+        assert_eq!(prefix_range_end(b"/upstreams/web/"), b"/upstreams/web0");
+        assert_eq!(prefix_range_end(b"a\xff"), b"b");
+        assert_eq!(prefix_range_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_range_end(b""), b"\0");
+    }
+
+    #[test]
+    fn requests_carry_base64_keys() {
+        let a = EtcdV3Adapter::new("/upstreams/web/");
+        let probe: Value = serde_json::from_slice(&a.probe_request().body).unwrap();
+        assert_eq!(probe["key"], "L3Vwc3RyZWFtcy93ZWIv");
+        assert_eq!(probe["range_end"], base64::encode(b"/upstreams/web0"));
+        assert_eq!(probe["sort_target"], "MOD");
+        assert_eq!(probe["keys_only"], true);
+        let fetch = a.fetch_request();
+        assert_eq!(fetch.method, "POST");
+        assert_eq!(fetch.path, "/v3/kv/range");
+        let body: Value = serde_json::from_slice(&fetch.body).unwrap();
+        assert!(body.get("limit").is_none());
+    }
+
+    #[test]
+    fn parses_a_real_gateway_answer() {
+        // Captured from etcd 3.4.23: `POST /v3/kv/range` after two puts.
+        let body = br#"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"3","raft_term":"2"},"kvs":[{"key":"L3Vwc3RyZWFtcy93ZWIvMTI3LjAuMC4xOjkwMDE=","create_revision":"2","mod_revision":"2","version":"1","value":"eyJ3ZWlnaHQiOjEsIm1heF9mYWlscyI6MiwiZmFpbF90aW1lb3V0IjoxMCwiZG93biI6MCwiYmFja3VwIjowfQ=="},{"key":"L3Vwc3RyZWFtcy93ZWIvMTI3LjAuMC4xOjkwMDI=","create_revision":"3","mod_revision":"3","version":"1","value":"eyJ3ZWlnaHQiOjN9"}],"count":"2"}"#;
+        let r = EtcdV3Adapter::new("/upstreams/web/")
+            .parse_fetch(body)
+            .unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(
+            r.cursor,
+            RangeCursor {
+                count: 2,
+                max_mod_revision: 3
+            }
+        );
+        let members: Vec<_> = r
+            .members
+            .iter()
+            .map(|m| (m.addr.to_string(), m.attrs.weight))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("127.0.0.1:9001".to_string(), 1),
+                ("127.0.0.1:9002".to_string(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_prefix_answer_has_no_kvs_and_no_count() {
+        let body =
+            br#"{"header":{"cluster_id":"1","member_id":"2","revision":"7","raft_term":"2"}}"#;
+        let a = EtcdV3Adapter::new("/upstreams/web/");
+        let r = a.parse_fetch(body).unwrap();
+        assert!(r.members.is_empty());
+        assert_eq!(
+            r.cursor,
+            RangeCursor {
+                count: 0,
+                max_mod_revision: 0
+            }
+        );
+        assert_eq!(a.parse_probe(body).unwrap(), r.cursor);
+    }
+
+    #[test]
+    fn probe_reads_count_and_highest_revision() {
+        let body = answer(vec![kv("/upstreams/web/10.0.0.9:80", "", 41)], 17);
+        let c = EtcdV3Adapter::new("/upstreams/web/")
+            .parse_probe(&body)
+            .unwrap();
+        assert_eq!(
+            c,
+            RangeCursor {
+                count: 17,
+                max_mod_revision: 41
+            }
+        );
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_or_defaulted_and_reported() {
+        let body = answer(
+            vec![
+                kv("/upstreams/web/10.0.0.1:80", "not json", 5),
+                kv("/upstreams/web/nonsense", "{}", 6),
+                kv("/upstreams/web/10.0.0.2:99999", "{}", 7),
+                kv("/upstreams/web/sub/10.0.0.3:80", r#"{"weight":2}"#, 8),
+                kv("/upstreams/web/x/10.0.0.3:80", r#"{"weight":9}"#, 9),
+                kv("/upstreams/web/", "{}", 10),
+                kv("/upstreams/web/[::1]:8080", r#"{"backup":1}"#, 11),
+            ],
+            7,
+        );
+        let r = EtcdV3Adapter::new("/upstreams/web/")
+            .parse_fetch(&body)
+            .unwrap();
+        let addrs: Vec<_> = r.members.iter().map(|m| m.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80", "[::1]:8080"]);
+        assert_eq!(
+            r.members.get(&"10.0.0.1:80".parse().unwrap()),
+            Some(&MemberAttrs::default())
+        );
+        assert_eq!(
+            r.members
+                .get(&"10.0.0.3:80".parse().unwrap())
+                .unwrap()
+                .weight,
+            2
+        );
+        assert!(
+            r.members
+                .get(&"[::1]:8080".parse().unwrap())
+                .unwrap()
+                .backup
+        );
+        let skipped = r.problems.iter().filter(|p| p.skipped).count();
+        let repaired = r.problems.iter().filter(|p| !p.skipped).count();
+        assert_eq!((skipped, repaired), (4, 1), "{:#?}", r.problems);
+        assert_eq!(
+            r.cursor,
+            RangeCursor {
+                count: 7,
+                max_mod_revision: 11
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_and_errors_are_refused() {
+        let a = EtcdV3Adapter::new("/p/");
+        assert!(matches!(
+            a.parse_fetch(b"<html>"),
+            Err(AdapterError::NotJson(_))
+        ));
+        assert!(matches!(
+            a.parse_fetch(b"[]"),
+            Err(AdapterError::BadShape(_))
+        ));
+        assert!(matches!(
+            a.parse_fetch(b"{}"),
+            Err(AdapterError::BadShape(_))
+        ));
+        assert!(matches!(
+            a.parse_fetch(br#"{"error":"etcdserver: request timed out","code":14}"#),
+            Err(AdapterError::Registry(_))
+        ));
+        assert!(matches!(
+            a.parse_fetch(br#"{"header":{},"kvs":{}}"#),
+            Err(AdapterError::BadShape(_))
+        ));
+        assert!(matches!(
+            a.parse_fetch(br#"{"header":{},"kvs":[{"key":"***"}]}"#),
+            Err(AdapterError::BadShape(_))
+        ));
+        assert!(matches!(
+            a.parse_fetch(br#"{"header":{},"more":true}"#),
+            Err(AdapterError::BadShape(_))
+        ));
+        assert!(matches!(
+            a.parse_probe(br#"{"header":{},"count":"x"}"#),
+            Err(AdapterError::BadShape(_))
+        ));
+        // A body cut short is not JSON.
+        let full = answer(vec![kv("/p/10.0.0.1:80", "{}", 3)], 1);
+        assert!(matches!(
+            a.parse_fetch(&full[..full.len() / 2]),
+            Err(AdapterError::NotJson(_))
+        ));
+    }
+}

@@ -1,0 +1,17 @@
+//! The sans-IO core: everything that can be decided without a host.
+
+pub mod base64;
+pub mod config;
+pub mod eds;
+pub mod etcd_v3;
+pub mod member;
+pub mod member_set;
+pub mod request;
+pub mod rng;
+pub mod snapshot;
+pub mod status;
+pub mod store;
+pub mod sync;
+
+#[cfg(test)]
+mod test_prelude;

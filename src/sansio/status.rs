@@ -1,0 +1,330 @@
+//! What the proxy currently believes, per upstream: the successor of
+//! upsync's `upstream_show`. The poller writes a [`StatusRecord`] per
+//! upstream; the request-serving side joins it with the snapshot.
+
+use super::config::RegistryConfig;
+use super::snapshot::{self, index_key, status_key, MemberWire};
+use super::store::{SharedStore, StoreError};
+use super::sync::SyncState;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryWire {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    pub prefix: String,
+}
+
+impl From<&RegistryConfig> for RegistryWire {
+    fn from(r: &RegistryConfig) -> Self {
+        RegistryWire {
+            kind: r.kind.as_str().to_string(),
+            target: r.target.clone(),
+            prefix: r.prefix.clone(),
+        }
+    }
+}
+
+/// The poller's view of one upstream's sync, stored under its status key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub key: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub sync: SyncView,
+}
+
+/// The sync counters and outcomes shown by the status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncView {
+    pub registry: RegistryWire,
+    pub state: String,
+    pub syncs_ok: u64,
+    pub syncs_failed: u64,
+    pub updates_refused: u64,
+    pub updates_applied: u64,
+    pub bad_entries: u64,
+    pub consecutive_failures: u32,
+    pub last_sync_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+}
+
+impl StatusRecord {
+    pub fn of(sync: &SyncState, registry: &RegistryConfig) -> Self {
+        let s = sync.stats();
+        StatusRecord {
+            key: status_key(sync.name()),
+            name: sync.name().to_string(),
+            sync: SyncView {
+                registry: registry.into(),
+                state: sync.phase_name().to_string(),
+                syncs_ok: s.syncs_ok,
+                syncs_failed: s.syncs_failed,
+                updates_refused: s.updates_refused,
+                updates_applied: s.updates_applied,
+                bad_entries: s.bad_entries,
+                consecutive_failures: s.consecutive_failures,
+                last_sync_ms: s.last_sync_ms,
+                last_error: s.last_error.clone(),
+                last_error_ms: s.last_error_ms,
+            },
+        }
+    }
+
+    fn read(store: &dyn SharedStore, name: &str) -> Option<StatusRecord> {
+        let key = status_key(name);
+        let value = store.get(&key).ok()?.value?;
+        serde_json::from_slice::<StatusRecord>(&value)
+            .ok()
+            .filter(|r| r.key == key)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexWire {
+    key: String,
+    upstreams: Vec<String>,
+}
+
+/// Records which upstreams the poller serves.
+pub fn write_index(store: &mut dyn SharedStore, names: &[String]) -> Result<(), StoreError> {
+    let wire = IndexWire {
+        key: index_key(),
+        upstreams: names.to_vec(),
+    };
+    snapshot::put_json(store, &index_key(), &wire)
+}
+
+pub fn read_index(store: &dyn SharedStore) -> Vec<String> {
+    let key = index_key();
+    store
+        .get(&key)
+        .ok()
+        .and_then(|e| e.value)
+        .and_then(|v| serde_json::from_slice::<IndexWire>(&v).ok())
+        .filter(|w| w.key == key)
+        .map(|w| w.upstreams)
+        .unwrap_or_default()
+}
+
+/// An HTTP answer: status code and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonReply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The upstream named by `?upstream=NAME` in a request path, if any.
+pub fn upstream_filter(path: &str) -> Option<&str> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("upstream="))
+}
+
+/// Answers `GET /upsync/status[?upstream=NAME]`.
+pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>) -> JsonReply {
+    let names = read_index(store);
+    let selected: Vec<&String> = match filter {
+        Some(wanted) => {
+            let hit: Vec<&String> = names.iter().filter(|n| n.as_str() == wanted).collect();
+            if hit.is_empty() {
+                let body = json!({"error": "unknown upstream", "upstream": wanted, "known": names});
+                return JsonReply {
+                    status: 404,
+                    body: body.to_string(),
+                };
+            }
+            hit
+        }
+        None => names.iter().collect(),
+    };
+    let upstreams: Vec<UpstreamView<'_>> = selected
+        .into_iter()
+        .map(|name| upstream_view(store, name))
+        .collect();
+    JsonReply {
+        status: 200,
+        body: json!({ "upstreams": upstreams }).to_string(),
+    }
+}
+
+/// One upstream as the status endpoint shows it.
+#[derive(Serialize)]
+struct UpstreamView<'a> {
+    name: &'a str,
+    /// `null` until a snapshot exists.
+    version: Option<u64>,
+    /// "registry", "fallback", or "none" before anything was published.
+    source: &'static str,
+    members: Vec<MemberView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_error: Option<String>,
+    #[serde(flatten)]
+    sync: Option<SyncView>,
+}
+
+#[derive(Serialize)]
+struct MemberView {
+    address: String,
+    host: String,
+    port: u16,
+    weight: u32,
+    max_fails: u32,
+    fail_timeout: u32,
+    down: bool,
+    backup: bool,
+}
+
+fn upstream_view<'a>(store: &dyn SharedStore, name: &'a str) -> UpstreamView<'a> {
+    let (version, source, members, snapshot_error) = match snapshot::read(store, name) {
+        Ok(Some(s)) => (
+            Some(s.version),
+            s.source.as_str(),
+            s.members.iter().map(MemberWire::from).collect(),
+            None,
+        ),
+        Ok(None) => (None, "none", Vec::new(), None),
+        Err(e) => (None, "none", Vec::new(), Some(e.to_string())),
+    };
+    let members = members
+        .into_iter()
+        .map(|m: MemberWire| {
+            let (host, port) = split_address(&m.address);
+            MemberView {
+                address: m.address,
+                host,
+                port,
+                weight: m.weight,
+                max_fails: m.max_fails,
+                fail_timeout: m.fail_timeout,
+                down: m.down,
+                backup: m.backup,
+            }
+        })
+        .collect();
+    UpstreamView {
+        name,
+        version,
+        source,
+        members,
+        snapshot_error,
+        sync: StatusRecord::read(store, name).map(|r| r.sync),
+    }
+}
+
+fn split_address(address: &str) -> (String, u16) {
+    address
+        .parse::<super::member::HostPort>()
+        .map(|hp| (hp.host.bare(), hp.port))
+        .unwrap_or_else(|_| (address.to_string(), 0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use crate::sansio::test_prelude::*;
+
+    use super::*;
+    use crate::sansio::config::PluginConfig;
+    use crate::sansio::etcd_v3::EtcdV3Adapter;
+    use crate::sansio::member::{Member, MemberAttrs};
+    use crate::sansio::member_set::MemberSet;
+    use crate::sansio::request::HttpResponse;
+    use crate::sansio::store::{MemoryStore, StoreRules};
+    use crate::sansio::sync::{Source, SyncConfig, Update};
+    use serde_json::Value;
+
+    fn setup() -> MemoryStore {
+        let cfg = PluginConfig::parse(
+            br#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"etcd","prefix":"/u/web/"}},
+                              {"name":"api","registry":{"type":"etcd_v3","target":"etcd","prefix":"/u/api/"}}]}"#,
+        )
+        .unwrap();
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        let names: Vec<String> = cfg.upstreams.iter().map(|u| u.name.clone()).collect();
+        write_index(&mut store, &names).unwrap();
+        let web = &cfg.upstreams[0];
+        let mut sync = SyncState::new(
+            SyncConfig::from(web),
+            EtcdV3Adapter::new(&web.registry.prefix),
+            1,
+        );
+        let out = sync.poll_request(0).unwrap();
+        sync.handle_response(
+            5,
+            out.id,
+            HttpResponse {
+                status: Some(500),
+                body: b"",
+                body_size: 0,
+            },
+        );
+        snapshot::put_json(
+            &mut store,
+            &status_key("web"),
+            &StatusRecord::of(&sync, &web.registry),
+        )
+        .unwrap();
+        let members = MemberSet::from_members(vec![Member {
+            addr: "[::1]:8080".parse().unwrap(),
+            attrs: MemberAttrs {
+                weight: 5,
+                ..Default::default()
+            },
+        }])
+        .0;
+        let update = Update {
+            diff: MemberSet::new().diff(&members),
+            members,
+            source: Source::Registry,
+        };
+        snapshot::publish(&mut store, "web", &update).unwrap();
+        store
+    }
+
+    #[test]
+    fn shows_every_upstream_with_members_and_counters() {
+        let store = setup();
+        let reply = status_reply(&store, None);
+        assert_eq!(reply.status, 200);
+        let v: Value = serde_json::from_str(&reply.body).unwrap();
+        let ups = v["upstreams"].as_array().unwrap();
+        assert_eq!(ups.len(), 2);
+        let web = &ups[0];
+        assert_eq!(web["name"], "web");
+        assert_eq!(web["version"], 1);
+        assert_eq!(web["source"], "registry");
+        assert_eq!(web["registry"]["type"], "etcd_v3");
+        assert_eq!(web["members"][0]["address"], "[::1]:8080");
+        assert_eq!(web["members"][0]["host"], "::1");
+        assert_eq!(web["members"][0]["port"], 8080);
+        assert_eq!(web["members"][0]["weight"], 5);
+        assert_eq!(web["syncs_failed"], 1);
+        assert!(web["last_error"].as_str().unwrap().contains("HTTP 500"));
+        assert_eq!(ups[1]["source"], "none");
+        assert!(ups[1]["version"].is_null());
+    }
+
+    #[test]
+    fn filters_by_name_and_404s_unknown_names() {
+        let store = setup();
+        assert_eq!(upstream_filter("/upsync/status?upstream=api"), Some("api"));
+        assert_eq!(
+            upstream_filter("/upsync/status?x=1&upstream=web"),
+            Some("web")
+        );
+        assert_eq!(upstream_filter("/upsync/status"), None);
+        let one: Value = serde_json::from_str(&status_reply(&store, Some("api")).body).unwrap();
+        assert_eq!(one["upstreams"].as_array().unwrap().len(), 1);
+        assert_eq!(one["upstreams"][0]["name"], "api");
+        let missing = status_reply(&store, Some("nope"));
+        assert_eq!(missing.status, 404);
+        let v: Value = serde_json::from_str(&missing.body).unwrap();
+        assert_eq!(v["upstream"], "nope");
+        assert_eq!(v["known"], json!(["web", "api"]));
+    }
+}

@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server wrk
 
-.PHONY: all build deps apt-deps rust-deps venv demo test test-unit test-wasm test-e2e lint fmt clean
+.PHONY: all build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-e2e lint clean
 
 all: build
 
@@ -24,7 +24,17 @@ apt-deps:
 	fi
 
 rust-deps:
-	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@for t in $(WASM_TARGET) wasm32-unknown-unknown; do \
+	  rustup target list --installed | grep -qx $$t || rustup target add $$t; \
+	done
+
+# wasm-bindgen-test needs the CLI at exactly the wasm-bindgen version in Cargo.lock.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+wasm-bindgen-cli:
+	@if [ "$$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $$2}')" != "$(WASM_BINDGEN_VERSION)" ]; then \
+	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION)"; \
+	  $(CARGO) install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -43,7 +53,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-e2e
+test: deps lint test-unit test-wasm test-e2e
 
 lint:
 	$(CARGO) fmt --check
@@ -52,6 +62,11 @@ lint:
 
 test-unit:
 	$(CARGO) test
+
+# The core's tests, compiled to 32-bit wasm and run in Node by wasm-bindgen-test.
+test-wasm: rust-deps wasm-bindgen-cli
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  $(CARGO) test --target wasm32-unknown-unknown --no-default-features --lib
 
 test-e2e: deps build
 	$(PY) -m pytest -q tests/e2e --wasm $(WASM)

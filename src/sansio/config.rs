@@ -391,8 +391,9 @@ pub fn parse_server_config(bytes: &[u8]) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    #[allow(unused_imports)]
-    use crate::sansio::test_prelude::*;
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

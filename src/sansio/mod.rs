@@ -12,6 +12,3 @@ pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod sync;
-
-#[cfg(test)]
-mod test_prelude;

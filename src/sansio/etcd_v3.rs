@@ -285,41 +285,76 @@ mod tests {
         assert!(body.get("limit").is_none());
     }
 
+    const RANGE_FULL: &[u8] = include_bytes!("../../tests/fixtures/etcd_v3/range_full.json");
+    const RANGE_EMPTY: &[u8] = include_bytes!("../../tests/fixtures/etcd_v3/range_empty.json");
+    const PROBE: &[u8] = include_bytes!("../../tests/fixtures/etcd_v3/probe.json");
+    const ERROR: &[u8] = include_bytes!("../../tests/fixtures/etcd_v3/error_bad_request.json");
+
     #[test]
-    fn parses_a_real_gateway_answer() {
-        // Captured from etcd 3.4.23: `POST /v3/kv/range` after two puts.
-        let body = br#"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"3","raft_term":"2"},"kvs":[{"key":"L3Vwc3RyZWFtcy93ZWIvMTI3LjAuMC4xOjkwMDE=","create_revision":"2","mod_revision":"2","version":"1","value":"eyJ3ZWlnaHQiOjEsIm1heF9mYWlscyI6MiwiZmFpbF90aW1lb3V0IjoxMCwiZG93biI6MCwiYmFja3VwIjowfQ=="},{"key":"L3Vwc3RyZWFtcy93ZWIvMTI3LjAuMC4xOjkwMDI=","create_revision":"3","mod_revision":"3","version":"1","value":"eyJ3ZWlnaHQiOjN9"}],"count":"2"}"#;
+    fn parses_a_captured_full_read() {
         let r = EtcdV3Adapter::new("/upstreams/web/")
-            .parse_fetch(body)
+            .parse_fetch(RANGE_FULL)
             .unwrap();
-        assert!(r.problems.is_empty(), "{:?}", r.problems);
-        assert_eq!(
-            r.cursor,
-            RangeCursor {
-                count: 2,
-                max_mod_revision: 3
-            }
-        );
         let members: Vec<_> = r
             .members
             .iter()
-            .map(|m| (m.addr.to_string(), m.attrs.weight))
+            .map(|m| (m.addr.to_string(), m.attrs))
             .collect();
+        let d = MemberAttrs::default();
         assert_eq!(
             members,
             [
-                ("127.0.0.1:9001".to_string(), 1),
-                ("127.0.0.1:9002".to_string(), 3)
+                ("127.0.0.1:9001".to_string(), d),
+                ("127.0.0.1:9002".to_string(), MemberAttrs { weight: 3, ..d }),
+                ("127.0.0.1:9003".to_string(), d),
+                ("127.0.0.1:9005".to_string(), d),
+                (
+                    "[::1]:9004".to_string(),
+                    MemberAttrs {
+                        down: true,
+                        backup: true,
+                        ..d
+                    }
+                ),
             ]
+        );
+        // "not json" and the empty value are repaired, "nonsense" skipped.
+        let mut problems: Vec<_> = r
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.skipped))
+            .collect();
+        problems.sort();
+        assert_eq!(
+            problems,
+            [
+                ("/upstreams/web/127.0.0.1:9003", false),
+                ("/upstreams/web/127.0.0.1:9005", false),
+                ("/upstreams/web/nonsense", true),
+            ]
+        );
+        assert_eq!(
+            r.cursor,
+            RangeCursor {
+                count: 6,
+                max_mod_revision: 8
+            }
         );
     }
 
     #[test]
-    fn empty_prefix_answer_has_no_kvs_and_no_count() {
-        let body =
-            br#"{"header":{"cluster_id":"1","member_id":"2","revision":"7","raft_term":"2"}}"#;
+    fn captured_probe_matches_the_full_read_cursor() {
         let a = EtcdV3Adapter::new("/upstreams/web/");
-        let r = a.parse_fetch(body).unwrap();
+        assert_eq!(
+            a.parse_probe(PROBE).unwrap(),
+            a.parse_fetch(RANGE_FULL).unwrap().cursor
+        );
+    }
+
+    #[test]
+    fn captured_empty_range_has_no_kvs_and_no_count() {
+        let a = EtcdV3Adapter::new("/upstreams/web/");
+        let r = a.parse_fetch(RANGE_EMPTY).unwrap();
         assert!(r.members.is_empty());
         assert_eq!(
             r.cursor,
@@ -328,7 +363,18 @@ mod tests {
                 max_mod_revision: 0
             }
         );
-        assert_eq!(a.parse_probe(body).unwrap(), r.cursor);
+        assert_eq!(a.parse_probe(RANGE_EMPTY).unwrap(), r.cursor);
+    }
+
+    #[test]
+    fn captured_gateway_error_is_a_registry_error() {
+        let e = EtcdV3Adapter::new("/upstreams/web/")
+            .parse_fetch(ERROR)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            AdapterError::Registry("illegal base64 data at input byte 0".into())
+        );
     }
 
     #[test]

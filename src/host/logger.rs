@@ -35,7 +35,7 @@ pub fn install() {
         log::set_max_level(log::LevelFilter::Info);
     }
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("upsync: panic: {info}"));
+        let _ = hostcalls::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
 }
 

@@ -67,13 +67,7 @@ struct Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         if let Role::Poller(p) = &mut self.role {
             p.on_http_call_response(token, num_headers, body_size);
         }
@@ -89,17 +83,15 @@ impl RootContext for Root {
                 Ok(p) => {
                     // Only arm the tick here: on_configure also runs in Envoy's
                     // throwaway validation VM, where nothing else may happen.
-                    if let Err(e) =
-                        hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS))
-                    {
-                        log::error!("upsync: cannot set the tick period: {e:?}");
+                    if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {
+                        log::error!("cannot set the tick period: {e:?}");
                         return false;
                     }
                     self.role = Role::Poller(Box::new(p));
                     true
                 }
                 Err(e) => {
-                    log::error!("upsync: invalid configuration: {e}");
+                    log::error!("invalid configuration: {e}");
                     false
                 }
             },
@@ -109,15 +101,13 @@ impl RootContext for Root {
                     true
                 }
                 Err(e) => {
-                    log::error!(
-                        "upsync: invalid configuration for root_id {SERVER_ROOT_ID:?}: {e}"
-                    );
+                    log::error!("invalid configuration for root_id {SERVER_ROOT_ID:?}: {e}");
                     false
                 }
             },
             other => {
                 log::error!(
-                    "upsync: root_id {other:?} is not one of {POLLER_ROOT_ID:?} (registry poller) or {SERVER_ROOT_ID:?} (EDS and status server)"
+                    "root_id {other:?} is not one of {POLLER_ROOT_ID:?} (registry poller) or {SERVER_ROOT_ID:?} (EDS and status server)"
                 );
                 false
             }
@@ -137,9 +127,6 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always a context: the SDK panics on None. Outside the server role
         // it lets every request through untouched.
-        Some(Box::new(server::ServerStream::new(matches!(
-            self.role,
-            Role::Server
-        ))))
+        Some(Box::new(server::ServerStream::new(matches!(self.role, Role::Server))))
     }
 }

@@ -48,28 +48,17 @@ impl Poller {
                 ),
             })
             .collect();
-        log::info!(
-            "upsync: poller configured with {} upstream(s)",
-            config.upstreams.len()
-        );
-        Ok(Poller {
-            upstreams,
-            calls: HashMap::new(),
-            index_written: false,
-        })
+        log::info!("poller configured with {} upstream(s)", config.upstreams.len());
+        Ok(Poller { upstreams, calls: HashMap::new(), index_written: false })
     }
 
     pub fn on_tick(&mut self) {
         let now = now_ms();
         if !self.index_written {
-            let names: Vec<String> = self
-                .upstreams
-                .iter()
-                .map(|u| u.sync.name().to_string())
-                .collect();
+            let names: Vec<String> = self.upstreams.iter().map(|u| u.sync.name().to_string()).collect();
             match status::write_index(&mut HostStore, &names) {
                 Ok(()) => self.index_written = true,
-                Err(e) => log::warn!("upsync: cannot write the upstream index: {e}"),
+                Err(e) => log::warn!("cannot write the upstream index: {e}"),
             }
         }
         for i in 0..self.upstreams.len() {
@@ -82,7 +71,7 @@ impl Poller {
 
     pub fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize) {
         let Some((i, id)) = self.calls.remove(&token) else {
-            log::debug!("upsync: answer for unknown call {token} ignored");
+            log::debug!("answer for unknown call {token} ignored");
             return;
         };
         let now = now_ms();
@@ -92,34 +81,20 @@ impl Poller {
         // The whole-map getter: a response cut after its headers arrives
         // with no headers, where single-header getters misbehave.
         let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse::<u16>().ok());
+        let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
         let body = if body_size > 0 && body_size <= u.sync.max_body_bytes() {
             match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
                 Ok(Some(b)) => b,
                 Ok(None) => Vec::new(),
                 Err(e) => {
-                    log::warn!(
-                        "upstream {}: cannot read the registry answer: {e:?}",
-                        u.sync.name()
-                    );
+                    log::warn!("upstream {}: cannot read the registry answer: {e:?}", u.sync.name());
                     Vec::new()
                 }
             }
         } else {
             Vec::new()
         };
-        u.sync.handle_response(
-            now,
-            id,
-            HttpResponse {
-                status,
-                body: &body,
-                body_size,
-            },
-        );
+        u.sync.handle_response(now, id, HttpResponse { status, body: &body, body_size });
         self.drive(i, now);
     }
 
@@ -149,10 +124,7 @@ impl Poller {
                 Err(e) => u.sync.handle_dispatch_failed(
                     now,
                     out.id,
-                    &format!(
-                        "{e:?} (is {:?} a cluster the proxy knows?)",
-                        u.registry.target
-                    ),
+                    &format!("{e:?} (is {:?} a cluster the proxy knows?)", u.registry.target),
                 ),
             }
         }
@@ -169,11 +141,7 @@ impl Poller {
 }
 
 fn publish(name: &str, update: &Update) {
-    let hostnames = update
-        .members
-        .iter()
-        .filter(|m| !m.addr.host.is_ip())
-        .count();
+    let hostnames = update.members.iter().filter(|m| !m.addr.host.is_ip()).count();
     if hostnames > 0 {
         log::warn!("upstream {name}: {hostnames} member(s) given by hostname; Envoy's EDS routes IP members only");
     }
@@ -189,9 +157,7 @@ fn publish(name: &str, update: &Update) {
             log::debug!("upstream {name}: version {version} already current")
         }
         Ok(PublishOutcome::KeptStored { version }) => {
-            log::info!(
-                "upstream {name}: kept stored version {version} rather than the fallback list"
-            )
+            log::info!("upstream {name}: kept stored version {version} rather than the fallback list")
         }
         Err(e) => {
             log::error!("upstream {name}: cannot publish: {e}; will retry on the next change")

@@ -20,37 +20,24 @@ pub struct ServerStream {
 
 impl ServerStream {
     pub fn new(active: bool) -> Self {
-        ServerStream {
-            active,
-            awaiting_eds_body: false,
-        }
+        ServerStream { active, awaiting_eds_body: false }
     }
 }
 
 fn header(name: &str) -> String {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten().unwrap_or_default()
 }
 
 fn send(reply: &JsonReply) {
     let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-    let headers = if body.is_some() {
-        vec![("content-type", "application/json")]
-    } else {
-        vec![]
-    };
+    let headers = if body.is_some() { vec![("content-type", "application/json")] } else { vec![] };
     if let Err(e) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
-        log::warn!("upsync: cannot send a local response: {e:?}");
+        log::warn!("cannot send a local response: {e:?}");
     }
 }
 
 fn error(status: u16, message: &str) -> JsonReply {
-    JsonReply {
-        status,
-        body: serde_json::json!({ "error": message }).to_string(),
-    }
+    JsonReply { status, body: serde_json::json!({ "error": message }).to_string() }
 }
 
 impl Context for ServerStream {}
@@ -105,14 +92,8 @@ impl HttpContext for ServerStream {
         };
         let reply = eds::handle_discovery(&HostStore, &body);
         match &reply {
-            EdsReply::Assignment {
-                version,
-                skipped_hostnames,
-                ..
-            } => {
-                log::debug!(
-                    "EDS: version {version} served ({skipped_hostnames} hostname members left out)"
-                )
+            EdsReply::Assignment { version, skipped_hostnames, .. } => {
+                log::debug!("EDS: version {version} served ({skipped_hostnames} hostname members left out)")
             }
             EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => log::info!("EDS: {e}"),
             EdsReply::NotModified => {}

@@ -10,8 +10,7 @@ pub fn encode(input: &[u8]) -> String {
         let b0 = chunk.first().copied().unwrap_or(0);
         let b1 = chunk.get(1).copied();
         let b2 = chunk.get(2).copied();
-        let n =
-            (u32::from(b0) << 16) | (u32::from(b1.unwrap_or(0)) << 8) | u32::from(b2.unwrap_or(0));
+        let n = (u32::from(b0) << 16) | (u32::from(b1.unwrap_or(0)) << 8) | u32::from(b2.unwrap_or(0));
         out.push(sextet(n >> 18));
         out.push(sextet(n >> 12));
         out.push(if b1.is_some() { sextet(n >> 6) } else { '=' });
@@ -22,9 +21,7 @@ pub fn encode(input: &[u8]) -> String {
 
 fn sextet(n: u32) -> char {
     // `n & 63` is always a valid index; `get` keeps clippy's indexing lint happy.
-    ALPHABET
-        .get((n & 63) as usize)
-        .map_or('A', |&b| char::from(b))
+    ALPHABET.get((n & 63) as usize).map_or('A', |&b| char::from(b))
 }
 
 fn value(c: u8) -> Option<u32> {

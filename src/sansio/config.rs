@@ -20,10 +20,7 @@ impl std::fmt::Display for ConfigError {
 }
 
 fn err(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        message: message.into(),
-    }
+    ConfigError { field: field.to_string(), message: message.into() }
 }
 
 /// Log verbosity of the plugin.
@@ -98,25 +95,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(
-        path: &str,
-        value: &'a Value,
-        known: &'static [&'static str],
-    ) -> Result<Self, ConfigError> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| err(path, format!("must be an object, got {}", kind(value))))?;
+    fn new(path: &str, value: &'a Value, known: &'static [&'static str]) -> Result<Self, ConfigError> {
+        let map = value.as_object().ok_or_else(|| err(path, format!("must be an object, got {}", kind(value))))?;
         if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(err(
-                &join(path, unknown),
-                format!("unknown field; allowed fields here: {}", known.join(", ")),
-            ));
+            return Err(err(&join(path, unknown), format!("unknown field; allowed fields here: {}", known.join(", "))));
         }
-        Ok(Fields {
-            path: path.to_string(),
-            map,
-            known,
-        })
+        Ok(Fields { path: path.to_string(), map, known })
     }
 
     fn path(&self, name: &str) -> String {
@@ -129,18 +113,14 @@ impl<'a> Fields<'a> {
     }
 
     fn required(&self, name: &str) -> Result<&'a Value, ConfigError> {
-        self.get(name)
-            .ok_or_else(|| err(&self.path(name), "is required"))
+        self.get(name).ok_or_else(|| err(&self.path(name), "is required"))
     }
 
     fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(err(
-                &self.path(name),
-                format!("must be a string, got {}", kind(other)),
-            )),
+            Some(other) => Err(err(&self.path(name), format!("must be a string, got {}", kind(other)))),
         }
     }
 
@@ -159,12 +139,7 @@ impl<'a> Fields<'a> {
             Some(v) => v
                 .as_u64()
                 .filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| {
-                    err(
-                        &self.path(name),
-                        format!("must be an integer in {min}..={max}, got {v}"),
-                    )
-                }),
+                .ok_or_else(|| err(&self.path(name), format!("must be an integer in {min}..={max}, got {v}"))),
         }
     }
 
@@ -172,10 +147,7 @@ impl<'a> Fields<'a> {
         match self.get(name) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(err(
-                &self.path(name),
-                format!("must be true or false, got {}", kind(other)),
-            )),
+            Some(other) => Err(err(&self.path(name), format!("must be true or false, got {}", kind(other)))),
         }
     }
 }
@@ -202,8 +174,8 @@ fn kind(v: &Value) -> &'static str {
 impl PluginConfig {
     /// Parses and validates the poller configuration.
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
-        let root: Value = serde_json::from_slice(bytes)
-            .map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
+        let root: Value =
+            serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
         let f = Fields::new("", &root, &["upstreams", "log_level"])?;
         let log_level = match f.string("log_level")? {
             None | Some("info") => LogLevel::Info,
@@ -223,30 +195,18 @@ impl PluginConfig {
             .as_array()
             .ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?;
         if list.is_empty() || list.len() > MAX_UPSTREAMS {
-            return Err(err(
-                "upstreams",
-                format!(
-                    "must hold 1..={MAX_UPSTREAMS} upstreams, got {}",
-                    list.len()
-                ),
-            ));
+            return Err(err("upstreams", format!("must hold 1..={MAX_UPSTREAMS} upstreams, got {}", list.len())));
         }
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(list.len());
         for (i, v) in list.iter().enumerate() {
             let path = format!("upstreams[{i}]");
             let up = UpstreamConfig::parse(&path, v)?;
             if upstreams.iter().any(|u| u.name == up.name) {
-                return Err(err(
-                    &format!("{path}.name"),
-                    format!("{:?} is used by an earlier upstream", up.name),
-                ));
+                return Err(err(&format!("{path}.name"), format!("{:?} is used by an earlier upstream", up.name)));
             }
             upstreams.push(up);
         }
-        Ok(PluginConfig {
-            upstreams,
-            log_level,
-        })
+        Ok(PluginConfig { upstreams, log_level })
     }
 }
 
@@ -267,37 +227,21 @@ impl UpstreamConfig {
             ],
         )?;
         let name = f.required_string("name")?;
-        let name_ok = name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let name_ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if !name_ok {
-            return Err(err(
-                &f.path("name"),
-                format!("must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name:?}"),
-            ));
+            return Err(err(&f.path("name"), format!("must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name:?}")));
         }
         let registry = RegistryConfig::parse(&f.path("registry"), f.required("registry")?)?;
         let interval_ms = f.uint("interval_ms", DEFAULT_INTERVAL_MS, 10, 3_600_000)?;
         let timeout_ms = f.uint("timeout_ms", DEFAULT_TIMEOUT_MS, 1, 600_000)?;
-        let backoff_max_ms = f.uint(
-            "backoff_max_ms",
-            DEFAULT_BACKOFF_MAX_MS.max(interval_ms),
-            10,
-            3_600_000,
-        )?;
+        let backoff_max_ms = f.uint("backoff_max_ms", DEFAULT_BACKOFF_MAX_MS.max(interval_ms), 10, 3_600_000)?;
         if backoff_max_ms < interval_ms {
             return Err(err(
                 &f.path("backoff_max_ms"),
                 format!("must be at least interval_ms ({interval_ms}), got {backoff_max_ms}"),
             ));
         }
-        let max_body_bytes = f.uint(
-            "max_body_bytes",
-            DEFAULT_MAX_BODY_BYTES,
-            1024,
-            256 * 1024 * 1024,
-        )?;
+        let max_body_bytes = f.uint("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024, 256 * 1024 * 1024)?;
         let allow_empty = f.bool("allow_empty", false)?;
         let fallback = match f.get("fallback") {
             None => Vec::new(),
@@ -305,26 +249,16 @@ impl UpstreamConfig {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{}[{i}]", f.path("fallback"));
-                    let s = item
-                        .as_str()
-                        .ok_or_else(|| err(&item_path, "must be a \"host:port\" string"))?;
-                    let addr: HostPort = s
-                        .parse()
-                        .map_err(|e| err(&item_path, format!("{s:?}: {e}")))?;
-                    out.push(Member {
-                        addr,
-                        attrs: MemberAttrs::default(),
-                    });
+                    let s = item.as_str().ok_or_else(|| err(&item_path, "must be a \"host:port\" string"))?;
+                    let addr: HostPort = s.parse().map_err(|e| err(&item_path, format!("{s:?}: {e}")))?;
+                    out.push(Member { addr, attrs: MemberAttrs::default() });
                 }
                 out
             }
             Some(other) => {
                 return Err(err(
                     &f.path("fallback"),
-                    format!(
-                        "must be an array of \"host:port\" strings, got {}",
-                        kind(other)
-                    ),
+                    format!("must be an array of \"host:port\" strings, got {}", kind(other)),
                 ))
             }
         };
@@ -347,25 +281,15 @@ impl RegistryConfig {
         let f = Fields::new(path, v, &["type", "target", "authority", "prefix"])?;
         let kind = match f.required_string("type")? {
             "etcd_v3" => RegistryType::EtcdV3,
-            other => {
-                return Err(err(
-                    &f.path("type"),
-                    format!("must be one of \"etcd_v3\", got {other:?}"),
-                ))
-            }
+            other => return Err(err(&f.path("type"), format!("must be one of \"etcd_v3\", got {other:?}"))),
         };
         let target = f.required_string("target")?;
-        let authority = f
-            .string("authority")?
-            .filter(|s| !s.is_empty())
-            .unwrap_or(target);
+        let authority = f.string("authority")?.filter(|s| !s.is_empty()).unwrap_or(target);
         let prefix = f.required_string("prefix")?;
         if !prefix.ends_with('/') {
             return Err(err(
                 &f.path("prefix"),
-                format!(
-                    "must end with '/' so that it cannot match a sibling prefix, got {prefix:?}"
-                ),
+                format!("must end with '/' so that it cannot match a sibling prefix, got {prefix:?}"),
             ));
         }
         Ok(RegistryConfig {
@@ -384,8 +308,8 @@ pub fn parse_server_config(bytes: &[u8]) -> Result<(), ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let root: Value = serde_json::from_slice(bytes)
-        .map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
+    let root: Value =
+        serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
     Fields::new("", &root, &[]).map(|_| ())
 }
 
@@ -397,7 +321,8 @@ mod tests {
 
     use super::*;
 
-    const MINIMAL: &str = r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"etcd","prefix":"/upstreams/web/"}}]}"#;
+    const MINIMAL: &str =
+        r#"{"upstreams":[{"name":"web","registry":{"type":"etcd_v3","target":"etcd","prefix":"/upstreams/web/"}}]}"#;
 
     fn error_of(json: &str) -> ConfigError {
         PluginConfig::parse(json.as_bytes()).unwrap_err()
@@ -428,15 +353,7 @@ mod tests {
         .unwrap();
         let u = &c.upstreams[0];
         assert_eq!(u.registry.authority, "etcd.internal:2379");
-        assert_eq!(
-            (
-                u.interval_ms,
-                u.timeout_ms,
-                u.backoff_max_ms,
-                u.max_body_bytes
-            ),
-            (200, 500, 2000, 4096)
-        );
+        assert_eq!((u.interval_ms, u.timeout_ms, u.backoff_max_ms, u.max_body_bytes), (200, 500, 2000, 4096));
         assert!(u.allow_empty);
         assert_eq!(u.fallback.len(), 2);
         assert_eq!(c.log_level, LogLevel::Debug);
@@ -451,10 +368,7 @@ mod tests {
             (r#"{"upstreams":[]}"#, "upstreams"),
             (r#"{"upstreams":[],"extra":1}"#, "extra"),
             (r#"{"upstreams":[{"registry":{}}]}"#, "upstreams[0].name"),
-            (
-                r#"{"upstreams":[{"name":"a b","registry":{}}]}"#,
-                "upstreams[0].name",
-            ),
+            (r#"{"upstreams":[{"name":"a b","registry":{}}]}"#, "upstreams[0].name"),
             (r#"{"upstreams":[{"name":"web"}]}"#, "upstreams[0].registry"),
             (
                 r#"{"upstreams":[{"name":"web","registry":{"type":"consul","target":"x","prefix":"/p/"}}]}"#,
@@ -531,10 +445,7 @@ mod tests {
     fn server_config_is_empty_or_an_empty_object() {
         assert!(parse_server_config(b"").is_ok());
         assert!(parse_server_config(b" {} ").is_ok());
-        assert_eq!(
-            parse_server_config(MINIMAL.as_bytes()).unwrap_err().field,
-            "upstreams"
-        );
+        assert_eq!(parse_server_config(MINIMAL.as_bytes()).unwrap_err().field, "upstreams");
         assert!(parse_server_config(b"nope").is_err());
     }
 }

@@ -21,11 +21,7 @@ pub const CLA_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.Clu
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdsReply {
     /// 200 with a DiscoveryResponse.
-    Assignment {
-        version: String,
-        body: String,
-        skipped_hostnames: usize,
-    },
+    Assignment { version: String, body: String, skipped_hostnames: usize },
     /// 304: Envoy already has `version_info`.
     NotModified,
     /// 503: no snapshot for any requested cluster yet; Envoy keeps what it has.
@@ -51,10 +47,7 @@ impl EdsReply {
             EdsReply::NotModified => String::new(),
             EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => json!({ "error": e }).to_string(),
         };
-        JsonReply {
-            status: self.status(),
-            body,
-        }
+        JsonReply { status: self.status(), body }
     }
 }
 
@@ -80,19 +73,12 @@ fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
         .and_then(Value::as_array)
         .ok_or("resource_names must list the clusters")?
         .iter()
-        .map(|n| {
-            n.as_str()
-                .map(str::to_string)
-                .ok_or("resource_names must be strings")
-        })
+        .map(|n| n.as_str().map(str::to_string).ok_or("resource_names must be strings"))
         .collect::<Result<Vec<String>, _>>()?;
     if names.is_empty() {
         return Err("resource_names is empty".into());
     }
-    Ok(DiscoveryRequest {
-        version_info,
-        resource_names: names,
-    })
+    Ok(DiscoveryRequest { version_info, resource_names: names })
 }
 
 /// Answers one DiscoveryRequest from the snapshots in `store`.
@@ -110,18 +96,11 @@ pub fn handle_discovery(store: &dyn SharedStore, body: &[u8]) -> EdsReply {
         }
     }
     if found.is_empty() {
-        return EdsReply::Unavailable(format!(
-            "no member list yet for {:?}",
-            request.resource_names
-        ));
+        return EdsReply::Unavailable(format!("no member list yet for {:?}", request.resource_names));
     }
     let version = match found.as_slice() {
         [(_, only)] => only.version.to_string(),
-        many => many
-            .iter()
-            .map(|(n, s)| format!("{n}={}", s.version))
-            .collect::<Vec<_>>()
-            .join(","),
+        many => many.iter().map(|(n, s)| format!("{n}={}", s.version)).collect::<Vec<_>>().join(","),
     };
     if version == request.version_info {
         return EdsReply::NotModified;
@@ -135,21 +114,13 @@ pub fn handle_discovery(store: &dyn SharedStore, body: &[u8]) -> EdsReply {
             cla
         })
         .collect();
-    let body = json!({ "version_info": version, "type_url": CLA_TYPE_URL, "resources": resources })
-        .to_string();
-    EdsReply::Assignment {
-        version,
-        body,
-        skipped_hostnames,
-    }
+    let body = json!({ "version_info": version, "type_url": CLA_TYPE_URL, "resources": resources }).to_string();
+    EdsReply::Assignment { version, body, skipped_hostnames }
 }
 
 /// One ClusterLoadAssignment; returns it and how many hostname members
 /// were left out.
-pub fn cluster_load_assignment<'a>(
-    name: &str,
-    members: impl Iterator<Item = &'a Member>,
-) -> (Value, usize) {
+pub fn cluster_load_assignment<'a>(name: &str, members: impl Iterator<Item = &'a Member>) -> (Value, usize) {
     let mut primary = Vec::new();
     let mut backup = Vec::new();
     let mut skipped = 0;
@@ -203,16 +174,11 @@ mod tests {
     }
 
     fn publish(store: &mut MemoryStore, name: &str, members: &[(&str, MemberAttrs)]) {
-        let set = MemberSet::from_members(members.iter().map(|(a, attrs)| Member {
-            addr: a.parse().unwrap(),
-            attrs: *attrs,
-        }))
+        let set = MemberSet::from_members(
+            members.iter().map(|(a, attrs)| Member { addr: a.parse().unwrap(), attrs: *attrs }),
+        )
         .0;
-        let update = Update {
-            diff: MemberSet::new().diff(&set),
-            members: set,
-            source: Source::Registry,
-        };
+        let update = Update { diff: MemberSet::new().diff(&set), members: set, source: Source::Registry };
         snapshot::publish(store, name, &update).unwrap();
     }
 
@@ -236,11 +202,8 @@ mod tests {
                 ("db.internal:80", d),
             ],
         );
-        let EdsReply::Assignment {
-            version,
-            body,
-            skipped_hostnames,
-        } = handle_discovery(&store, &request(&["web"], ""))
+        let EdsReply::Assignment { version, body, skipped_hostnames } =
+            handle_discovery(&store, &request(&["web"], ""))
         else {
             panic!("expected an assignment")
         };
@@ -256,10 +219,7 @@ mod tests {
             .iter()
             .map(|e| {
                 (
-                    e["endpoint"]["address"]["socket_address"]["address"]
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
+                    e["endpoint"]["address"]["socket_address"]["address"].as_str().unwrap().to_string(),
                     e["load_balancing_weight"].as_u64().unwrap(),
                     e["health_status"].as_str().unwrap().to_string(),
                 )
@@ -275,25 +235,14 @@ mod tests {
             ]
         );
         assert_eq!(cla["endpoints"][1]["priority"], 1);
-        assert_eq!(
-            cla["endpoints"][1]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-                ["port_value"],
-            80
-        );
+        assert_eq!(cla["endpoints"][1]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 80);
     }
 
     #[test]
     fn current_version_gets_304_and_a_change_gets_a_new_version() {
         let mut store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
-        assert_eq!(
-            handle_discovery(&store, &request(&["web"], "1")),
-            EdsReply::NotModified
-        );
-        publish(
-            &mut store,
-            "web",
-            &[("10.0.0.2:80", MemberAttrs::default())],
-        );
+        assert_eq!(handle_discovery(&store, &request(&["web"], "1")), EdsReply::NotModified);
+        publish(&mut store, "web", &[("10.0.0.2:80", MemberAttrs::default())]);
         let reply = handle_discovery(&store, &request(&["web"], "1"));
         assert!(matches!(reply, EdsReply::Assignment { ref version, .. } if version == "2"));
         assert_eq!(reply.status(), 200);
@@ -302,20 +251,10 @@ mod tests {
     #[test]
     fn several_clusters_share_one_combined_version() {
         let mut store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
-        publish(
-            &mut store,
-            "api",
-            &[("10.0.0.9:80", MemberAttrs::default())],
-        );
-        publish(
-            &mut store,
-            "api",
-            &[("10.0.0.8:80", MemberAttrs::default())],
-        );
+        publish(&mut store, "api", &[("10.0.0.9:80", MemberAttrs::default())]);
+        publish(&mut store, "api", &[("10.0.0.8:80", MemberAttrs::default())]);
         let reply = handle_discovery(&store, &request(&["web", "api", "missing"], ""));
-        let EdsReply::Assignment { version, body, .. } = reply else {
-            panic!()
-        };
+        let EdsReply::Assignment { version, body, .. } = reply else { panic!() };
         assert_eq!(version, "web=1,api=2");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["resources"].as_array().unwrap().len(), 2);
@@ -327,37 +266,27 @@ mod tests {
         let reply = handle_discovery(&store, &request(&["nope"], ""));
         assert!(matches!(reply, EdsReply::Unavailable(_)));
         assert_eq!(reply.to_json_reply().status, 503);
-        for bad in [&b"nope"[..], br#"{"resource_names":[]}"#, br#"{"resource_names":[1]}"#, br#"{"version_info":1,"resource_names":["web"]}"#,
-            br#"{"resource_names":["web"],"type_url":"type.googleapis.com/envoy.config.cluster.v3.Cluster"}"#]
-        {
-            assert!(matches!(handle_discovery(&store, bad), EdsReply::BadRequest(_)), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"nope"[..],
+            br#"{"resource_names":[]}"#,
+            br#"{"resource_names":[1]}"#,
+            br#"{"version_info":1,"resource_names":["web"]}"#,
+            br#"{"resource_names":["web"],"type_url":"type.googleapis.com/envoy.config.cluster.v3.Cluster"}"#,
+        ] {
+            assert!(
+                matches!(handle_discovery(&store, bad), EdsReply::BadRequest(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn only_backups_leave_priority_zero_empty() {
-        let store = store_with(
-            "web",
-            &[(
-                "10.0.0.1:80",
-                MemberAttrs {
-                    backup: true,
-                    ..Default::default()
-                },
-            )],
-        );
-        let EdsReply::Assignment { body, .. } = handle_discovery(&store, &request(&["web"], ""))
-        else {
-            panic!()
-        };
+        let store = store_with("web", &[("10.0.0.1:80", MemberAttrs { backup: true, ..Default::default() })]);
+        let EdsReply::Assignment { body, .. } = handle_discovery(&store, &request(&["web"], "")) else { panic!() };
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["resources"][0]["endpoints"][0]["lb_endpoints"], json!([]));
-        assert_eq!(
-            v["resources"][0]["endpoints"][1]["lb_endpoints"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(v["resources"][0]["endpoints"][1]["lb_endpoints"].as_array().unwrap().len(), 1);
     }
 }

@@ -103,38 +103,27 @@ impl EtcdV3Adapter {
         let count = int64(root.get("count"), "count")?;
         let mut max_mod_revision = 0;
         for kv in kvs(&root)? {
-            max_mod_revision =
-                max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
+            max_mod_revision = max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
         }
-        Ok(RangeCursor {
-            count: u64::try_from(count).unwrap_or(0),
-            max_mod_revision,
-        })
+        Ok(RangeCursor { count: u64::try_from(count).unwrap_or(0), max_mod_revision })
     }
 
     pub fn parse_fetch(&self, body: &[u8]) -> Result<FetchResult, AdapterError> {
         let root = parse_root(body)?;
         if root.get("more").and_then(Value::as_bool) == Some(true) {
-            return Err(AdapterError::BadShape(
-                "range answer is truncated (\"more\": true)".into(),
-            ));
+            return Err(AdapterError::BadShape("range answer is truncated (\"more\": true)".into()));
         }
         let mut problems = Vec::new();
         let mut members = Vec::new();
         let mut max_mod_revision = 0;
         let list = kvs(&root)?;
         for kv in list {
-            max_mod_revision =
-                max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
+            max_mod_revision = max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
             let key_bytes = b64_field(kv, "key")?;
             let value = b64_field(kv, "value")?;
             let key = String::from_utf8_lossy(&key_bytes).into_owned();
             let mut problem = |problem: String, skipped: bool| {
-                problems.push(EntryProblem {
-                    key: key.clone(),
-                    problem,
-                    skipped,
-                });
+                problems.push(EntryProblem { key: key.clone(), problem, skipped });
             };
             let Some(addr_text) = member_segment(&self.prefix, &key) else {
                 problem("key has no host:port segment after the prefix".into(), true);
@@ -143,10 +132,7 @@ impl EtcdV3Adapter {
             let addr: HostPort = match addr_text.parse() {
                 Ok(a) => a,
                 Err(e) => {
-                    problem(
-                        format!("key segment {addr_text:?} is not host:port: {e}"),
-                        true,
-                    );
+                    problem(format!("key segment {addr_text:?} is not host:port: {e}"), true);
                     continue;
                 }
             };
@@ -165,14 +151,7 @@ impl EtcdV3Adapter {
             });
         }
         let count = u64::try_from(list.len()).unwrap_or(u64::MAX);
-        Ok(FetchResult {
-            members,
-            cursor: RangeCursor {
-                count,
-                max_mod_revision,
-            },
-            problems,
-        })
+        Ok(FetchResult { members, cursor: RangeCursor { count, max_mod_revision }, problems })
     }
 }
 
@@ -183,20 +162,15 @@ fn member_segment<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
 }
 
 fn parse_root(body: &[u8]) -> Result<Value, AdapterError> {
-    let root: Value =
-        serde_json::from_slice(body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+    let root: Value = serde_json::from_slice(body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
     if !root.is_object() {
         return Err(AdapterError::BadShape("top level is not an object".into()));
     }
     if let Some(e) = root.get("error").or_else(|| root.get("message")) {
-        return Err(AdapterError::Registry(
-            e.as_str().unwrap_or("(no message)").to_string(),
-        ));
+        return Err(AdapterError::Registry(e.as_str().unwrap_or("(no message)").to_string()));
     }
     if root.get("header").is_none() {
-        return Err(AdapterError::BadShape(
-            "no \"header\": not an etcd range answer".into(),
-        ));
+        return Err(AdapterError::BadShape("no \"header\": not an etcd range answer".into()));
     }
     Ok(root)
 }
@@ -224,12 +198,8 @@ fn int64(v: Option<&Value>, what: &str) -> Result<i64, AdapterError> {
 fn b64_field(kv: &Value, name: &str) -> Result<Vec<u8>, AdapterError> {
     match kv.get(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => {
-            base64::decode(s).map_err(|e| AdapterError::BadShape(format!("kvs[].{name}: {e}")))
-        }
-        Some(_) => Err(AdapterError::BadShape(format!(
-            "kvs[].{name} is not a string"
-        ))),
+        Some(Value::String(s)) => base64::decode(s).map_err(|e| AdapterError::BadShape(format!("kvs[].{name}: {e}"))),
+        Some(_) => Err(AdapterError::BadShape(format!("kvs[].{name} is not a string"))),
     }
 }
 
@@ -292,14 +262,8 @@ mod tests {
 
     #[test]
     fn parses_a_captured_full_read() {
-        let r = EtcdV3Adapter::new("/upstreams/web/")
-            .parse_fetch(RANGE_FULL)
-            .unwrap();
-        let members: Vec<_> = r
-            .members
-            .iter()
-            .map(|m| (m.addr.to_string(), m.attrs))
-            .collect();
+        let r = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(RANGE_FULL).unwrap();
+        let members: Vec<_> = r.members.iter().map(|m| (m.addr.to_string(), m.attrs)).collect();
         let d = MemberAttrs::default();
         assert_eq!(
             members,
@@ -308,22 +272,11 @@ mod tests {
                 ("127.0.0.1:9002".to_string(), MemberAttrs { weight: 3, ..d }),
                 ("127.0.0.1:9003".to_string(), d),
                 ("127.0.0.1:9005".to_string(), d),
-                (
-                    "[::1]:9004".to_string(),
-                    MemberAttrs {
-                        down: true,
-                        backup: true,
-                        ..d
-                    }
-                ),
+                ("[::1]:9004".to_string(), MemberAttrs { down: true, backup: true, ..d }),
             ]
         );
         // "not json" and the empty value are repaired, "nonsense" skipped.
-        let mut problems: Vec<_> = r
-            .problems
-            .iter()
-            .map(|p| (p.key.as_str(), p.skipped))
-            .collect();
+        let mut problems: Vec<_> = r.problems.iter().map(|p| (p.key.as_str(), p.skipped)).collect();
         problems.sort();
         assert_eq!(
             problems,
@@ -333,22 +286,13 @@ mod tests {
                 ("/upstreams/web/nonsense", true),
             ]
         );
-        assert_eq!(
-            r.cursor,
-            RangeCursor {
-                count: 6,
-                max_mod_revision: 8
-            }
-        );
+        assert_eq!(r.cursor, RangeCursor { count: 6, max_mod_revision: 8 });
     }
 
     #[test]
     fn captured_probe_matches_the_full_read_cursor() {
         let a = EtcdV3Adapter::new("/upstreams/web/");
-        assert_eq!(
-            a.parse_probe(PROBE).unwrap(),
-            a.parse_fetch(RANGE_FULL).unwrap().cursor
-        );
+        assert_eq!(a.parse_probe(PROBE).unwrap(), a.parse_fetch(RANGE_FULL).unwrap().cursor);
     }
 
     #[test]
@@ -356,40 +300,21 @@ mod tests {
         let a = EtcdV3Adapter::new("/upstreams/web/");
         let r = a.parse_fetch(RANGE_EMPTY).unwrap();
         assert!(r.members.is_empty());
-        assert_eq!(
-            r.cursor,
-            RangeCursor {
-                count: 0,
-                max_mod_revision: 0
-            }
-        );
+        assert_eq!(r.cursor, RangeCursor { count: 0, max_mod_revision: 0 });
         assert_eq!(a.parse_probe(RANGE_EMPTY).unwrap(), r.cursor);
     }
 
     #[test]
     fn captured_gateway_error_is_a_registry_error() {
-        let e = EtcdV3Adapter::new("/upstreams/web/")
-            .parse_fetch(ERROR)
-            .unwrap_err();
-        assert_eq!(
-            e,
-            AdapterError::Registry("illegal base64 data at input byte 0".into())
-        );
+        let e = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(ERROR).unwrap_err();
+        assert_eq!(e, AdapterError::Registry("illegal base64 data at input byte 0".into()));
     }
 
     #[test]
     fn probe_reads_count_and_highest_revision() {
         let body = answer(vec![kv("/upstreams/web/10.0.0.9:80", "", 41)], 17);
-        let c = EtcdV3Adapter::new("/upstreams/web/")
-            .parse_probe(&body)
-            .unwrap();
-        assert_eq!(
-            c,
-            RangeCursor {
-                count: 17,
-                max_mod_revision: 41
-            }
-        );
+        let c = EtcdV3Adapter::new("/upstreams/web/").parse_probe(&body).unwrap();
+        assert_eq!(c, RangeCursor { count: 17, max_mod_revision: 41 });
     }
 
     #[test]
@@ -406,80 +331,34 @@ mod tests {
             ],
             7,
         );
-        let r = EtcdV3Adapter::new("/upstreams/web/")
-            .parse_fetch(&body)
-            .unwrap();
+        let r = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(&body).unwrap();
         let addrs: Vec<_> = r.members.iter().map(|m| m.addr.to_string()).collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80", "[::1]:8080"]);
-        assert_eq!(
-            r.members.get(&"10.0.0.1:80".parse().unwrap()),
-            Some(&MemberAttrs::default())
-        );
-        assert_eq!(
-            r.members
-                .get(&"10.0.0.3:80".parse().unwrap())
-                .unwrap()
-                .weight,
-            2
-        );
-        assert!(
-            r.members
-                .get(&"[::1]:8080".parse().unwrap())
-                .unwrap()
-                .backup
-        );
+        assert_eq!(r.members.get(&"10.0.0.1:80".parse().unwrap()), Some(&MemberAttrs::default()));
+        assert_eq!(r.members.get(&"10.0.0.3:80".parse().unwrap()).unwrap().weight, 2);
+        assert!(r.members.get(&"[::1]:8080".parse().unwrap()).unwrap().backup);
         let skipped = r.problems.iter().filter(|p| p.skipped).count();
         let repaired = r.problems.iter().filter(|p| !p.skipped).count();
         assert_eq!((skipped, repaired), (4, 1), "{:#?}", r.problems);
-        assert_eq!(
-            r.cursor,
-            RangeCursor {
-                count: 7,
-                max_mod_revision: 11
-            }
-        );
+        assert_eq!(r.cursor, RangeCursor { count: 7, max_mod_revision: 11 });
     }
 
     #[test]
     fn garbage_and_errors_are_refused() {
         let a = EtcdV3Adapter::new("/p/");
-        assert!(matches!(
-            a.parse_fetch(b"<html>"),
-            Err(AdapterError::NotJson(_))
-        ));
-        assert!(matches!(
-            a.parse_fetch(b"[]"),
-            Err(AdapterError::BadShape(_))
-        ));
-        assert!(matches!(
-            a.parse_fetch(b"{}"),
-            Err(AdapterError::BadShape(_))
-        ));
+        assert!(matches!(a.parse_fetch(b"<html>"), Err(AdapterError::NotJson(_))));
+        assert!(matches!(a.parse_fetch(b"[]"), Err(AdapterError::BadShape(_))));
+        assert!(matches!(a.parse_fetch(b"{}"), Err(AdapterError::BadShape(_))));
         assert!(matches!(
             a.parse_fetch(br#"{"error":"etcdserver: request timed out","code":14}"#),
             Err(AdapterError::Registry(_))
         ));
-        assert!(matches!(
-            a.parse_fetch(br#"{"header":{},"kvs":{}}"#),
-            Err(AdapterError::BadShape(_))
-        ));
-        assert!(matches!(
-            a.parse_fetch(br#"{"header":{},"kvs":[{"key":"***"}]}"#),
-            Err(AdapterError::BadShape(_))
-        ));
-        assert!(matches!(
-            a.parse_fetch(br#"{"header":{},"more":true}"#),
-            Err(AdapterError::BadShape(_))
-        ));
-        assert!(matches!(
-            a.parse_probe(br#"{"header":{},"count":"x"}"#),
-            Err(AdapterError::BadShape(_))
-        ));
+        assert!(matches!(a.parse_fetch(br#"{"header":{},"kvs":{}}"#), Err(AdapterError::BadShape(_))));
+        assert!(matches!(a.parse_fetch(br#"{"header":{},"kvs":[{"key":"***"}]}"#), Err(AdapterError::BadShape(_))));
+        assert!(matches!(a.parse_fetch(br#"{"header":{},"more":true}"#), Err(AdapterError::BadShape(_))));
+        assert!(matches!(a.parse_probe(br#"{"header":{},"count":"x"}"#), Err(AdapterError::BadShape(_))));
         // A body cut short is not JSON.
         let full = answer(vec![kv("/p/10.0.0.1:80", "{}", 3)], 1);
-        assert!(matches!(
-            a.parse_fetch(&full[..full.len() / 2]),
-            Err(AdapterError::NotJson(_))
-        ));
+        assert!(matches!(a.parse_fetch(&full[..full.len() / 2]), Err(AdapterError::NotJson(_))));
     }
 }

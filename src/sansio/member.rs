@@ -79,22 +79,15 @@ impl std::str::FromStr for HostPort {
     /// Accepts `1.2.3.4:80`, `[::1]:80` and `name.example:80`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (inside, after) = rest
-                .split_once(']')
-                .ok_or_else(|| AddressError::BadIpv6(s.to_string()))?;
+            let (inside, after) = rest.split_once(']').ok_or_else(|| AddressError::BadIpv6(s.to_string()))?;
             let port = after.strip_prefix(':').ok_or(AddressError::MissingPort)?;
-            let ip: Ipv6Addr = inside
-                .parse()
-                .map_err(|_| AddressError::BadIpv6(inside.to_string()))?;
+            let ip: Ipv6Addr = inside.parse().map_err(|_| AddressError::BadIpv6(inside.to_string()))?;
             (Host::Ipv6(ip), port)
         } else {
             let (host, port) = s.rsplit_once(':').ok_or(AddressError::MissingPort)?;
             (parse_host(host)?, port)
         };
-        Ok(HostPort {
-            host,
-            port: parse_port(port)?,
-        })
+        Ok(HostPort { host, port: parse_port(port)? })
     }
 }
 
@@ -153,13 +146,7 @@ pub struct MemberAttrs {
 
 impl Default for MemberAttrs {
     fn default() -> Self {
-        MemberAttrs {
-            weight: 1,
-            max_fails: 2,
-            fail_timeout: 10,
-            down: false,
-            backup: false,
-        }
+        MemberAttrs { weight: 1, max_fails: 2, fail_timeout: 10, down: false, backup: false }
     }
 }
 
@@ -185,10 +172,7 @@ pub enum ValueProblem {
     /// The value is not a JSON object: every attribute takes its default.
     NotJsonObject,
     /// One attribute had a bad type or was out of range: it takes its default.
-    BadField {
-        field: &'static str,
-        allowed: &'static str,
-    },
+    BadField { field: &'static str, allowed: &'static str },
 }
 
 impl std::fmt::Display for ValueProblem {
@@ -226,39 +210,18 @@ pub fn parse_upsync_value(value: &[u8]) -> (MemberAttrs, Vec<ValueProblem>) {
             match as_uint(v).filter(|n| *n <= max) {
                 // `max` fits in u32 for every field, so this never truncates.
                 Some(n) => *slot = u32::try_from(n).unwrap_or(*slot),
-                None => problems.push(ValueProblem::BadField {
-                    field: name,
-                    allowed,
-                }),
+                None => problems.push(ValueProblem::BadField { field: name, allowed }),
             }
         }
     };
-    int_field(
-        "weight",
-        MAX_WEIGHT,
-        "an integer in 0..=65535",
-        &mut attrs.weight,
-    );
-    int_field(
-        "max_fails",
-        MAX_FAILS,
-        "an integer in 0..=1000000",
-        &mut attrs.max_fails,
-    );
-    int_field(
-        "fail_timeout",
-        MAX_FAIL_TIMEOUT_S,
-        "seconds in 0..=86400",
-        &mut attrs.fail_timeout,
-    );
+    int_field("weight", MAX_WEIGHT, "an integer in 0..=65535", &mut attrs.weight);
+    int_field("max_fails", MAX_FAILS, "an integer in 0..=1000000", &mut attrs.max_fails);
+    int_field("fail_timeout", MAX_FAIL_TIMEOUT_S, "seconds in 0..=86400", &mut attrs.fail_timeout);
     for (name, slot) in [("down", &mut attrs.down), ("backup", &mut attrs.backup)] {
         if let Some(v) = obj.get(name) {
             match as_flag(v) {
                 Some(b) => *slot = b,
-                None => problems.push(ValueProblem::BadField {
-                    field: name,
-                    allowed: "0, 1, true or false",
-                }),
+                None => problems.push(ValueProblem::BadField { field: name, allowed: "0, 1, true or false" }),
             }
         }
     }
@@ -315,38 +278,14 @@ mod tests {
 
     #[test]
     fn refuses_bad_addresses() {
-        assert_eq!(
-            "127.0.0.1".parse::<HostPort>(),
-            Err(AddressError::MissingPort)
-        );
-        assert_eq!(
-            "127.0.0.1:0".parse::<HostPort>(),
-            Err(AddressError::BadPort("0".into()))
-        );
-        assert_eq!(
-            "127.0.0.1:65536".parse::<HostPort>(),
-            Err(AddressError::BadPort("65536".into()))
-        );
-        assert_eq!(
-            "127.0.0.1:+80".parse::<HostPort>(),
-            Err(AddressError::BadPort("+80".into()))
-        );
-        assert_eq!(
-            "999.1.1.1:80".parse::<HostPort>(),
-            Err(AddressError::BadHost("999.1.1.1".into()))
-        );
-        assert_eq!(
-            "[::g]:80".parse::<HostPort>(),
-            Err(AddressError::BadIpv6("::g".into()))
-        );
-        assert_eq!(
-            "[::1]80".parse::<HostPort>(),
-            Err(AddressError::MissingPort)
-        );
-        assert_eq!(
-            "nonsense".parse::<HostPort>(),
-            Err(AddressError::MissingPort)
-        );
+        assert_eq!("127.0.0.1".parse::<HostPort>(), Err(AddressError::MissingPort));
+        assert_eq!("127.0.0.1:0".parse::<HostPort>(), Err(AddressError::BadPort("0".into())));
+        assert_eq!("127.0.0.1:65536".parse::<HostPort>(), Err(AddressError::BadPort("65536".into())));
+        assert_eq!("127.0.0.1:+80".parse::<HostPort>(), Err(AddressError::BadPort("+80".into())));
+        assert_eq!("999.1.1.1:80".parse::<HostPort>(), Err(AddressError::BadHost("999.1.1.1".into())));
+        assert_eq!("[::g]:80".parse::<HostPort>(), Err(AddressError::BadIpv6("::g".into())));
+        assert_eq!("[::1]80".parse::<HostPort>(), Err(AddressError::MissingPort));
+        assert_eq!("nonsense".parse::<HostPort>(), Err(AddressError::MissingPort));
         assert!("bad_name:80".parse::<HostPort>().is_err());
         assert!("-a.example:80".parse::<HostPort>().is_err());
         assert!(":80".parse::<HostPort>().is_err());
@@ -354,84 +293,37 @@ mod tests {
 
     #[test]
     fn full_value_is_read() {
-        let (attrs, problems) = parse_upsync_value(
-            br#"{"weight":3,"max_fails":5,"fail_timeout":30,"down":1,"backup":0}"#,
-        );
+        let (attrs, problems) =
+            parse_upsync_value(br#"{"weight":3,"max_fails":5,"fail_timeout":30,"down":1,"backup":0}"#);
         assert!(problems.is_empty());
-        assert_eq!(
-            attrs,
-            MemberAttrs {
-                weight: 3,
-                max_fails: 5,
-                fail_timeout: 30,
-                down: true,
-                backup: false
-            }
-        );
+        assert_eq!(attrs, MemberAttrs { weight: 3, max_fails: 5, fail_timeout: 30, down: true, backup: false });
     }
 
     #[test]
     fn missing_fields_take_upsync_defaults() {
         let (attrs, problems) = parse_upsync_value(br#"{"weight":0}"#);
         assert!(problems.is_empty());
-        assert_eq!(
-            attrs,
-            MemberAttrs {
-                weight: 0,
-                ..MemberAttrs::default()
-            }
-        );
+        assert_eq!(attrs, MemberAttrs { weight: 0, ..MemberAttrs::default() });
         assert_eq!(
             MemberAttrs::default(),
-            MemberAttrs {
-                weight: 1,
-                max_fails: 2,
-                fail_timeout: 10,
-                down: false,
-                backup: false
-            }
+            MemberAttrs { weight: 1, max_fails: 2, fail_timeout: 10, down: false, backup: false }
         );
     }
 
     #[test]
     fn empty_and_garbage_values_give_defaults_and_a_problem() {
-        assert_eq!(
-            parse_upsync_value(b""),
-            (MemberAttrs::default(), vec![ValueProblem::Empty])
-        );
-        assert_eq!(
-            parse_upsync_value(b"  \n"),
-            (MemberAttrs::default(), vec![ValueProblem::Empty])
-        );
-        assert_eq!(
-            parse_upsync_value(b"not json"),
-            (MemberAttrs::default(), vec![ValueProblem::NotJsonObject])
-        );
-        assert_eq!(
-            parse_upsync_value(b"[1,2]"),
-            (MemberAttrs::default(), vec![ValueProblem::NotJsonObject])
-        );
-        assert_eq!(
-            parse_upsync_value(&[0xff, 0xfe]),
-            (MemberAttrs::default(), vec![ValueProblem::NotJsonObject])
-        );
+        assert_eq!(parse_upsync_value(b""), (MemberAttrs::default(), vec![ValueProblem::Empty]));
+        assert_eq!(parse_upsync_value(b"  \n"), (MemberAttrs::default(), vec![ValueProblem::Empty]));
+        assert_eq!(parse_upsync_value(b"not json"), (MemberAttrs::default(), vec![ValueProblem::NotJsonObject]));
+        assert_eq!(parse_upsync_value(b"[1,2]"), (MemberAttrs::default(), vec![ValueProblem::NotJsonObject]));
+        assert_eq!(parse_upsync_value(&[0xff, 0xfe]), (MemberAttrs::default(), vec![ValueProblem::NotJsonObject]));
     }
 
     #[test]
     fn bad_fields_fall_back_one_by_one() {
-        let (attrs, problems) = parse_upsync_value(
-            br#"{"weight":-1,"max_fails":"7","fail_timeout":"20s","down":"yes","backup":true}"#,
-        );
-        assert_eq!(
-            attrs,
-            MemberAttrs {
-                weight: 1,
-                max_fails: 7,
-                fail_timeout: 20,
-                down: false,
-                backup: true
-            }
-        );
+        let (attrs, problems) =
+            parse_upsync_value(br#"{"weight":-1,"max_fails":"7","fail_timeout":"20s","down":"yes","backup":true}"#);
+        assert_eq!(attrs, MemberAttrs { weight: 1, max_fails: 7, fail_timeout: 20, down: false, backup: true });
         let fields: Vec<_> = problems
             .iter()
             .map(|p| match p {
@@ -444,8 +336,7 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused() {
-        let (attrs, problems) =
-            parse_upsync_value(br#"{"weight":65536,"fail_timeout":86401,"max_fails":1.5}"#);
+        let (attrs, problems) = parse_upsync_value(br#"{"weight":65536,"fail_timeout":86401,"max_fails":1.5}"#);
         assert_eq!(attrs, MemberAttrs::default());
         assert_eq!(problems.len(), 3);
         let (attrs, problems) = parse_upsync_value(br#"{"weight":65535,"extra":"ignored"}"#);

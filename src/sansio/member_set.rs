@@ -44,20 +44,13 @@ impl MemberSet {
     }
 
     pub fn get(&self, addr: &HostPort) -> Option<&MemberAttrs> {
-        self.members
-            .binary_search_by(|m| m.addr.cmp(addr))
-            .ok()
-            .and_then(|i| self.members.get(i))
-            .map(|m| &m.attrs)
+        self.members.binary_search_by(|m| m.addr.cmp(addr)).ok().and_then(|i| self.members.get(i)).map(|m| &m.attrs)
     }
 
     /// What changed from `self` to `next`.
     pub fn diff(&self, next: &MemberSet) -> Diff {
         let mut diff = Diff::default();
-        let (mut a, mut b) = (
-            self.members.iter().peekable(),
-            next.members.iter().peekable(),
-        );
+        let (mut a, mut b) = (self.members.iter().peekable(), next.members.iter().peekable());
         loop {
             match (a.peek(), b.peek()) {
                 (None, None) => break,
@@ -109,13 +102,7 @@ impl Diff {
 
 impl std::fmt::Display for Diff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "+{} -{} ~{}",
-            self.added.len(),
-            self.removed.len(),
-            self.changed.len()
-        )
+        write!(f, "+{} -{} ~{}", self.added.len(), self.removed.len(), self.changed.len())
     }
 }
 
@@ -128,22 +115,12 @@ mod tests {
     use super::*;
 
     fn m(addr: &str, weight: u32) -> Member {
-        Member {
-            addr: addr.parse().unwrap(),
-            attrs: MemberAttrs {
-                weight,
-                ..MemberAttrs::default()
-            },
-        }
+        Member { addr: addr.parse().unwrap(), attrs: MemberAttrs { weight, ..MemberAttrs::default() } }
     }
 
     #[test]
     fn sorts_and_drops_duplicates_keeping_the_first() {
-        let (set, dups) = MemberSet::from_members(vec![
-            m("10.0.0.2:80", 1),
-            m("10.0.0.1:80", 5),
-            m("10.0.0.1:80", 9),
-        ]);
+        let (set, dups) = MemberSet::from_members(vec![m("10.0.0.2:80", 1), m("10.0.0.1:80", 5), m("10.0.0.1:80", 9)]);
         assert_eq!(set.len(), 2);
         assert_eq!(set.iter().next().unwrap().attrs.weight, 5);
         assert_eq!(dups, vec!["10.0.0.1:80".parse().unwrap()]);
@@ -161,16 +138,8 @@ mod tests {
 
     #[test]
     fn diff_reports_added_removed_changed() {
-        let (old, _) = MemberSet::from_members(vec![
-            m("10.0.0.1:80", 1),
-            m("10.0.0.2:80", 1),
-            m("10.0.0.3:80", 1),
-        ]);
-        let (new, _) = MemberSet::from_members(vec![
-            m("10.0.0.2:80", 4),
-            m("10.0.0.3:80", 1),
-            m("10.0.0.4:80", 1),
-        ]);
+        let (old, _) = MemberSet::from_members(vec![m("10.0.0.1:80", 1), m("10.0.0.2:80", 1), m("10.0.0.3:80", 1)]);
+        let (new, _) = MemberSet::from_members(vec![m("10.0.0.2:80", 4), m("10.0.0.3:80", 1), m("10.0.0.4:80", 1)]);
         let d = old.diff(&new);
         assert_eq!(d.added, vec![m("10.0.0.4:80", 1)]);
         assert_eq!(d.removed, vec!["10.0.0.1:80".parse().unwrap()]);

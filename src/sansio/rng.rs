@@ -45,10 +45,7 @@ mod tests {
         let mut r = Rng::new(1);
         let draws: Vec<u64> = (0..1000).map(|_| r.up_to(9)).collect();
         assert!(draws.iter().all(|&d| d <= 9));
-        assert!(
-            (0..=9).all(|v| draws.contains(&v)),
-            "every value drawn at least once"
-        );
+        assert!((0..=9).all(|v| draws.contains(&v)), "every value drawn at least once");
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
     }
 }

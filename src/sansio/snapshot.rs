@@ -99,8 +99,7 @@ impl Snapshot {
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
-        let wire: SnapshotWire =
-            serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        let wire: SnapshotWire = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         if wire.key != key {
             return Err(SnapshotError::OtherKey(wire.key));
         }
@@ -108,10 +107,8 @@ impl Snapshot {
             .ok_or_else(|| SnapshotError::Corrupt(format!("unknown source {:?}", wire.source)))?;
         let mut members = Vec::with_capacity(wire.members.len());
         for m in wire.members {
-            let addr: HostPort = m
-                .address
-                .parse()
-                .map_err(|e| SnapshotError::Corrupt(format!("member {:?}: {e}", m.address)))?;
+            let addr: HostPort =
+                m.address.parse().map_err(|e| SnapshotError::Corrupt(format!("member {:?}: {e}", m.address)))?;
             let attrs = MemberAttrs {
                 weight: m.weight,
                 max_fails: m.max_fails,
@@ -121,11 +118,7 @@ impl Snapshot {
             };
             members.push(Member { addr, attrs });
         }
-        Ok(Snapshot {
-            version: wire.version,
-            source,
-            members: MemberSet::from_members(members).0,
-        })
+        Ok(Snapshot { version: wire.version, source, members: MemberSet::from_members(members).0 })
     }
 }
 
@@ -139,11 +132,7 @@ pub fn read(store: &dyn SharedStore, upstream: &str) -> Result<Option<Snapshot>,
 }
 
 /// Writes any serialisable value with [`super::store::put`].
-pub fn put_json<T: Serialize>(
-    store: &mut dyn SharedStore,
-    key: &str,
-    value: &T,
-) -> Result<(), StoreError> {
+pub fn put_json<T: Serialize>(store: &mut dyn SharedStore, key: &str, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Host(e.to_string()))?;
     super::store::put(store, key, &bytes)
 }
@@ -164,11 +153,7 @@ const PUBLISH_ATTEMPTS: usize = 8;
 /// Publishes `update` for `upstream` with a CAS loop: the new version is
 /// one above whatever is stored at the moment of writing, so a concurrent
 /// writer's newer version is never overwritten by a blind set.
-pub fn publish(
-    store: &mut dyn SharedStore,
-    upstream: &str,
-    update: &Update,
-) -> Result<PublishOutcome, StoreError> {
+pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Update) -> Result<PublishOutcome, StoreError> {
     let key = snapshot_key(upstream);
     let mut last = StoreError::CasMismatch;
     for _ in 0..PUBLISH_ATTEMPTS {
@@ -191,11 +176,7 @@ pub fn publish(
             Some(s) => s.version.saturating_add(1),
             None => 1,
         };
-        let snapshot = Snapshot {
-            version,
-            source: update.source,
-            members: update.members.clone(),
-        };
+        let snapshot = Snapshot { version, source: update.source, members: update.members.clone() };
         match store.set(&key, &snapshot.encode(&key), entry.cas) {
             Ok(()) => return Ok(PublishOutcome::Written { version }),
             Err(StoreError::CasMismatch) => last = StoreError::CasMismatch,
@@ -215,20 +196,15 @@ mod tests {
     use crate::sansio::store::{MemoryStore, StoreRules};
 
     fn set_of(addrs: &[&str]) -> MemberSet {
-        MemberSet::from_members(addrs.iter().map(|a| Member {
-            addr: a.parse().unwrap(),
-            attrs: MemberAttrs::default(),
-        }))
+        MemberSet::from_members(
+            addrs.iter().map(|a| Member { addr: a.parse().unwrap(), attrs: MemberAttrs::default() }),
+        )
         .0
     }
 
     fn update(addrs: &[&str], source: Source) -> Update {
         let members = set_of(addrs);
-        Update {
-            diff: MemberSet::new().diff(&members),
-            members,
-            source,
-        }
+        Update { diff: MemberSet::new().diff(&members), members, source }
     }
 
     #[test]
@@ -244,10 +220,7 @@ mod tests {
             Snapshot::decode("upsync/v1/snap/api", &bytes),
             Err(SnapshotError::OtherKey("upsync/v1/snap/web".into()))
         );
-        assert!(matches!(
-            Snapshot::decode("k", b"{"),
-            Err(SnapshotError::Corrupt(_))
-        ));
+        assert!(matches!(Snapshot::decode("k", b"{"), Err(SnapshotError::Corrupt(_))));
     }
 
     #[test]
@@ -255,25 +228,12 @@ mod tests {
         for rules in [StoreRules::Envoy, StoreRules::NgxWasm] {
             let mut store = MemoryStore::new(rules);
             let u1 = update(&["10.0.0.1:80"], Source::Registry);
-            assert_eq!(
-                publish(&mut store, "web", &u1),
-                Ok(PublishOutcome::Written { version: 1 })
-            );
+            assert_eq!(publish(&mut store, "web", &u1), Ok(PublishOutcome::Written { version: 1 }));
             let cas_before = store.get(&snapshot_key("web")).unwrap().cas;
-            assert_eq!(
-                publish(&mut store, "web", &u1),
-                Ok(PublishOutcome::Unchanged { version: 1 })
-            );
-            assert_eq!(
-                store.get(&snapshot_key("web")).unwrap().cas,
-                cas_before,
-                "no write"
-            );
+            assert_eq!(publish(&mut store, "web", &u1), Ok(PublishOutcome::Unchanged { version: 1 }));
+            assert_eq!(store.get(&snapshot_key("web")).unwrap().cas, cas_before, "no write");
             let u2 = update(&["10.0.0.1:80", "10.0.0.2:80"], Source::Registry);
-            assert_eq!(
-                publish(&mut store, "web", &u2),
-                Ok(PublishOutcome::Written { version: 2 })
-            );
+            assert_eq!(publish(&mut store, "web", &u2), Ok(PublishOutcome::Written { version: 2 }));
             let read_back = read(&store, "web").unwrap().unwrap();
             assert_eq!(read_back.members, u2.members);
             assert_eq!(read_back.version, 2);
@@ -283,31 +243,14 @@ mod tests {
     #[test]
     fn fallback_never_replaces_a_stored_list() {
         let mut store = MemoryStore::new(StoreRules::Envoy);
-        publish(
-            &mut store,
-            "web",
-            &update(&["10.0.0.1:80"], Source::Registry),
-        )
-        .unwrap();
-        let out = publish(
-            &mut store,
-            "web",
-            &update(&["127.0.0.1:9"], Source::Fallback),
-        )
-        .unwrap();
+        publish(&mut store, "web", &update(&["10.0.0.1:80"], Source::Registry)).unwrap();
+        let out = publish(&mut store, "web", &update(&["127.0.0.1:9"], Source::Fallback)).unwrap();
         assert_eq!(out, PublishOutcome::KeptStored { version: 1 });
-        assert_eq!(
-            read(&store, "web").unwrap().unwrap().source,
-            Source::Registry
-        );
+        assert_eq!(read(&store, "web").unwrap().unwrap().source, Source::Registry);
         // On an empty store the fallback is written.
         let mut empty = MemoryStore::new(StoreRules::NgxWasm);
         assert_eq!(
-            publish(
-                &mut empty,
-                "web",
-                &update(&["127.0.0.1:9"], Source::Fallback)
-            ),
+            publish(&mut empty, "web", &update(&["127.0.0.1:9"], Source::Fallback)),
             Ok(PublishOutcome::Written { version: 1 })
         );
     }
@@ -327,11 +270,8 @@ mod tests {
             if self.races > 0 {
                 self.races -= 1;
                 let current = read(&self.inner, "web").unwrap().map_or(0, |s| s.version);
-                let theirs = Snapshot {
-                    version: current + 10,
-                    source: Source::Registry,
-                    members: set_of(&["10.9.9.9:80"]),
-                };
+                let theirs =
+                    Snapshot { version: current + 10, source: Source::Registry, members: set_of(&["10.9.9.9:80"]) };
                 crate::sansio::store::put(&mut self.inner, key, &theirs.encode(key)).unwrap();
             }
             self.inner.set(key, value, cas)
@@ -345,31 +285,14 @@ mod tests {
             // there: the races start once the key exists (Envoy's poller is a
             // singleton, so only the nginx host has concurrent creators).
             let mut inner = MemoryStore::new(rules);
-            publish(
-                &mut inner,
-                "web",
-                &update(&["10.0.0.9:80"], Source::Registry),
-            )
-            .unwrap();
+            publish(&mut inner, "web", &update(&["10.0.0.9:80"], Source::Registry)).unwrap();
             let mut store = RacingStore { inner, races: 2 };
-            let out = publish(
-                &mut store,
-                "web",
-                &update(&["10.0.0.1:80"], Source::Registry),
-            )
-            .unwrap();
+            let out = publish(&mut store, "web", &update(&["10.0.0.1:80"], Source::Registry)).unwrap();
             // Two racing writes (versions 11, then 21); ours goes on top.
             assert_eq!(out, PublishOutcome::Written { version: 22 });
-            let mut always = RacingStore {
-                inner: store.inner.clone(),
-                races: usize::MAX,
-            };
+            let mut always = RacingStore { inner: store.inner.clone(), races: usize::MAX };
             assert_eq!(
-                publish(
-                    &mut always,
-                    "web",
-                    &update(&["10.0.0.2:80"], Source::Registry)
-                ),
+                publish(&mut always, "web", &update(&["10.0.0.2:80"], Source::Registry)),
                 Err(StoreError::CasMismatch)
             );
         }
@@ -381,25 +304,12 @@ mod tests {
         // Find two upstream names whose snapshot keys collide is costly;
         // write a foreign value straight into our slot instead.
         let ours = snapshot_key("web");
-        let foreign = Snapshot {
-            version: 3,
-            source: Source::Registry,
-            members: set_of(&["10.0.0.1:80"]),
-        };
-        store
-            .set(&ours, &foreign.encode("upsync/v1/snap/other"), None)
-            .unwrap();
-        assert_eq!(
-            read(&store, "web"),
-            Err(SnapshotError::OtherKey("upsync/v1/snap/other".into()))
-        );
+        let foreign = Snapshot { version: 3, source: Source::Registry, members: set_of(&["10.0.0.1:80"]) };
+        store.set(&ours, &foreign.encode("upsync/v1/snap/other"), None).unwrap();
+        assert_eq!(read(&store, "web"), Err(SnapshotError::OtherKey("upsync/v1/snap/other".into())));
         // Publishing repairs it.
         assert_eq!(
-            publish(
-                &mut store,
-                "web",
-                &update(&["10.0.0.2:80"], Source::Registry)
-            ),
+            publish(&mut store, "web", &update(&["10.0.0.2:80"], Source::Registry)),
             Ok(PublishOutcome::Written { version: 1 })
         );
     }

@@ -19,11 +19,7 @@ pub struct RegistryWire {
 
 impl From<&RegistryConfig> for RegistryWire {
     fn from(r: &RegistryConfig) -> Self {
-        RegistryWire {
-            kind: r.kind.as_str().to_string(),
-            target: r.target.clone(),
-            prefix: r.prefix.clone(),
-        }
+        RegistryWire { kind: r.kind.as_str().to_string(), target: r.target.clone(), prefix: r.prefix.clone() }
     }
 }
 
@@ -77,9 +73,7 @@ impl StatusRecord {
     fn read(store: &dyn SharedStore, name: &str) -> Option<StatusRecord> {
         let key = status_key(name);
         let value = store.get(&key).ok()?.value?;
-        serde_json::from_slice::<StatusRecord>(&value)
-            .ok()
-            .filter(|r| r.key == key)
+        serde_json::from_slice::<StatusRecord>(&value).ok().filter(|r| r.key == key)
     }
 }
 
@@ -91,10 +85,7 @@ struct IndexWire {
 
 /// Records which upstreams the poller serves.
 pub fn write_index(store: &mut dyn SharedStore, names: &[String]) -> Result<(), StoreError> {
-    let wire = IndexWire {
-        key: index_key(),
-        upstreams: names.to_vec(),
-    };
+    let wire = IndexWire { key: index_key(), upstreams: names.to_vec() };
     snapshot::put_json(store, &index_key(), &wire)
 }
 
@@ -120,9 +111,7 @@ pub struct JsonReply {
 /// The upstream named by `?upstream=NAME` in a request path, if any.
 pub fn upstream_filter(path: &str) -> Option<&str> {
     let (_, query) = path.split_once('?')?;
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("upstream="))
+    query.split('&').find_map(|pair| pair.strip_prefix("upstream="))
 }
 
 /// Answers `GET /upsync/status[?upstream=NAME]`.
@@ -133,23 +122,14 @@ pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>) -> JsonReply 
             let hit: Vec<&String> = names.iter().filter(|n| n.as_str() == wanted).collect();
             if hit.is_empty() {
                 let body = json!({"error": "unknown upstream", "upstream": wanted, "known": names});
-                return JsonReply {
-                    status: 404,
-                    body: body.to_string(),
-                };
+                return JsonReply { status: 404, body: body.to_string() };
             }
             hit
         }
         None => names.iter().collect(),
     };
-    let upstreams: Vec<UpstreamView<'_>> = selected
-        .into_iter()
-        .map(|name| upstream_view(store, name))
-        .collect();
-    JsonReply {
-        status: 200,
-        body: json!({ "upstreams": upstreams }).to_string(),
-    }
+    let upstreams: Vec<UpstreamView<'_>> = selected.into_iter().map(|name| upstream_view(store, name)).collect();
+    JsonReply { status: 200, body: json!({ "upstreams": upstreams }).to_string() }
 }
 
 /// One upstream as the status endpoint shows it.
@@ -181,12 +161,7 @@ struct MemberView {
 
 fn upstream_view<'a>(store: &dyn SharedStore, name: &'a str) -> UpstreamView<'a> {
     let (version, source, members, snapshot_error) = match snapshot::read(store, name) {
-        Ok(Some(s)) => (
-            Some(s.version),
-            s.source.as_str(),
-            s.members.iter().map(MemberWire::from).collect(),
-            None,
-        ),
+        Ok(Some(s)) => (Some(s.version), s.source.as_str(), s.members.iter().map(MemberWire::from).collect(), None),
         Ok(None) => (None, "none", Vec::new(), None),
         Err(e) => (None, "none", Vec::new(), Some(e.to_string())),
     };
@@ -249,40 +224,16 @@ mod tests {
         let names: Vec<String> = cfg.upstreams.iter().map(|u| u.name.clone()).collect();
         write_index(&mut store, &names).unwrap();
         let web = &cfg.upstreams[0];
-        let mut sync = SyncState::new(
-            SyncConfig::from(web),
-            EtcdV3Adapter::new(&web.registry.prefix),
-            1,
-        );
+        let mut sync = SyncState::new(SyncConfig::from(web), EtcdV3Adapter::new(&web.registry.prefix), 1);
         let out = sync.poll_request(0).unwrap();
-        sync.handle_response(
-            5,
-            out.id,
-            HttpResponse {
-                status: Some(500),
-                body: b"",
-                body_size: 0,
-            },
-        );
-        snapshot::put_json(
-            &mut store,
-            &status_key("web"),
-            &StatusRecord::of(&sync, &web.registry),
-        )
-        .unwrap();
+        sync.handle_response(5, out.id, HttpResponse { status: Some(500), body: b"", body_size: 0 });
+        snapshot::put_json(&mut store, &status_key("web"), &StatusRecord::of(&sync, &web.registry)).unwrap();
         let members = MemberSet::from_members(vec![Member {
             addr: "[::1]:8080".parse().unwrap(),
-            attrs: MemberAttrs {
-                weight: 5,
-                ..Default::default()
-            },
+            attrs: MemberAttrs { weight: 5, ..Default::default() },
         }])
         .0;
-        let update = Update {
-            diff: MemberSet::new().diff(&members),
-            members,
-            source: Source::Registry,
-        };
+        let update = Update { diff: MemberSet::new().diff(&members), members, source: Source::Registry };
         snapshot::publish(&mut store, "web", &update).unwrap();
         store
     }
@@ -314,10 +265,7 @@ mod tests {
     fn filters_by_name_and_404s_unknown_names() {
         let store = setup();
         assert_eq!(upstream_filter("/upsync/status?upstream=api"), Some("api"));
-        assert_eq!(
-            upstream_filter("/upsync/status?x=1&upstream=web"),
-            Some("web")
-        );
+        assert_eq!(upstream_filter("/upsync/status?x=1&upstream=web"), Some("web"));
         assert_eq!(upstream_filter("/upsync/status"), None);
         let one: Value = serde_json::from_str(&status_reply(&store, Some("api")).body).unwrap();
         assert_eq!(one["upstreams"].as_array().unwrap().len(), 1);

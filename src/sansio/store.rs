@@ -71,11 +71,7 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(rules: StoreRules) -> Self {
-        MemoryStore {
-            rules,
-            entries: HashMap::new(),
-            next_cas: 1,
-        }
+        MemoryStore { rules, entries: HashMap::new(), next_cas: 1 }
     }
 
     fn slot(&self, key: &str) -> u64 {
@@ -98,19 +94,14 @@ impl MemoryStore {
 
     /// The key that created the entry now holding `key` (to observe collisions).
     pub fn owner_of(&self, key: &str) -> Option<&str> {
-        self.entries
-            .get(&self.slot(key))
-            .map(|(k, _, _)| k.as_str())
+        self.entries.get(&self.slot(key)).map(|(k, _, _)| k.as_str())
     }
 }
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Entry, StoreError> {
         Ok(match self.entries.get(&self.slot(key)) {
-            Some((_, value, cas)) => Entry {
-                value: Some(value.clone()),
-                cas: Some(*cas),
-            },
+            Some((_, value, cas)) => Entry { value: Some(value.clone()), cas: Some(*cas) },
             None => Entry::default(),
         })
     }
@@ -129,10 +120,7 @@ impl SharedStore for MemoryStore {
         }
         let new_cas = self.next_cas;
         self.next_cas = self.next_cas.wrapping_add(1).max(1);
-        let owner = self
-            .entries
-            .get(&slot)
-            .map_or_else(|| key.to_string(), |(k, _, _)| k.clone());
+        let owner = self.entries.get(&slot).map_or_else(|| key.to_string(), |(k, _, _)| k.clone());
         self.entries.insert(slot, (owner, value.to_vec(), new_cas));
         Ok(())
     }
@@ -173,10 +161,7 @@ mod tests {
         s.set("k", b"2", None).unwrap();
         let e = s.get("k").unwrap();
         assert_eq!(e.value.as_deref(), Some(&b"2"[..]));
-        assert_eq!(
-            s.set("k", b"3", Some(e.cas.unwrap() + 1)),
-            Err(StoreError::CasMismatch)
-        );
+        assert_eq!(s.set("k", b"3", Some(e.cas.unwrap() + 1)), Err(StoreError::CasMismatch));
         s.set("k", b"3", e.cas).unwrap();
         assert!(s.get("plumless").unwrap().value.is_none());
     }

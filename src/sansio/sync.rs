@@ -13,7 +13,7 @@
 //! one registry call is in flight.
 
 use super::config::UpstreamConfig;
-use super::etcd_v3::{EtcdV3Adapter, RangeCursor};
+use super::etcd_v3::{EtcdV3Adapter, FetchResult, RangeCursor};
 use super::member_set::{Diff, MemberSet};
 use super::request::{HttpRequest, HttpResponse};
 use super::rng::Rng;
@@ -76,11 +76,7 @@ enum Phase {
     /// Next poll at `until`.
     Waiting { until: u64 },
     /// A call is out; it is given up at `deadline` if the host never answers.
-    InFlight {
-        id: u64,
-        kind: RequestKind,
-        deadline: u64,
-    },
+    InFlight { id: u64, kind: RequestKind, deadline: u64 },
     /// The registry failed; next try at `until`.
     Backoff { until: u64 },
 }
@@ -145,6 +141,8 @@ pub struct SyncState {
     cursor: Option<RangeCursor>,
     /// The probe saw a change: the next call is a full read.
     fetch_now: bool,
+    /// The last full read was refused as empty.
+    refusing_empty: bool,
     /// What this machine last handed out, if anything.
     published: Option<(MemberSet, Source)>,
     pending: Option<Update>,
@@ -162,6 +160,7 @@ impl SyncState {
             rng: Rng::new(seed),
             cursor: None,
             fetch_now: false,
+            refusing_empty: false,
             published: None,
             pending: None,
             stats: SyncStats::default(),
@@ -213,10 +212,7 @@ impl SyncState {
     pub fn handle_timeout(&mut self, now: u64) {
         if let Phase::InFlight { deadline, .. } = self.phase {
             if now >= deadline {
-                self.fail(
-                    now,
-                    "registry call timed out with no answer from the host".into(),
-                );
+                self.fail(now, "registry call timed out with no answer from the host".into());
             }
         }
     }
@@ -228,29 +224,19 @@ impl SyncState {
             Phase::Waiting { until } | Phase::Backoff { until } if now >= until => {}
             _ => return None,
         }
-        let kind = if self.cursor.is_none() || self.fetch_now {
-            RequestKind::Fetch
-        } else {
-            RequestKind::Probe
-        };
+        let kind = if self.cursor.is_none() || self.fetch_now { RequestKind::Fetch } else { RequestKind::Probe };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.phase = Phase::InFlight {
             id,
             kind,
-            deadline: now
-                .saturating_add(self.config.timeout_ms)
-                .saturating_add(DEADLINE_GRACE_MS),
+            deadline: now.saturating_add(self.config.timeout_ms).saturating_add(DEADLINE_GRACE_MS),
         };
         let request: HttpRequest = match kind {
             RequestKind::Probe => self.adapter.probe_request(),
             RequestKind::Fetch => self.adapter.fetch_request(),
         };
-        Some(Outgoing {
-            id,
-            request,
-            timeout_ms: self.config.timeout_ms,
-        })
+        Some(Outgoing { id, request, timeout_ms: self.config.timeout_ms })
     }
 
     /// The member list to publish, if it changed.
@@ -286,10 +272,7 @@ impl SyncState {
         if response.body_size > self.config.max_body_bytes {
             self.fail(
                 now,
-                format!(
-                    "body of {} bytes is over max_body_bytes ({})",
-                    response.body_size, self.config.max_body_bytes
-                ),
+                format!("body of {} bytes is over max_body_bytes ({})", response.body_size, self.config.max_body_bytes),
             );
             return true;
         }
@@ -307,58 +290,52 @@ impl SyncState {
                 Err(e) => self.fail(now, e.to_string()),
             },
             RequestKind::Fetch => match self.adapter.parse_fetch(response.body) {
-                Ok(result) => {
-                    self.fetch_now = false;
-                    self.stats.bad_entries =
-                        u64::try_from(result.problems.len()).unwrap_or(u64::MAX);
-                    for p in &result.problems {
-                        let effect = if p.skipped {
-                            "skipped"
-                        } else {
-                            "defaults used"
-                        };
-                        log::warn!(
-                            "upstream {}: registry entry {:?}: {} ({effect})",
-                            self.config.name,
-                            p.key,
-                            p.problem
-                        );
-                    }
-                    if result.members.is_empty() && !self.config.allow_empty {
-                        // Not remembering the cursor makes the next poll a full
-                        // read again: a refused list is re-checked every interval.
-                        self.cursor = None;
-                        self.stats.updates_refused += 1;
-                        self.note_error(now, "registry returned no members; last good list kept (allow_empty is false)".into());
-                        if self.published.is_none() {
-                            self.offer_fallback();
-                        }
-                    } else {
-                        self.cursor = Some(result.cursor);
-                        self.succeed(now);
-                        self.offer(result.members, Source::Registry);
-                    }
-                    self.wait(now, self.config.interval_ms);
-                }
+                Ok(result) => self.apply_fetch(now, result),
                 Err(e) => self.fail(now, e.to_string()),
             },
         }
         true
     }
 
+    fn apply_fetch(&mut self, now: u64, result: FetchResult) {
+        self.fetch_now = false;
+        self.stats.bad_entries = u64::try_from(result.problems.len()).unwrap_or(u64::MAX);
+        for p in &result.problems {
+            let effect = if p.skipped { "; entry skipped" } else { "" };
+            log::warn!("upstream {}: registry entry {:?}: {}{effect}", self.config.name, p.key, p.problem);
+        }
+        if result.members.is_empty() && !self.config.allow_empty {
+            // Not remembering the cursor makes the next poll a full read
+            // again: a refused list is re-checked every interval.
+            self.cursor = None;
+            self.stats.updates_refused += 1;
+            // Logged once per run of refusals, not every interval.
+            let first = !std::mem::replace(&mut self.refusing_empty, true);
+            let reason = "registry returned no members; last good list kept (allow_empty is false)";
+            self.note_error(now, reason.into(), first);
+            if self.published.is_none() {
+                self.offer_fallback();
+            }
+        } else {
+            if std::mem::take(&mut self.refusing_empty) {
+                log::info!("upstream {}: registry lists members again", self.config.name);
+            }
+            self.cursor = Some(result.cursor);
+            self.succeed(now);
+            self.offer(result.members, Source::Registry);
+        }
+        self.wait(now, self.config.interval_ms);
+    }
+
     fn in_flight(&self, id: u64) -> Option<RequestKind> {
         match self.phase {
-            Phase::InFlight {
-                id: current, kind, ..
-            } if current == id => Some(kind),
+            Phase::InFlight { id: current, kind, .. } if current == id => Some(kind),
             _ => None,
         }
     }
 
     fn wait(&mut self, now: u64, delay: u64) {
-        self.phase = Phase::Waiting {
-            until: now.saturating_add(delay),
-        };
+        self.phase = Phase::Waiting { until: now.saturating_add(delay) };
     }
 
     fn succeed(&mut self, now: u64) {
@@ -375,8 +352,10 @@ impl SyncState {
         self.stats_changed = true;
     }
 
-    fn note_error(&mut self, now: u64, reason: String) {
-        log::warn!("upstream {}: {reason}", self.config.name);
+    fn note_error(&mut self, now: u64, reason: String, log_it: bool) {
+        if log_it {
+            log::warn!("upstream {}: {reason}", self.config.name);
+        }
         self.stats.last_error = Some(reason);
         self.stats.last_error_ms = Some(now);
         self.stats_changed = true;
@@ -386,13 +365,8 @@ impl SyncState {
         self.stats.syncs_failed += 1;
         self.stats.consecutive_failures = self.stats.consecutive_failures.saturating_add(1);
         let delay = self.backoff_delay();
-        self.note_error(
-            now,
-            format!("{reason}; keeping the last good list, next try in {delay} ms"),
-        );
-        self.phase = Phase::Backoff {
-            until: now.saturating_add(delay),
-        };
+        self.note_error(now, format!("{reason}; keeping the last good list, next try in {delay} ms"), true);
+        self.phase = Phase::Backoff { until: now.saturating_add(delay) };
         if self.published.is_none() {
             self.offer_fallback();
         }
@@ -402,11 +376,7 @@ impl SyncState {
     /// "equal jitter": half fixed, half random, so pollers spread out.
     fn backoff_delay(&mut self) -> u64 {
         let shift = self.stats.consecutive_failures.saturating_sub(1).min(20);
-        let full = self
-            .config
-            .interval_ms
-            .saturating_mul(1 << shift)
-            .min(self.config.backoff_max_ms);
+        let full = self.config.interval_ms.saturating_mul(1 << shift).min(self.config.backoff_max_ms);
         let half = full / 2;
         half + self.rng.up_to(full - half)
     }
@@ -428,20 +398,11 @@ impl SyncState {
             Some((old, _)) => old.diff(&members),
             None => MemberSet::new().diff(&members),
         };
-        log::info!(
-            "upstream {}: {} members from the {} ({diff})",
-            self.config.name,
-            members.len(),
-            source.as_str()
-        );
+        log::info!("upstream {}: {} members from the {} ({diff})", self.config.name, members.len(), source.as_str());
         self.stats.updates_applied += 1;
         self.stats_changed = true;
         self.published = Some((members.clone(), source));
-        self.pending = Some(Update {
-            members,
-            source,
-            diff,
-        });
+        self.pending = Some(Update { members, source, diff });
     }
 }
 
@@ -482,10 +443,7 @@ mod tests {
 
     impl Registry {
         fn new() -> Self {
-            Registry {
-                kvs: Vec::new(),
-                revision: 1,
-            }
+            Registry { kvs: Vec::new(), revision: 1 }
         }
         fn put(&mut self, addr: &str, value: &str) {
             self.revision += 1;
@@ -530,20 +488,12 @@ mod tests {
     }
 
     fn ok(body: &[u8]) -> HttpResponse<'_> {
-        HttpResponse {
-            status: Some(200),
-            body,
-            body_size: body.len(),
-        }
+        HttpResponse { status: Some(200), body, body_size: body.len() }
     }
 
     /// Runs one poll at `now`: returns the request kind sent (by body) and
     /// the update, if any.
-    fn poll_once(
-        m: &mut SyncState,
-        r: &Registry,
-        now: u64,
-    ) -> (Option<&'static str>, Option<Update>) {
+    fn poll_once(m: &mut SyncState, r: &Registry, now: u64) -> (Option<&'static str>, Option<Update>) {
         m.handle_timeout(now);
         let mut kind = None;
         while let Some(out) = m.poll_request(now) {
@@ -600,13 +550,7 @@ mod tests {
         r.put("10.0.0.1:80", r#"{"down":1}"#);
         let update = poll_once(&mut m, &r, 2000).1.unwrap();
         assert_eq!(update.diff.changed.len(), 1);
-        assert!(
-            update
-                .members
-                .get(&"10.0.0.1:80".parse().unwrap())
-                .unwrap()
-                .down
-        );
+        assert!(update.members.get(&"10.0.0.1:80".parse().unwrap()).unwrap().down);
 
         // A delete alone lowers the count: seen too.
         r.delete("10.0.0.2:80");
@@ -642,36 +586,12 @@ mod tests {
         let mut now = 1000;
         let mut delays = Vec::new();
         let failures: [HttpResponse<'_>; 6] = [
-            HttpResponse {
-                status: Some(503),
-                body: b"",
-                body_size: 0,
-            },
-            HttpResponse {
-                status: Some(200),
-                body: b"garbage",
-                body_size: 7,
-            },
-            HttpResponse {
-                status: None,
-                body: b"",
-                body_size: 0,
-            },
-            HttpResponse {
-                status: Some(404),
-                body: b"{}",
-                body_size: 2,
-            },
-            HttpResponse {
-                status: Some(200),
-                body: b"{\"header\":{},\"kvs\":[{",
-                body_size: 21,
-            },
-            HttpResponse {
-                status: Some(500),
-                body: b"",
-                body_size: 0,
-            },
+            HttpResponse { status: Some(503), body: b"", body_size: 0 },
+            HttpResponse { status: Some(200), body: b"garbage", body_size: 7 },
+            HttpResponse { status: None, body: b"", body_size: 0 },
+            HttpResponse { status: Some(404), body: b"{}", body_size: 2 },
+            HttpResponse { status: Some(200), body: b"{\"header\":{},\"kvs\":[{", body_size: 21 },
+            HttpResponse { status: Some(500), body: b"", body_size: 0 },
         ];
         for failure in failures {
             let out = m.poll_request(now).expect("due");
@@ -680,29 +600,17 @@ mod tests {
             assert_eq!(m.phase_name(), "backoff");
             let next = m.poll_timeout();
             delays.push(next - now);
-            assert_eq!(
-                m.poll_request(next - 1),
-                None,
-                "no call before the backoff ends"
-            );
+            assert_eq!(m.poll_request(next - 1), None, "no call before the backoff ends");
             now = next;
         }
         // Equal jitter: each delay in [full/2, full], full doubling to the cap.
         for (i, d) in delays.iter().enumerate() {
             let full = (1000u64 << i).min(8000);
-            assert!(
-                (full / 2..=full).contains(d),
-                "delay {i} = {d}, full {full}"
-            );
+            assert!((full / 2..=full).contains(d), "delay {i} = {d}, full {full}");
         }
         assert_eq!(m.stats().syncs_failed, 6);
         assert_eq!(m.stats().consecutive_failures, 6);
-        assert!(m
-            .stats()
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("HTTP 500"));
+        assert!(m.stats().last_error.as_deref().unwrap().contains("HTTP 500"));
 
         // Recovery: the first good answer resets the backoff.
         r.put("10.0.0.2:80", "{}");
@@ -722,24 +630,13 @@ mod tests {
         r.delete("10.0.0.1:80");
         assert_eq!(poll_once(&mut m, &r, 1000), (Some("probe+fetch"), None));
         assert_eq!(m.stats().updates_refused, 1);
-        assert!(m
-            .stats()
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("no members"));
+        assert!(m.stats().last_error.as_deref().unwrap().contains("no members"));
         // Re-checked with a full read each interval, not left behind a cursor.
         assert_eq!(poll_once(&mut m, &r, 2000), (Some("fetch"), None));
         r.put("10.0.0.5:80", "{}");
-        assert_eq!(
-            addrs(&poll_once(&mut m, &r, 3000).1.unwrap()),
-            ["10.0.0.5:80"]
-        );
+        assert_eq!(addrs(&poll_once(&mut m, &r, 3000).1.unwrap()), ["10.0.0.5:80"]);
 
-        let mut allowed = machine(SyncConfig {
-            allow_empty: true,
-            ..config()
-        });
+        let mut allowed = machine(SyncConfig { allow_empty: true, ..config() });
         poll_once(&mut allowed, &r, 0).1.unwrap();
         r.delete("10.0.0.5:80");
         let update = poll_once(&mut allowed, &r, 1000).1.unwrap();
@@ -753,10 +650,7 @@ mod tests {
             attrs: Default::default(),
         }])
         .0;
-        let mut m = machine(SyncConfig {
-            fallback,
-            ..config()
-        });
+        let mut m = machine(SyncConfig { fallback, ..config() });
         let out = m.poll_request(0).unwrap();
         m.handle_dispatch_failed(0, out.id, "cluster not found");
         let update = m.poll_update().unwrap();
@@ -765,15 +659,7 @@ mod tests {
         // Further failures do not republish it.
         let next = m.poll_timeout();
         let out = m.poll_request(next).unwrap();
-        assert!(m.handle_response(
-            next,
-            out.id,
-            HttpResponse {
-                status: Some(503),
-                body: b"",
-                body_size: 0
-            }
-        ));
+        assert!(m.handle_response(next, out.id, HttpResponse { status: Some(503), body: b"", body_size: 0 }));
         assert_eq!(m.poll_update(), None);
 
         let mut r = Registry::new();
@@ -797,15 +683,8 @@ mod tests {
         let mut m = machine(config());
         let first = m.poll_request(0).unwrap();
         assert_eq!(m.poll_request(0), None);
-        assert_eq!(
-            m.poll_request(100),
-            None,
-            "ticks while in flight send nothing"
-        );
-        assert!(
-            !m.handle_response(0, first.id + 1, ok(b"{}")),
-            "unknown id ignored"
-        );
+        assert_eq!(m.poll_request(100), None, "ticks while in flight send nothing");
+        assert!(!m.handle_response(0, first.id + 1, ok(b"{}")), "unknown id ignored");
 
         // The host never answers: given up after timeout + grace.
         m.handle_timeout(first.timeout_ms);
@@ -814,11 +693,7 @@ mod tests {
         assert_eq!(m.phase_name(), "backoff");
         assert_eq!(m.stats().syncs_failed, 1);
         m.handle_timeout(first.timeout_ms + DEADLINE_GRACE_MS);
-        assert_eq!(
-            m.stats().syncs_failed,
-            1,
-            "a second timeout event is harmless"
-        );
+        assert_eq!(m.stats().syncs_failed, 1, "a second timeout event is harmless");
 
         // The late answer arrives: ignored, counters unchanged.
         let body = r.answer(&first.request);
@@ -830,27 +705,11 @@ mod tests {
 
     #[test]
     fn an_oversize_body_is_refused_unread() {
-        let mut m = machine(SyncConfig {
-            max_body_bytes: 1024,
-            ..config()
-        });
+        let mut m = machine(SyncConfig { max_body_bytes: 1024, ..config() });
         let out = m.poll_request(0).unwrap();
-        assert!(m.handle_response(
-            0,
-            out.id,
-            HttpResponse {
-                status: Some(200),
-                body: b"",
-                body_size: 5 << 20
-            }
-        ));
+        assert!(m.handle_response(0, out.id, HttpResponse { status: Some(200), body: b"", body_size: 5 << 20 }));
         assert_eq!(m.stats().syncs_failed, 1);
-        assert!(m
-            .stats()
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("max_body_bytes"));
+        assert!(m.stats().last_error.as_deref().unwrap().contains("max_body_bytes"));
         assert_eq!(m.max_body_bytes(), 1024);
     }
 

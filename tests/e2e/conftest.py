@@ -1,0 +1,82 @@
+"""pytest wiring for the end-to-end suite: --wasm, stacks, cleanup, logs on failure."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--wasm",
+        default=str(harness.DEFAULT_WASM),
+        help="path of the built plugin (default: %(default)s; `make build` makes it)",
+    )
+
+
+def pytest_configure(config):
+    # SIGTERM/SIGHUP -> KeyboardInterrupt, so fixture finalizers stop
+    # etcd and Envoy instead of leaving them behind.
+    harness.raise_keyboard_interrupt_on_sigterm()
+
+
+@pytest.fixture(scope="session")
+def wasm(pytestconfig) -> Path:
+    path = Path(pytestconfig.getoption("--wasm")).resolve()
+    if not path.is_file():
+        pytest.fail(f"plugin not built: {path} does not exist (run `make build`)", pytrace=False)
+    return path
+
+
+def _new_stack(request, wasm: Path, **kwargs) -> harness.Stack:
+    stack = harness.Stack(wasm=wasm, **kwargs)
+    request.addfinalizer(stack.close)
+    stacks = getattr(request.node, "_e2e_stacks", [])
+    stacks.append(stack)
+    request.node._e2e_stacks = stacks
+    stack.start()
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(request, wasm) -> harness.Stack:
+    """One etcd + alpha/beta/gamma + Envoy shared by the tests of a module."""
+    return _new_stack(request, wasm)
+
+
+@pytest.fixture
+def make_stack(request, wasm):
+    """Factory for a stack private to one test: make_stack(start_etcd=False, ...)."""
+
+    def make(**kwargs) -> harness.Stack:
+        return _new_stack(request, wasm, **kwargs)
+
+    return make
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the tail of the Envoy and etcd logs to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    stacks = list(getattr(item, "_e2e_stacks", []))
+    mod = item.getparent(pytest.Module)
+    if mod is not None:
+        stacks += getattr(mod, "_e2e_stacks", [])
+    for s in stacks:
+        if s.envoy is not None:
+            rep.sections.append(("envoy log (tail)", harness.log_tail(s.envoy.log_path, 60)))
+            try:
+                rep.sections.append(("/upsync/status", str(s.envoy.status())[:4000]))
+            except Exception as e:  # noqa: BLE001
+                rep.sections.append(("/upsync/status", repr(e)))
+        if s.etcd is not None:
+            rep.sections.append(("etcd log (tail)", harness.log_tail(s.etcd.log_path, 15)))

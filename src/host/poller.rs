@@ -4,7 +4,7 @@
 use super::store::HostStore;
 use super::{logger, now_ms};
 use crate::sansio::config::{ConfigError, PluginConfig, RegistryConfig};
-use crate::sansio::etcd_v3::EtcdV3Adapter;
+use crate::sansio::registry::adapter_for;
 use crate::sansio::request::HttpResponse;
 use crate::sansio::snapshot::{self, PublishOutcome};
 use crate::sansio::status::{self, StatusRecord};
@@ -43,7 +43,7 @@ impl Poller {
                 registry: u.registry.clone(),
                 sync: SyncState::new(
                     SyncConfig::from(u),
-                    EtcdV3Adapter::new(&u.registry.prefix),
+                    adapter_for(&u.registry),
                     seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
             })
@@ -94,7 +94,7 @@ impl Poller {
         } else {
             Vec::new()
         };
-        u.sync.handle_response(now, id, HttpResponse { status, body: &body, body_size });
+        u.sync.handle_response(now, id, HttpResponse { status, headers: &headers, body: &body, body_size });
         self.drive(i, now);
     }
 
@@ -109,7 +109,7 @@ impl Poller {
                 (":path", out.request.path.as_str()),
                 (":authority", u.registry.authority.as_str()),
             ];
-            headers.extend(out.request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+            headers.extend(out.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let sent = hostcalls::dispatch_http_call(
                 &u.registry.target,
                 headers,

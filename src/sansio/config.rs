@@ -43,16 +43,46 @@ pub struct PluginConfig {
 /// Which registry API to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistryType {
-    /// etcd v3 through its JSON gateway (`/v3/kv/range`).
+    /// etcd v3 through its JSON gateway (`/v3/kv/range`), upsync key layout.
     EtcdV3,
 }
 
 impl RegistryType {
+    pub const ALL: &'static [RegistryType] = &[RegistryType::EtcdV3];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RegistryType::EtcdV3 => "etcd_v3",
         }
     }
+
+    /// The fields of `registry` this type reads; others are refused.
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            RegistryType::EtcdV3 => &["type", "target", "authority", "prefix", "auth"],
+        }
+    }
+}
+
+/// A secret from the configuration: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Credentials sent with every registry call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Basic base64(user:password)`.
+    Basic { username: String, password: Secret },
+    /// Any one header, e.g. a registry-specific token header.
+    Header { name: String, value: Secret },
 }
 
 /// Where the members of one upstream are registered.
@@ -63,8 +93,24 @@ pub struct RegistryConfig {
     pub target: String,
     /// The `:authority` of registry requests.
     pub authority: String,
-    /// Key prefix; members live at `<prefix><host:port>`.
+    /// Key prefix; members live at `<prefix><host:port>` (key/value registries).
     pub prefix: String,
+    pub auth: Option<Auth>,
+}
+
+impl RegistryConfig {
+    /// The headers that carry `auth`.
+    pub fn auth_headers(&self) -> Vec<(String, String)> {
+        match &self.auth {
+            None => Vec::new(),
+            Some(Auth::Bearer(token)) => vec![("authorization".into(), format!("Bearer {}", token.0))],
+            Some(Auth::Basic { username, password }) => {
+                let pair = format!("{username}:{}", password.0);
+                vec![("authorization".into(), format!("Basic {}", super::base64::encode(pair.as_bytes())))]
+            }
+            Some(Auth::Header { name, value }) => vec![(name.to_ascii_lowercase(), value.0.clone())],
+        }
+    }
 }
 
 /// One upstream kept in sync.
@@ -91,7 +137,6 @@ pub const MAX_UPSTREAMS: usize = 256;
 struct Fields<'a> {
     path: String,
     map: &'a Map<String, Value>,
-    known: &'static [&'static str],
 }
 
 impl<'a> Fields<'a> {
@@ -100,11 +145,10 @@ impl<'a> Fields<'a> {
         if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(err(&join(path, unknown), format!("unknown field; allowed fields here: {}", known.join(", "))));
         }
-        Ok(Fields { path: path.to_string(), map, known })
+        Ok(Fields { path: path.to_string(), map })
     }
 
     fn path(&self, name: &str) -> String {
-        debug_assert!(self.known.contains(&name));
         join(&self.path, name)
     }
 
@@ -278,11 +322,16 @@ impl UpstreamConfig {
 
 impl RegistryConfig {
     fn parse(path: &str, v: &Value) -> Result<RegistryConfig, ConfigError> {
-        let f = Fields::new(path, v, &["type", "target", "authority", "prefix"])?;
-        let kind = match f.required_string("type")? {
-            "etcd_v3" => RegistryType::EtcdV3,
-            other => return Err(err(&f.path("type"), format!("must be one of \"etcd_v3\", got {other:?}"))),
+        let type_path = join(path, "type");
+        let kind = match v.get("type") {
+            None | Some(Value::Null) => return Err(err(&type_path, "is required")),
+            Some(Value::String(t)) => RegistryType::ALL.iter().copied().find(|k| k.as_str() == t).ok_or_else(|| {
+                let names: Vec<String> = RegistryType::ALL.iter().map(|k| format!("{:?}", k.as_str())).collect();
+                err(&type_path, format!("must be one of {}, got {t:?}", names.join(", ")))
+            })?,
+            Some(other) => return Err(err(&type_path, format!("must be a string, got {}", kind(other)))),
         };
+        let f = Fields::new(path, v, kind.fields())?;
         let target = f.required_string("target")?;
         let authority = f.string("authority")?.filter(|s| !s.is_empty()).unwrap_or(target);
         let prefix = f.required_string("prefix")?;
@@ -292,13 +341,46 @@ impl RegistryConfig {
                 format!("must end with '/' so that it cannot match a sibling prefix, got {prefix:?}"),
             ));
         }
+        let auth = match f.get("auth") {
+            None => None,
+            Some(a) => Some(parse_auth(&f.path("auth"), a)?),
+        };
         Ok(RegistryConfig {
             kind,
             target: target.to_string(),
             authority: authority.to_string(),
             prefix: prefix.to_string(),
+            auth,
         })
     }
+}
+
+fn parse_auth(path: &str, v: &Value) -> Result<Auth, ConfigError> {
+    let f = Fields::new(path, v, &["bearer", "basic", "header"])?;
+    let given: Vec<&str> = ["bearer", "basic", "header"].into_iter().filter(|k| f.get(k).is_some()).collect();
+    if given.len() != 1 {
+        return Err(err(path, "must hold exactly one of \"bearer\", \"basic\", \"header\""));
+    }
+    if let Some(token) = f.string("bearer")? {
+        return Ok(Auth::Bearer(Secret(token.to_string())));
+    }
+    if let Some(basic) = f.get("basic") {
+        let b = Fields::new(&f.path("basic"), basic, &["username", "password"])?;
+        let username = b.required_string("username")?;
+        if username.contains(':') {
+            return Err(err(&b.path("username"), "must not contain ':'"));
+        }
+        let password = b.string("password")?.unwrap_or_default();
+        return Ok(Auth::Basic { username: username.to_string(), password: Secret(password.to_string()) });
+    }
+    let h = Fields::new(&f.path("header"), f.required("header")?, &["name", "value"])?;
+    let name = h.required_string("name")?;
+    let token_ok = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(token_ok) || name.starts_with(':') {
+        return Err(err(&h.path("name"), format!("must be an HTTP header name, got {name:?}")));
+    }
+    let value = h.required_string("value")?;
+    Ok(Auth::Header { name: name.to_string(), value: Secret(value.to_string()) })
 }
 
 /// The configuration of the request-serving role (EDS and status): empty,
@@ -421,6 +503,35 @@ mod tests {
             assert_eq!(e.field, field, "for {json}: {e}");
             assert!(!e.message.is_empty());
         }
+    }
+
+    #[test]
+    fn auth_becomes_headers_and_stays_out_of_debug_output() {
+        let with = |auth: &str| {
+            let json = format!(
+                r#"{{"upstreams":[{{"name":"web","registry":{{"type":"etcd_v3","target":"e","prefix":"/p/","auth":{auth}}}}}]}}"#
+            );
+            PluginConfig::parse(json.as_bytes()).map(|c| c.upstreams[0].registry.clone())
+        };
+        let bearer = with(r#"{"bearer":"s3cret"}"#).unwrap();
+        assert_eq!(bearer.auth_headers(), [("authorization".to_string(), "Bearer s3cret".to_string())]);
+        assert!(!format!("{bearer:?}").contains("s3cret"));
+        let basic = with(r#"{"basic":{"username":"root","password":"pw"}}"#).unwrap();
+        assert_eq!(basic.auth_headers()[0].1, "Basic cm9vdDpwdw==");
+        assert!(!format!("{basic:?}").contains("pw\""));
+        let header = with(r#"{"header":{"name":"X-Consul-Token","value":"abc"}}"#).unwrap();
+        assert_eq!(header.auth_headers(), [("x-consul-token".to_string(), "abc".to_string())]);
+        assert_eq!(with(r#"{}"#).unwrap_err().field, "upstreams[0].registry.auth");
+        assert_eq!(with(r#"{"bearer":"a","basic":{}}"#).unwrap_err().field, "upstreams[0].registry.auth");
+        assert_eq!(
+            with(r#"{"header":{"name":"bad name","value":"x"}}"#).unwrap_err().field,
+            "upstreams[0].registry.auth.header.name"
+        );
+        assert_eq!(
+            with(r#"{"basic":{"username":"a:b"}}"#).unwrap_err().field,
+            "upstreams[0].registry.auth.basic.username"
+        );
+        assert_eq!(with(r#"{"token":"x"}"#).unwrap_err().field, "upstreams[0].registry.auth.token");
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! latter, and a delete without a put lowers the former. Equal cursor, equal
 //! contents.
 
+use super::adapter::{MemberList, Poll, RegistryAdapter, RegistryResponse};
 use super::base64;
-use super::member::{parse_upsync_value, HostPort, Member};
-use super::member_set::MemberSet;
+use super::kv_layout::members_from_kv;
 use super::request::{AdapterError, HttpRequest};
 use serde_json::{json, Value};
 
@@ -24,29 +24,16 @@ pub struct RangeCursor {
     pub max_mod_revision: i64,
 }
 
-/// A registry entry that was skipped or repaired, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryProblem {
-    pub key: String,
-    pub problem: String,
-    /// The entry was dropped (not just given default attributes).
-    pub skipped: bool,
-}
-
-/// The result of a full read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchResult {
-    pub members: MemberSet,
-    pub cursor: RangeCursor,
-    pub problems: Vec<EntryProblem>,
-}
-
 /// Builds etcd v3 requests for one prefix and reads their answers.
 #[derive(Debug, Clone)]
 pub struct EtcdV3Adapter {
     prefix: String,
     key_b64: String,
     range_end_b64: String,
+    /// What the last full read saw; `None` makes the next request a full read.
+    cursor: Option<RangeCursor>,
+    /// The probe saw a change: the next request is a full read.
+    fetch_now: bool,
 }
 
 /// The smallest key greater than every key that starts with `prefix`
@@ -69,14 +56,20 @@ impl EtcdV3Adapter {
             prefix: prefix.to_string(),
             key_b64: base64::encode(prefix.as_bytes()),
             range_end_b64: base64::encode(&prefix_range_end(prefix.as_bytes())),
+            cursor: None,
+            fetch_now: false,
         }
+    }
+
+    fn next_is_fetch(&self) -> bool {
+        self.cursor.is_none() || self.fetch_now
     }
 
     fn range(&self, body: Value) -> HttpRequest {
         HttpRequest {
             method: "POST",
             path: "/v3/kv/range".to_string(),
-            headers: vec![("content-type", "application/json".to_string())],
+            headers: vec![("content-type".to_string(), "application/json".to_string())],
             body: body.to_string().into_bytes(),
         }
     }
@@ -108,57 +101,53 @@ impl EtcdV3Adapter {
         Ok(RangeCursor { count: u64::try_from(count).unwrap_or(0), max_mod_revision })
     }
 
-    pub fn parse_fetch(&self, body: &[u8]) -> Result<FetchResult, AdapterError> {
+    /// Reads a full range answer: the members and the cursor they were read at.
+    pub fn parse_fetch(&self, body: &[u8]) -> Result<(MemberList, RangeCursor), AdapterError> {
         let root = parse_root(body)?;
         if root.get("more").and_then(Value::as_bool) == Some(true) {
             return Err(AdapterError::BadShape("range answer is truncated (\"more\": true)".into()));
         }
-        let mut problems = Vec::new();
-        let mut members = Vec::new();
-        let mut max_mod_revision = 0;
         let list = kvs(&root)?;
+        let mut max_mod_revision = 0;
+        let mut entries = Vec::with_capacity(list.len());
         for kv in list {
             max_mod_revision = max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
-            let key_bytes = b64_field(kv, "key")?;
-            let value = b64_field(kv, "value")?;
-            let key = String::from_utf8_lossy(&key_bytes).into_owned();
-            let mut problem = |problem: String, skipped: bool| {
-                problems.push(EntryProblem { key: key.clone(), problem, skipped });
-            };
-            let Some(addr_text) = member_segment(&self.prefix, &key) else {
-                problem("key has no host:port segment after the prefix".into(), true);
-                continue;
-            };
-            let addr: HostPort = match addr_text.parse() {
-                Ok(a) => a,
-                Err(e) => {
-                    problem(format!("key segment {addr_text:?} is not host:port: {e}"), true);
-                    continue;
-                }
-            };
-            let (attrs, value_problems) = parse_upsync_value(&value);
-            for p in value_problems {
-                problem(p.to_string(), false);
-            }
-            members.push(Member { addr, attrs });
-        }
-        let (members, duplicates) = MemberSet::from_members(members);
-        for d in duplicates {
-            problems.push(EntryProblem {
-                key: d.to_string(),
-                problem: "address listed under more than one key; the first key wins".into(),
-                skipped: true,
-            });
+            let key = String::from_utf8_lossy(&b64_field(kv, "key")?).into_owned();
+            entries.push((key, b64_field(kv, "value")?));
         }
         let count = u64::try_from(list.len()).unwrap_or(u64::MAX);
-        Ok(FetchResult { members, cursor: RangeCursor { count, max_mod_revision }, problems })
+        Ok((members_from_kv(&self.prefix, entries), RangeCursor { count, max_mod_revision }))
     }
 }
 
-/// The `host:port` part of a member key: the last path segment after the prefix.
-fn member_segment<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
-    let rest = key.strip_prefix(prefix)?;
-    rest.rsplit('/').next().filter(|s| !s.is_empty())
+impl RegistryAdapter for EtcdV3Adapter {
+    fn request(&self) -> HttpRequest {
+        if self.next_is_fetch() {
+            self.fetch_request()
+        } else {
+            self.probe_request()
+        }
+    }
+
+    fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, AdapterError> {
+        response.expect_ok()?;
+        if self.next_is_fetch() {
+            let (list, cursor) = self.parse_fetch(response.body)?;
+            self.cursor = Some(cursor);
+            self.fetch_now = false;
+            Ok(Poll::Members(list))
+        } else if Some(self.parse_probe(response.body)?) == self.cursor {
+            Ok(Poll::Unchanged)
+        } else {
+            self.fetch_now = true;
+            Ok(Poll::Changed)
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cursor = None;
+        self.fetch_now = false;
+    }
 }
 
 fn parse_root(body: &[u8]) -> Result<Value, AdapterError> {
@@ -232,6 +221,28 @@ mod tests {
         .into_bytes()
     }
 
+    fn ok(body: &[u8]) -> RegistryResponse<'_> {
+        RegistryResponse { status: 200, headers: &[], body }
+    }
+
+    #[test]
+    fn reads_fully_then_probes_and_reads_again_on_change() {
+        let mut a = EtcdV3Adapter::new("/upstreams/web/");
+        let is_probe = |r: &HttpRequest| String::from_utf8_lossy(&r.body).contains("sort_target");
+        assert!(!is_probe(&a.request()));
+        assert!(matches!(a.parse(&ok(RANGE_FULL)), Ok(Poll::Members(_))));
+        assert!(is_probe(&a.request()));
+        assert_eq!(a.parse(&ok(PROBE)), Ok(Poll::Unchanged));
+        assert!(is_probe(&a.request()));
+        assert_eq!(a.parse(&ok(RANGE_EMPTY)), Ok(Poll::Changed), "count and revision differ");
+        assert!(!is_probe(&a.request()));
+        assert!(matches!(a.parse(&ok(RANGE_EMPTY)), Ok(Poll::Members(l)) if l.members.is_empty()));
+        a.reset();
+        assert!(!is_probe(&a.request()));
+        let status = RegistryResponse { status: 503, headers: &[], body: b"" };
+        assert_eq!(a.parse(&status), Err(AdapterError::Status(503)));
+    }
+
     #[test]
     fn range_end_follows_etcd() {
         assert_eq!(prefix_range_end(b"/upstreams/web/"), b"/upstreams/web0");
@@ -262,7 +273,7 @@ mod tests {
 
     #[test]
     fn parses_a_captured_full_read() {
-        let r = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(RANGE_FULL).unwrap();
+        let (r, cursor) = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(RANGE_FULL).unwrap();
         let members: Vec<_> = r.members.iter().map(|m| (m.addr.to_string(), m.attrs)).collect();
         let d = MemberAttrs::default();
         assert_eq!(
@@ -286,22 +297,22 @@ mod tests {
                 ("/upstreams/web/nonsense", true),
             ]
         );
-        assert_eq!(r.cursor, RangeCursor { count: 6, max_mod_revision: 8 });
+        assert_eq!(cursor, RangeCursor { count: 6, max_mod_revision: 8 });
     }
 
     #[test]
     fn captured_probe_matches_the_full_read_cursor() {
         let a = EtcdV3Adapter::new("/upstreams/web/");
-        assert_eq!(a.parse_probe(PROBE).unwrap(), a.parse_fetch(RANGE_FULL).unwrap().cursor);
+        assert_eq!(a.parse_probe(PROBE).unwrap(), a.parse_fetch(RANGE_FULL).unwrap().1);
     }
 
     #[test]
     fn captured_empty_range_has_no_kvs_and_no_count() {
         let a = EtcdV3Adapter::new("/upstreams/web/");
-        let r = a.parse_fetch(RANGE_EMPTY).unwrap();
+        let (r, cursor) = a.parse_fetch(RANGE_EMPTY).unwrap();
         assert!(r.members.is_empty());
-        assert_eq!(r.cursor, RangeCursor { count: 0, max_mod_revision: 0 });
-        assert_eq!(a.parse_probe(RANGE_EMPTY).unwrap(), r.cursor);
+        assert_eq!(cursor, RangeCursor { count: 0, max_mod_revision: 0 });
+        assert_eq!(a.parse_probe(RANGE_EMPTY).unwrap(), cursor);
     }
 
     #[test]
@@ -331,7 +342,7 @@ mod tests {
             ],
             7,
         );
-        let r = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(&body).unwrap();
+        let (r, cursor) = EtcdV3Adapter::new("/upstreams/web/").parse_fetch(&body).unwrap();
         let addrs: Vec<_> = r.members.iter().map(|m| m.addr.to_string()).collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80", "[::1]:8080"]);
         assert_eq!(r.members.get(&"10.0.0.1:80".parse().unwrap()), Some(&MemberAttrs::default()));
@@ -340,7 +351,7 @@ mod tests {
         let skipped = r.problems.iter().filter(|p| p.skipped).count();
         let repaired = r.problems.iter().filter(|p| !p.skipped).count();
         assert_eq!((skipped, repaired), (4, 1), "{:#?}", r.problems);
-        assert_eq!(r.cursor, RangeCursor { count: 7, max_mod_revision: 11 });
+        assert_eq!(cursor, RangeCursor { count: 7, max_mod_revision: 11 });
     }
 
     #[test]

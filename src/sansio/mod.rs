@@ -1,11 +1,14 @@
 //! The sans-IO core: everything that can be decided without a host.
 
+pub mod adapter;
 pub mod base64;
 pub mod config;
 pub mod eds;
 pub mod etcd_v3;
+pub mod kv_layout;
 pub mod member;
 pub mod member_set;
+pub mod registry;
 pub mod request;
 pub mod rng;
 pub mod snapshot;

@@ -6,7 +6,7 @@
 pub struct HttpRequest {
     pub method: &'static str,
     pub path: String,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -16,6 +16,7 @@ pub struct HttpResponse<'a> {
     /// `:status`, or `None` when the host gave no status (a response cut
     /// after its headers reaches Envoy's callback with no headers at all).
     pub status: Option<u16>,
+    pub headers: &'a [(String, String)],
     /// The body, or empty when it was over the limit and not read.
     pub body: &'a [u8],
     /// The body size the host announced, read or not.
@@ -31,6 +32,8 @@ pub enum AdapterError {
     BadShape(String),
     /// The registry answered with an error of its own.
     Registry(String),
+    /// An HTTP status the adapter cannot use.
+    Status(u16),
 }
 
 impl std::fmt::Display for AdapterError {
@@ -39,6 +42,7 @@ impl std::fmt::Display for AdapterError {
             AdapterError::NotJson(e) => write!(f, "body is not JSON: {e}"),
             AdapterError::BadShape(e) => write!(f, "unexpected response shape: {e}"),
             AdapterError::Registry(e) => write!(f, "registry error: {e}"),
+            AdapterError::Status(s) => write!(f, "registry answered HTTP {s}"),
         }
     }
 }

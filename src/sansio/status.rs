@@ -206,9 +206,9 @@ mod tests {
 
     use super::*;
     use crate::sansio::config::PluginConfig;
-    use crate::sansio::etcd_v3::EtcdV3Adapter;
     use crate::sansio::member::{Member, MemberAttrs};
     use crate::sansio::member_set::MemberSet;
+    use crate::sansio::registry::adapter_for;
     use crate::sansio::request::HttpResponse;
     use crate::sansio::store::{MemoryStore, StoreRules};
     use crate::sansio::sync::{Source, SyncConfig, Update};
@@ -224,9 +224,9 @@ mod tests {
         let names: Vec<String> = cfg.upstreams.iter().map(|u| u.name.clone()).collect();
         write_index(&mut store, &names).unwrap();
         let web = &cfg.upstreams[0];
-        let mut sync = SyncState::new(SyncConfig::from(web), EtcdV3Adapter::new(&web.registry.prefix), 1);
+        let mut sync = SyncState::new(SyncConfig::from(web), adapter_for(&web.registry), 1);
         let out = sync.poll_request(0).unwrap();
-        sync.handle_response(5, out.id, HttpResponse { status: Some(500), body: b"", body_size: 0 });
+        sync.handle_response(5, out.id, HttpResponse { status: Some(500), headers: &[], body: b"", body_size: 0 });
         snapshot::put_json(&mut store, &status_key("web"), &StatusRecord::of(&sync, &web.registry)).unwrap();
         let members = MemberSet::from_members(vec![Member {
             addr: "[::1]:8080".parse().unwrap(),

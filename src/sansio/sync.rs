@@ -10,10 +10,12 @@
 //! Every input carries `now` (milliseconds on any monotonic-enough clock);
 //! the machine never reads a clock and draws jitter from a seeded [`Rng`].
 //! Calling `handle_timeout` early, late or twice is harmless, and at most
-//! one registry call is in flight.
+//! one registry call is in flight. The registry protocol itself lives in a
+//! [`RegistryAdapter`]; the machine owns pacing, backoff, and what to
+//! accept.
 
+use super::adapter::{MemberList, Poll, RegistryAdapter, RegistryResponse};
 use super::config::UpstreamConfig;
-use super::etcd_v3::{EtcdV3Adapter, FetchResult, RangeCursor};
 use super::member_set::{Diff, MemberSet};
 use super::request::{HttpRequest, HttpResponse};
 use super::rng::Rng;
@@ -64,19 +66,11 @@ pub struct Outgoing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestKind {
-    /// Cheap check whether anything under the prefix changed.
-    Probe,
-    /// Full read of the members.
-    Fetch,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Next poll at `until`.
+    /// Next call at `until`.
     Waiting { until: u64 },
-    /// A call is out; it is given up at `deadline` if the host never answers.
-    InFlight { id: u64, kind: RequestKind, deadline: u64 },
+    /// A call sent at `sent` is out; given up at `deadline` if the host never answers.
+    InFlight { id: u64, sent: u64, deadline: u64 },
     /// The registry failed; next try at `until`.
     Backoff { until: u64 },
 }
@@ -110,6 +104,8 @@ pub struct SyncConfig {
     pub max_body_bytes: usize,
     pub allow_empty: bool,
     pub fallback: MemberSet,
+    /// Headers added to every registry call (authentication); never logged.
+    pub extra_headers: Vec<(String, String)>,
 }
 
 impl From<&UpstreamConfig> for SyncConfig {
@@ -122,25 +118,23 @@ impl From<&UpstreamConfig> for SyncConfig {
             max_body_bytes: u.max_body_bytes,
             allow_empty: u.allow_empty,
             fallback: MemberSet::from_members(u.fallback.iter().cloned()).0,
+            extra_headers: u.registry.auth_headers(),
         }
     }
 }
 
 /// Extra time past the host's own timeout before the machine gives a call up.
 const DEADLINE_GRACE_MS: u64 = 1_000;
+/// The longest `Retry-After` honoured; a registry asking for more is retried then.
+const MAX_RETRY_AFTER_MS: u64 = 600_000;
 
 /// The sync state of one upstream.
-#[derive(Debug, Clone)]
 pub struct SyncState {
     config: SyncConfig,
-    adapter: EtcdV3Adapter,
+    adapter: Box<dyn RegistryAdapter>,
     phase: Phase,
     next_id: u64,
     rng: Rng,
-    /// What the last accepted full read saw; `None` forces a full read.
-    cursor: Option<RangeCursor>,
-    /// The probe saw a change: the next call is a full read.
-    fetch_now: bool,
     /// The last full read was refused as empty.
     refusing_empty: bool,
     /// What this machine last handed out, if anything.
@@ -151,15 +145,13 @@ pub struct SyncState {
 }
 
 impl SyncState {
-    pub fn new(config: SyncConfig, adapter: EtcdV3Adapter, seed: u64) -> Self {
+    pub fn new(config: SyncConfig, adapter: Box<dyn RegistryAdapter>, seed: u64) -> Self {
         SyncState {
             config,
             adapter,
             phase: Phase::Waiting { until: 0 },
             next_id: 1,
             rng: Rng::new(seed),
-            cursor: None,
-            fetch_now: false,
             refusing_empty: false,
             published: None,
             pending: None,
@@ -212,8 +204,16 @@ impl SyncState {
     pub fn handle_timeout(&mut self, now: u64) {
         if let Phase::InFlight { deadline, .. } = self.phase {
             if now >= deadline {
-                self.fail(now, "registry call timed out with no answer from the host".into());
+                self.fail(now, "registry call timed out with no answer from the host".into(), 0);
             }
+        }
+    }
+
+    /// Asks for a call at once (e.g. a push from the registry said something
+    /// changed), unless one is in flight or the registry is backing off.
+    pub fn poll_now(&mut self, now: u64) {
+        if let Phase::Waiting { until } = self.phase {
+            self.phase = Phase::Waiting { until: until.min(now) };
         }
     }
 
@@ -224,19 +224,17 @@ impl SyncState {
             Phase::Waiting { until } | Phase::Backoff { until } if now >= until => {}
             _ => return None,
         }
-        let kind = if self.cursor.is_none() || self.fetch_now { RequestKind::Fetch } else { RequestKind::Probe };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
+        let timeout_ms = self.config.timeout_ms.saturating_add(self.adapter.hold_ms());
         self.phase = Phase::InFlight {
             id,
-            kind,
-            deadline: now.saturating_add(self.config.timeout_ms).saturating_add(DEADLINE_GRACE_MS),
+            sent: now,
+            deadline: now.saturating_add(timeout_ms).saturating_add(DEADLINE_GRACE_MS),
         };
-        let request: HttpRequest = match kind {
-            RequestKind::Probe => self.adapter.probe_request(),
-            RequestKind::Fetch => self.adapter.fetch_request(),
-        };
-        Some(Outgoing { id, request, timeout_ms: self.config.timeout_ms })
+        let mut request = self.adapter.request();
+        request.headers.extend(self.config.extra_headers.iter().cloned());
+        Some(Outgoing { id, request, timeout_ms })
     }
 
     /// The member list to publish, if it changed.
@@ -248,66 +246,70 @@ impl SyncState {
     /// The host could not send call `id`.
     pub fn handle_dispatch_failed(&mut self, now: u64, id: u64, reason: &str) {
         if self.in_flight(id).is_some() {
-            self.fail(now, format!("dispatch failed: {reason}"));
+            self.fail(now, format!("dispatch failed: {reason}"), 0);
         }
     }
 
     /// An answer to call `id`. Returns `false` when the answer was not
     /// expected (late, duplicate, or for a call already given up).
     pub fn handle_response(&mut self, now: u64, id: u64, response: HttpResponse<'_>) -> bool {
-        let Some(kind) = self.in_flight(id) else {
+        let Some(sent) = self.in_flight(id) else {
             return false;
         };
-        match response.status {
-            Some(200) => {}
-            Some(status) => {
-                self.fail(now, format!("registry answered HTTP {status}"));
-                return true;
-            }
-            None => {
-                self.fail(now, "registry answer had no status (cut short?)".into());
+        let Some(status) = response.status else {
+            self.fail(now, "registry answer had no status (cut short?)".into(), 0);
+            return true;
+        };
+        let answer = RegistryResponse { status, headers: response.headers, body: response.body };
+        if status == 429 || status == 503 {
+            if let Some(ms) = answer.header("retry-after").and_then(retry_after_ms) {
+                self.fail(now, format!("registry answered HTTP {status} with Retry-After"), ms);
                 return true;
             }
         }
         if response.body_size > self.config.max_body_bytes {
-            self.fail(
-                now,
-                format!("body of {} bytes is over max_body_bytes ({})", response.body_size, self.config.max_body_bytes),
-            );
+            let limit = self.config.max_body_bytes;
+            self.fail(now, format!("body of {} bytes is over max_body_bytes ({limit})", response.body_size), 0);
             return true;
         }
-        match kind {
-            RequestKind::Probe => match self.adapter.parse_probe(response.body) {
-                Ok(cursor) if Some(cursor) == self.cursor => {
-                    self.succeed(now);
-                    self.wait(now, self.config.interval_ms);
-                }
-                Ok(_) => {
-                    self.succeed(now);
-                    self.fetch_now = true;
-                    self.wait(now, 0);
-                }
-                Err(e) => self.fail(now, e.to_string()),
-            },
-            RequestKind::Fetch => match self.adapter.parse_fetch(response.body) {
-                Ok(result) => self.apply_fetch(now, result),
-                Err(e) => self.fail(now, e.to_string()),
-            },
+        // Plain pollers pause `interval_ms` after each answer; long pollers
+        // ask again at once, but never more often than once per interval
+        // (a registry that answers blocking queries at once must not make
+        // the plugin spin).
+        let pace = if self.adapter.long_polls() {
+            sent.saturating_add(self.config.interval_ms).saturating_sub(now)
+        } else {
+            self.config.interval_ms
+        };
+        match self.adapter.parse(&answer) {
+            Ok(Poll::Unchanged) => {
+                self.succeed(now);
+                self.wait(now, pace);
+            }
+            Ok(Poll::Changed) => {
+                self.succeed(now);
+                self.wait(now, 0);
+            }
+            Ok(Poll::Members(list)) => {
+                self.apply(now, list);
+                self.wait(now, pace);
+            }
+            Err(e) => self.fail(now, e.to_string(), 0),
         }
         true
     }
 
-    fn apply_fetch(&mut self, now: u64, result: FetchResult) {
-        self.fetch_now = false;
-        self.stats.bad_entries = u64::try_from(result.problems.len()).unwrap_or(u64::MAX);
-        for p in &result.problems {
+    fn apply(&mut self, now: u64, list: MemberList) {
+        self.stats.bad_entries = u64::try_from(list.problems.len()).unwrap_or(u64::MAX);
+        for p in &list.problems {
             let effect = if p.skipped { "; entry skipped" } else { "" };
             log::warn!("upstream {}: registry entry {:?}: {}{effect}", self.config.name, p.key, p.problem);
         }
-        if result.members.is_empty() && !self.config.allow_empty {
-            // Not remembering the cursor makes the next poll a full read
-            // again: a refused list is re-checked every interval.
-            self.cursor = None;
+        if list.members.is_empty() && !self.config.allow_empty {
+            // Forgetting the cursor makes the next call a plain full read: a
+            // refused list is re-checked every interval, never left behind
+            // an index that already moved past it.
+            self.adapter.reset();
             self.stats.updates_refused += 1;
             // Logged once per run of refusals, not every interval.
             let first = !std::mem::replace(&mut self.refusing_empty, true);
@@ -320,16 +322,15 @@ impl SyncState {
             if std::mem::take(&mut self.refusing_empty) {
                 log::info!("upstream {}: registry lists members again", self.config.name);
             }
-            self.cursor = Some(result.cursor);
             self.succeed(now);
-            self.offer(result.members, Source::Registry);
+            self.offer(list.members, Source::Registry);
         }
-        self.wait(now, self.config.interval_ms);
     }
 
-    fn in_flight(&self, id: u64) -> Option<RequestKind> {
+    /// The send time of call `id`, if it is the one in flight.
+    fn in_flight(&self, id: u64) -> Option<u64> {
         match self.phase {
-            Phase::InFlight { id: current, kind, .. } if current == id => Some(kind),
+            Phase::InFlight { id: current, sent, .. } if current == id => Some(sent),
             _ => None,
         }
     }
@@ -361,10 +362,11 @@ impl SyncState {
         self.stats_changed = true;
     }
 
-    fn fail(&mut self, now: u64, reason: String) {
+    /// Counts a failed call and backs off, for at least `at_least_ms`.
+    fn fail(&mut self, now: u64, reason: String, at_least_ms: u64) {
         self.stats.syncs_failed += 1;
         self.stats.consecutive_failures = self.stats.consecutive_failures.saturating_add(1);
-        let delay = self.backoff_delay();
+        let delay = self.backoff_delay().max(at_least_ms.min(MAX_RETRY_AFTER_MS));
         self.note_error(now, format!("{reason}; keeping the last good list, next try in {delay} ms"), true);
         self.phase = Phase::Backoff { until: now.saturating_add(delay) };
         if self.published.is_none() {
@@ -406,6 +408,11 @@ impl SyncState {
     }
 }
 
+/// `Retry-After` in delta-seconds (the HTTP-date form is not used by registries).
+fn retry_after_ms(value: &str) -> Option<u64> {
+    value.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+}
+
 #[cfg(test)]
 mod tests {
     // On wasm32 the same tests run under wasm-bindgen-test.
@@ -414,6 +421,7 @@ mod tests {
 
     use super::*;
     use crate::sansio::base64;
+    use crate::sansio::etcd_v3::EtcdV3Adapter;
     use serde_json::{json, Value};
 
     const PREFIX: &str = "/upstreams/web/";
@@ -427,11 +435,12 @@ mod tests {
             max_body_bytes: 64 * 1024,
             allow_empty: false,
             fallback: MemberSet::new(),
+            extra_headers: Vec::new(),
         }
     }
 
     fn machine(config: SyncConfig) -> SyncState {
-        SyncState::new(config, EtcdV3Adapter::new(PREFIX), 42)
+        SyncState::new(config, Box::new(EtcdV3Adapter::new(PREFIX)), 42)
     }
 
     /// A scripted etcd: a map of members with revisions, answering range
@@ -488,7 +497,7 @@ mod tests {
     }
 
     fn ok(body: &[u8]) -> HttpResponse<'_> {
-        HttpResponse { status: Some(200), body, body_size: body.len() }
+        HttpResponse { status: Some(200), headers: &[], body, body_size: body.len() }
     }
 
     /// Runs one poll at `now`: returns the request kind sent (by body) and
@@ -586,12 +595,12 @@ mod tests {
         let mut now = 1000;
         let mut delays = Vec::new();
         let failures: [HttpResponse<'_>; 6] = [
-            HttpResponse { status: Some(503), body: b"", body_size: 0 },
-            HttpResponse { status: Some(200), body: b"garbage", body_size: 7 },
-            HttpResponse { status: None, body: b"", body_size: 0 },
-            HttpResponse { status: Some(404), body: b"{}", body_size: 2 },
-            HttpResponse { status: Some(200), body: b"{\"header\":{},\"kvs\":[{", body_size: 21 },
-            HttpResponse { status: Some(500), body: b"", body_size: 0 },
+            HttpResponse { status: Some(503), headers: &[], body: b"", body_size: 0 },
+            HttpResponse { status: Some(200), headers: &[], body: b"garbage", body_size: 7 },
+            HttpResponse { status: None, headers: &[], body: b"", body_size: 0 },
+            HttpResponse { status: Some(404), headers: &[], body: b"{}", body_size: 2 },
+            HttpResponse { status: Some(200), headers: &[], body: b"{\"header\":{},\"kvs\":[{", body_size: 21 },
+            HttpResponse { status: Some(500), headers: &[], body: b"", body_size: 0 },
         ];
         for failure in failures {
             let out = m.poll_request(now).expect("due");
@@ -659,7 +668,11 @@ mod tests {
         // Further failures do not republish it.
         let next = m.poll_timeout();
         let out = m.poll_request(next).unwrap();
-        assert!(m.handle_response(next, out.id, HttpResponse { status: Some(503), body: b"", body_size: 0 }));
+        assert!(m.handle_response(
+            next,
+            out.id,
+            HttpResponse { status: Some(503), headers: &[], body: b"", body_size: 0 }
+        ));
         assert_eq!(m.poll_update(), None);
 
         let mut r = Registry::new();
@@ -707,7 +720,11 @@ mod tests {
     fn an_oversize_body_is_refused_unread() {
         let mut m = machine(SyncConfig { max_body_bytes: 1024, ..config() });
         let out = m.poll_request(0).unwrap();
-        assert!(m.handle_response(0, out.id, HttpResponse { status: Some(200), body: b"", body_size: 5 << 20 }));
+        assert!(m.handle_response(
+            0,
+            out.id,
+            HttpResponse { status: Some(200), headers: &[], body: b"", body_size: 5 << 20 }
+        ));
         assert_eq!(m.stats().syncs_failed, 1);
         assert!(m.stats().last_error.as_deref().unwrap().contains("max_body_bytes"));
         assert_eq!(m.max_body_bytes(), 1024);
@@ -724,5 +741,71 @@ mod tests {
         assert_eq!(m.stats().bad_entries, 2);
         assert!(m.take_stats_changed());
         assert!(!m.take_stats_changed());
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429() {
+        let mut m = machine(config());
+        let out = m.poll_request(0).unwrap();
+        let headers = [("Retry-After".to_string(), "7".to_string())];
+        assert!(m.handle_response(
+            0,
+            out.id,
+            HttpResponse { status: Some(429), headers: &headers, body: b"", body_size: 0 }
+        ));
+        assert_eq!(m.phase_name(), "backoff");
+        assert!(m.poll_timeout() >= 7000, "next try at {}", m.poll_timeout());
+        assert!(m.stats().last_error.as_deref().unwrap().contains("429"));
+        // Without Retry-After a 429 is an ordinary failure.
+        let mut m = machine(config());
+        let out = m.poll_request(0).unwrap();
+        m.handle_response(0, out.id, HttpResponse { status: Some(429), headers: &[], body: b"", body_size: 0 });
+        assert!(m.poll_timeout() <= 1000);
+    }
+
+    /// A long-polling adapter that always says "unchanged".
+    struct Blocking;
+
+    impl RegistryAdapter for Blocking {
+        fn request(&self) -> HttpRequest {
+            HttpRequest { method: "GET", path: "/watch".into(), headers: vec![], body: vec![] }
+        }
+        fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, crate::sansio::request::AdapterError> {
+            response.expect_ok().map(|_| Poll::Unchanged)
+        }
+        fn reset(&mut self) {}
+        fn hold_ms(&self) -> u64 {
+            30_000
+        }
+    }
+
+    #[test]
+    fn long_polls_go_again_at_once_but_never_spin() {
+        let cfg =
+            SyncConfig { extra_headers: vec![("x-consul-token".into(), "t".into())], interval_ms: 100, ..config() };
+        let mut m = SyncState::new(cfg, Box::new(Blocking), 1);
+        let out = m.poll_request(0).unwrap();
+        assert_eq!(out.timeout_ms, 3000 + 30_000, "the hold is added to the timeout");
+        assert_eq!(out.request.headers, [("x-consul-token".to_string(), "t".to_string())]);
+        // Held 30 s, then answered: the next call goes at once.
+        assert!(m.handle_response(30_000, out.id, ok(b"")));
+        let out = m.poll_request(30_000).expect("asked again at once");
+        // Answered at once (a registry ignoring the wait): paced by interval_ms.
+        assert!(m.handle_response(30_001, out.id, ok(b"")));
+        assert_eq!(m.poll_request(30_050), None);
+        assert!(m.poll_request(30_100).is_some());
+    }
+
+    #[test]
+    fn poll_now_brings_a_waiting_poll_forward_only() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0);
+        assert_eq!(m.poll_request(10), None);
+        m.poll_now(10);
+        assert!(m.poll_request(10).is_some());
+        m.poll_now(20);
+        assert_eq!(m.poll_request(20), None, "one call in flight at most");
     }
 }

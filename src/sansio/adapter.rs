@@ -1,0 +1,83 @@
+//! What every registry adapter provides: requests built from the adapter's
+//! own cursor, and answers turned into a [`Poll`]. Adapters are pure: no
+//! I/O, no clock. The sync machine ([`super::sync`]) drives them.
+
+use super::member_set::MemberSet;
+use super::request::{AdapterError, HttpRequest};
+
+/// A registry answer as the adapter sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryResponse<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl RegistryResponse<'_> {
+    /// The first header called `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// `Ok` for 200, the status as an error otherwise.
+    pub fn expect_ok(&self) -> Result<(), AdapterError> {
+        if self.status == 200 {
+            Ok(())
+        } else {
+            Err(AdapterError::Status(self.status))
+        }
+    }
+}
+
+/// A registry entry that was skipped or repaired, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryProblem {
+    /// The registry's name for the entry (a key, a service id, ...).
+    pub key: String,
+    pub problem: String,
+    /// The entry was dropped (not just given default attributes).
+    pub skipped: bool,
+}
+
+/// A complete member list read from the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberList {
+    pub members: MemberSet,
+    pub problems: Vec<EntryProblem>,
+}
+
+/// What an answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// Nothing changed since the last list.
+    Unchanged,
+    /// Something changed; the adapter's next request (sent at once) reads it.
+    Changed,
+    /// The full member list.
+    Members(MemberList),
+}
+
+/// A registry protocol.
+pub trait RegistryAdapter {
+    /// The next request, built from the adapter's cursor.
+    fn request(&self) -> HttpRequest;
+
+    /// Reads the answer to the last [`RegistryAdapter::request`].
+    fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, AdapterError>;
+
+    /// Forgets the cursor: the next request is a plain full read.
+    fn reset(&mut self);
+
+    /// How long the registry may hold the next request before answering
+    /// (a blocking query or long poll); 0 for plain polling. The call's
+    /// timeout is `timeout_ms` plus this.
+    fn hold_ms(&self) -> u64 {
+        0
+    }
+
+    /// Long-polling adapters are asked again right after each answer (the
+    /// registry paces them); the others wait `interval_ms`.
+    fn long_polls(&self) -> bool {
+        self.hold_ms() > 0
+    }
+}

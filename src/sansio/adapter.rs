@@ -8,7 +8,10 @@ use super::request::{AdapterError, HttpRequest};
 /// A registry answer as the adapter sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryResponse<'a> {
-    pub status: u16,
+    /// `None` when the host delivered no status: the answer was cut after
+    /// its headers, which is also how a long poll whose hold ran out with a
+    /// streamed body can end.
+    pub status: Option<u16>,
     pub headers: &'a [(String, String)],
     pub body: &'a [u8],
 }
@@ -21,10 +24,10 @@ impl RegistryResponse<'_> {
 
     /// `Ok` for 200, the status as an error otherwise.
     pub fn expect_ok(&self) -> Result<(), AdapterError> {
-        if self.status == 200 {
-            Ok(())
-        } else {
-            Err(AdapterError::Status(self.status))
+        match self.status {
+            Some(200) => Ok(()),
+            Some(status) => Err(AdapterError::Status(status)),
+            None => Err(AdapterError::NoStatus),
         }
     }
 }
@@ -75,9 +78,10 @@ pub trait RegistryAdapter {
         0
     }
 
-    /// Long-polling adapters are asked again right after each answer (the
-    /// registry paces them); the others wait `interval_ms`.
+    /// Long-polling adapters are asked again right after an answer that
+    /// brought news (the registry paces them by holding the next call);
+    /// the others wait `interval_ms` after every answer.
     fn long_polls(&self) -> bool {
-        self.hold_ms() > 0
+        false
     }
 }

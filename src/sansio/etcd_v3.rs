@@ -222,7 +222,7 @@ mod tests {
     }
 
     fn ok(body: &[u8]) -> RegistryResponse<'_> {
-        RegistryResponse { status: 200, headers: &[], body }
+        RegistryResponse { status: Some(200), headers: &[], body }
     }
 
     #[test]
@@ -239,7 +239,7 @@ mod tests {
         assert!(matches!(a.parse(&ok(RANGE_EMPTY)), Ok(Poll::Members(l)) if l.members.is_empty()));
         a.reset();
         assert!(!is_probe(&a.request()));
-        let status = RegistryResponse { status: 503, headers: &[], body: b"" };
+        let status = RegistryResponse { status: Some(503), headers: &[], body: b"" };
         assert_eq!(a.parse(&status), Err(AdapterError::Status(503)));
     }
 

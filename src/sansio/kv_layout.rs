@@ -22,6 +22,10 @@ pub fn members_from_kv(prefix: &str, entries: impl IntoIterator<Item = (String, 
     let mut problems = Vec::new();
     let mut members = Vec::new();
     for (key, value) in entries {
+        // Folder keys (Consul's `prefix/`, etcd directories) hold no member.
+        if key.ends_with('/') && value.is_empty() {
+            continue;
+        }
         let mut problem = |problem: String, skipped: bool| {
             problems.push(EntryProblem { key: key.clone(), problem, skipped });
         };
@@ -80,6 +84,7 @@ mod tests {
                 kv("/u/web/10.0.0.1:80", r#"{"weight":2}"#),
                 kv("/u/web/nonsense", "{}"),
                 kv("/u/web/", "{}"),
+                kv("/u/web/folder/", ""),
                 kv("/u/web/a/10.0.0.2:80", "{}"),
                 kv("/u/web/b/10.0.0.2:80", r#"{"weight":9}"#),
                 kv("/u/web/10.0.0.3:80", "garbage"),

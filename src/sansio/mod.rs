@@ -3,7 +3,9 @@
 pub mod adapter;
 pub mod base64;
 pub mod config;
+pub mod consul;
 pub mod eds;
+pub mod etcd_v2;
 pub mod etcd_v3;
 pub mod kv_layout;
 pub mod member;
@@ -15,3 +17,4 @@ pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod url;

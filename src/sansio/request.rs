@@ -34,6 +34,8 @@ pub enum AdapterError {
     Registry(String),
     /// An HTTP status the adapter cannot use.
     Status(u16),
+    /// The host gave no status (an answer cut after its headers).
+    NoStatus,
 }
 
 impl std::fmt::Display for AdapterError {
@@ -43,6 +45,7 @@ impl std::fmt::Display for AdapterError {
             AdapterError::BadShape(e) => write!(f, "unexpected response shape: {e}"),
             AdapterError::Registry(e) => write!(f, "registry error: {e}"),
             AdapterError::Status(s) => write!(f, "registry answered HTTP {s}"),
+            AdapterError::NoStatus => write!(f, "registry answer had no status (cut short?)"),
         }
     }
 }

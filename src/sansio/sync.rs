@@ -256,12 +256,8 @@ impl SyncState {
         let Some(sent) = self.in_flight(id) else {
             return false;
         };
-        let Some(status) = response.status else {
-            self.fail(now, "registry answer had no status (cut short?)".into(), 0);
-            return true;
-        };
-        let answer = RegistryResponse { status, headers: response.headers, body: response.body };
-        if status == 429 || status == 503 {
+        let answer = RegistryResponse { status: response.status, headers: response.headers, body: response.body };
+        if let Some(status @ (429 | 503)) = response.status {
             if let Some(ms) = answer.header("retry-after").and_then(retry_after_ms) {
                 self.fail(now, format!("registry answered HTTP {status} with Retry-After"), ms);
                 return true;
@@ -272,11 +268,12 @@ impl SyncState {
             self.fail(now, format!("body of {} bytes is over max_body_bytes ({limit})", response.body_size), 0);
             return true;
         }
-        // Plain pollers pause `interval_ms` after each answer; long pollers
-        // ask again at once, but never more often than once per interval
-        // (a registry that answers blocking queries at once must not make
-        // the plugin spin).
-        let pace = if self.adapter.long_polls() {
+        // Plain pollers pause `interval_ms` after each answer. Long pollers
+        // ask again at once after news; after "unchanged" they wait until
+        // `interval_ms` after the previous send, so a registry that answers
+        // blocking queries at once cannot make the plugin spin.
+        let long_polls = self.adapter.long_polls();
+        let unchanged_pace = if long_polls {
             sent.saturating_add(self.config.interval_ms).saturating_sub(now)
         } else {
             self.config.interval_ms
@@ -284,7 +281,7 @@ impl SyncState {
         match self.adapter.parse(&answer) {
             Ok(Poll::Unchanged) => {
                 self.succeed(now);
-                self.wait(now, pace);
+                self.wait(now, unchanged_pace);
             }
             Ok(Poll::Changed) => {
                 self.succeed(now);
@@ -292,7 +289,7 @@ impl SyncState {
             }
             Ok(Poll::Members(list)) => {
                 self.apply(now, list);
-                self.wait(now, pace);
+                self.wait(now, if long_polls { 0 } else { self.config.interval_ms });
             }
             Err(e) => self.fail(now, e.to_string(), 0),
         }
@@ -776,6 +773,9 @@ mod tests {
         fn reset(&mut self) {}
         fn hold_ms(&self) -> u64 {
             30_000
+        }
+        fn long_polls(&self) -> bool {
+            true
         }
     }
 

@@ -2,6 +2,7 @@
 //! by field. Every error names the field (as a path such as
 //! `upstreams[0].registry.type`) and what is allowed.
 
+use super::consul::Consistency;
 use super::member::{HostPort, Member, MemberAttrs};
 use serde_json::{Map, Value};
 
@@ -45,22 +46,64 @@ pub struct PluginConfig {
 pub enum RegistryType {
     /// etcd v3 through its JSON gateway (`/v3/kv/range`), upsync key layout.
     EtcdV3,
+    /// etcd v2 (`/v2/keys`, watch by long poll), upsync key layout.
+    EtcdV2,
+    /// Consul KV (`/v1/kv`, blocking queries), upsync key layout.
+    ConsulKv,
+    /// Consul catalog (`/v1/catalog/service/<name>`), attributes from tags.
+    ConsulCatalog,
+    /// Consul health (`/v1/health/service/<name>`), attributes from tags.
+    ConsulHealth,
 }
 
 impl RegistryType {
-    pub const ALL: &'static [RegistryType] = &[RegistryType::EtcdV3];
+    pub const ALL: &'static [RegistryType] = &[
+        RegistryType::EtcdV3,
+        RegistryType::EtcdV2,
+        RegistryType::ConsulKv,
+        RegistryType::ConsulCatalog,
+        RegistryType::ConsulHealth,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RegistryType::EtcdV3 => "etcd_v3",
+            RegistryType::EtcdV2 => "etcd_v2",
+            RegistryType::ConsulKv => "consul_kv",
+            RegistryType::ConsulCatalog => "consul_catalog",
+            RegistryType::ConsulHealth => "consul_health",
         }
     }
 
     /// The fields of `registry` this type reads; others are refused.
     fn fields(self) -> &'static [&'static str] {
         match self {
-            RegistryType::EtcdV3 => &["type", "target", "authority", "prefix", "auth"],
+            RegistryType::EtcdV3 => &["type", "target", "authority", "auth", "prefix"],
+            RegistryType::EtcdV2 => &["type", "target", "authority", "auth", "prefix", "wait_ms"],
+            RegistryType::ConsulKv => {
+                &["type", "target", "authority", "auth", "prefix", "wait_ms", "token", "dc", "consistency"]
+            }
+            RegistryType::ConsulCatalog => {
+                &["type", "target", "authority", "auth", "service", "wait_ms", "token", "dc", "consistency"]
+            }
+            RegistryType::ConsulHealth => &[
+                "type",
+                "target",
+                "authority",
+                "auth",
+                "service",
+                "wait_ms",
+                "token",
+                "dc",
+                "consistency",
+                "passing_only",
+            ],
         }
+    }
+
+    /// Members are keys under a prefix (rather than a named service).
+    fn is_key_value(self) -> bool {
+        matches!(self, RegistryType::EtcdV3 | RegistryType::EtcdV2 | RegistryType::ConsulKv)
     }
 }
 
@@ -93,10 +136,23 @@ pub struct RegistryConfig {
     pub target: String,
     /// The `:authority` of registry requests.
     pub authority: String,
-    /// Key prefix; members live at `<prefix><host:port>` (key/value registries).
+    /// Key prefix; members live at `<prefix><host:port>` (key/value types; else empty).
     pub prefix: String,
+    /// Service name (catalog/health types; else empty).
+    pub service: String,
+    /// How long a blocking query / long poll may be held by the registry.
+    pub wait_ms: u64,
+    /// Consul datacenter (`?dc=`).
+    pub dc: Option<String>,
+    pub consistency: Consistency,
+    /// Consul health: list passing instances only (else non-passing → down).
+    pub passing_only: bool,
+    /// Consul ACL token, sent as `X-Consul-Token`.
+    pub token: Option<Secret>,
     pub auth: Option<Auth>,
 }
+
+pub const DEFAULT_WAIT_MS: u64 = 50_000;
 
 impl RegistryConfig {
     /// The headers that carry `auth`.
@@ -110,6 +166,9 @@ impl RegistryConfig {
             }
             Some(Auth::Header { name, value }) => vec![(name.to_ascii_lowercase(), value.0.clone())],
         }
+        .into_iter()
+        .chain(self.token.iter().map(|t| ("x-consul-token".to_string(), t.0.clone())))
+        .collect()
     }
 }
 
@@ -334,13 +393,39 @@ impl RegistryConfig {
         let f = Fields::new(path, v, kind.fields())?;
         let target = f.required_string("target")?;
         let authority = f.string("authority")?.filter(|s| !s.is_empty()).unwrap_or(target);
-        let prefix = f.required_string("prefix")?;
-        if !prefix.ends_with('/') {
-            return Err(err(
-                &f.path("prefix"),
-                format!("must end with '/' so that it cannot match a sibling prefix, got {prefix:?}"),
-            ));
-        }
+        let (prefix, service) = if kind.is_key_value() {
+            let prefix = f.required_string("prefix")?;
+            if !prefix.ends_with('/') {
+                return Err(err(
+                    &f.path("prefix"),
+                    format!("must end with '/' so that it cannot match a sibling prefix, got {prefix:?}"),
+                ));
+            }
+            if kind == RegistryType::EtcdV2 && !prefix.starts_with('/') {
+                return Err(err(
+                    &f.path("prefix"),
+                    format!("must start with '/' (an etcd v2 directory), got {prefix:?}"),
+                ));
+            }
+            (prefix.to_string(), String::new())
+        } else {
+            let service = f.required_string("service")?;
+            if service.contains('/') || service.chars().any(char::is_control) {
+                return Err(err(&f.path("service"), format!("must be a service name without '/', got {service:?}")));
+            }
+            (String::new(), service.to_string())
+        };
+        let consistency = match f.string("consistency")? {
+            None | Some("default") => Consistency::Default,
+            Some("stale") => Consistency::Stale,
+            Some("consistent") => Consistency::Consistent,
+            Some(other) => {
+                return Err(err(
+                    &f.path("consistency"),
+                    format!("must be one of \"default\", \"stale\", \"consistent\", got {other:?}"),
+                ))
+            }
+        };
         let auth = match f.get("auth") {
             None => None,
             Some(a) => Some(parse_auth(&f.path("auth"), a)?),
@@ -349,7 +434,13 @@ impl RegistryConfig {
             kind,
             target: target.to_string(),
             authority: authority.to_string(),
-            prefix: prefix.to_string(),
+            prefix,
+            service,
+            wait_ms: f.uint("wait_ms", DEFAULT_WAIT_MS, 100, 600_000)?,
+            dc: f.string("dc")?.filter(|s| !s.is_empty()).map(str::to_string),
+            consistency,
+            passing_only: f.bool("passing_only", true)?,
+            token: f.string("token")?.filter(|s| !s.is_empty()).map(|t| Secret(t.to_string())),
             auth,
         })
     }
@@ -532,6 +623,55 @@ mod tests {
             "upstreams[0].registry.auth.basic.username"
         );
         assert_eq!(with(r#"{"token":"x"}"#).unwrap_err().field, "upstreams[0].registry.auth.token");
+    }
+
+    fn registry(json: &str) -> Result<RegistryConfig, ConfigError> {
+        let doc = format!(r#"{{"upstreams":[{{"name":"web","registry":{json}}}]}}"#);
+        PluginConfig::parse(doc.as_bytes()).map(|c| c.upstreams[0].registry.clone())
+    }
+
+    #[test]
+    fn every_registry_type_takes_its_own_fields() {
+        let v2 = registry(r#"{"type":"etcd_v2","target":"etcd","prefix":"/u/web/","wait_ms":20000}"#).unwrap();
+        assert_eq!((v2.kind, v2.wait_ms), (RegistryType::EtcdV2, 20000));
+        let kv = registry(r#"{"type":"consul_kv","target":"consul","prefix":"upstreams/web/","token":"t0k","dc":"dc2","consistency":"stale"}"#)
+            .unwrap();
+        assert_eq!((kv.dc.as_deref(), kv.consistency, kv.wait_ms), (Some("dc2"), Consistency::Stale, DEFAULT_WAIT_MS));
+        assert_eq!(kv.auth_headers(), [("x-consul-token".to_string(), "t0k".to_string())]);
+        assert!(!format!("{kv:?}").contains("t0k"));
+        let health =
+            registry(r#"{"type":"consul_health","target":"consul","service":"web","passing_only":false}"#).unwrap();
+        assert_eq!((health.service.as_str(), health.passing_only), ("web", false));
+        let catalog = registry(r#"{"type":"consul_catalog","target":"consul","service":"web"}"#).unwrap();
+        assert!(catalog.passing_only && catalog.prefix.is_empty());
+
+        let field_of = |json: &str| registry(json).unwrap_err().field;
+        assert_eq!(
+            field_of(r#"{"type":"etcd_v3","target":"e","prefix":"/p/","wait_ms":5}"#),
+            "upstreams[0].registry.wait_ms"
+        );
+        assert_eq!(field_of(r#"{"type":"etcd_v2","target":"e","prefix":"p/"}"#), "upstreams[0].registry.prefix");
+        assert_eq!(field_of(r#"{"type":"consul_kv","target":"c","service":"web"}"#), "upstreams[0].registry.service");
+        assert_eq!(field_of(r#"{"type":"consul_health","target":"c"}"#), "upstreams[0].registry.service");
+        assert_eq!(
+            field_of(r#"{"type":"consul_health","target":"c","service":"a/b"}"#),
+            "upstreams[0].registry.service"
+        );
+        assert_eq!(
+            field_of(r#"{"type":"consul_catalog","target":"c","service":"w","passing_only":true}"#),
+            "upstreams[0].registry.passing_only"
+        );
+        assert_eq!(
+            field_of(r#"{"type":"consul_kv","target":"c","prefix":"p/","consistency":"strong"}"#),
+            "upstreams[0].registry.consistency"
+        );
+        assert_eq!(
+            field_of(r#"{"type":"consul_kv","target":"c","prefix":"p/","wait_ms":600001}"#),
+            "upstreams[0].registry.wait_ms"
+        );
+        assert_eq!(field_of(r#"{"type":7}"#), "upstreams[0].registry.type");
+        let e = registry(r#"{"type":"zookeeper","target":"z"}"#).unwrap_err();
+        assert!(e.message.contains("\"consul_health\""), "{e}");
     }
 
     #[test]

@@ -14,12 +14,20 @@ pub struct RegistryWire {
     #[serde(rename = "type")]
     pub kind: String,
     pub target: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 impl From<&RegistryConfig> for RegistryWire {
     fn from(r: &RegistryConfig) -> Self {
-        RegistryWire { kind: r.kind.as_str().to_string(), target: r.target.clone(), prefix: r.prefix.clone() }
+        RegistryWire {
+            kind: r.kind.as_str().to_string(),
+            target: r.target.clone(),
+            prefix: r.prefix.clone(),
+            service: r.service.clone(),
+        }
     }
 }
 

@@ -53,7 +53,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-wasm test-e2e
+test: deps lint test-unit test-wasm test-e2e test-oci
 
 lint:
 	$(CARGO) fmt --check
@@ -74,3 +74,6 @@ test-e2e: deps build
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+## ---- OCI image (make oci, make publish, make test-oci) ------------------
+include oci/oci.mk

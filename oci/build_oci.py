@@ -32,7 +32,7 @@ level 9; JSON is written with sorted keys and no whitespace; the config has
 no `created` time and no history.
 
 Usage:
-    build_oci.py --wasm target/wasm32-wasip1/release/upsync_wasm.wasm \\
+    build_oci.py --wasm target/upsync_wasm.wasm \\
         --version 0.1.0 --out target/oci/layout --tar target/oci/upsync-wasm-0.1.0.tar
 
 Prints one JSON object: manifest digest, tag, wasm sha256 and the paths.

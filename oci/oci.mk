@@ -9,7 +9,7 @@
 #                            push the image `make oci` built, with skopeo
 #   make test-oci            builder tests, registry round trip, Envoy remote load
 
-WASM ?= target/wasm32-wasip1/release/upsync_wasm.wasm
+WASM ?= target/upsync_wasm.wasm
 PY ?= .venv/bin/python
 
 OCI_NAME := upsync-wasm

@@ -8,7 +8,7 @@ each change sends a short burst of requests through Envoy to show who
 answers. Everything it started is stopped at the end, on error, or on
 Ctrl-C.
 
-    python scripts/demo.py --wasm target/wasm32-wasip1/release/upsync_wasm.wasm
+    python scripts/demo.py --wasm target/upsync_wasm.wasm
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ at interpreter exit.
 
 Typical use:
 
-    with Stack(wasm="target/wasm32-wasip1/release/upsync_wasm.wasm") as s:
+    with Stack(wasm="target/upsync_wasm.wasm") as s:
         s.etcd.set_members(WEB, {s.addr("alpha"): {}, s.addr("beta"): {}})
         s.wait_routing(lambda smp: smp.backends() == {"alpha", "beta"})
         print(s.sample(100).counts)
@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TEMPLATE = REPO / "envoy" / "demo.yaml"
 PRODUCTION_CONFIG = REPO / "envoy" / "production.yaml"
-DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "upsync_wasm.wasm"
+DEFAULT_WASM = REPO / "target" / "upsync_wasm.wasm"
 
 # etcd prefixes of the two upstreams in envoy/demo.yaml
 WEB = "/upstreams/web/"

@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO / "oci"))
 
 import support  # noqa: E402
 
-DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "upsync_wasm.wasm"
+DEFAULT_WASM = REPO / "target" / "upsync_wasm.wasm"
 
 
 def pytest_addoption(parser):

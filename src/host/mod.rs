@@ -24,7 +24,7 @@ pub const SERVER_ROOT_ID: &str = "upsync_eds";
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
 }}
 
 /// Milliseconds since the Unix epoch, as the host tells it (0 if it cannot).
@@ -53,17 +53,21 @@ fn root_id() -> Option<String> {
     }
 }
 
-#[derive(Default)]
 enum Role {
-    #[default]
     Unconfigured,
     Poller(Box<poller::Poller>),
-    Server,
+    Server(crate::sansio::config::ServerConfig),
 }
 
-#[derive(Default)]
 struct Root {
+    context_id: u32,
     role: Role,
+}
+
+impl Root {
+    fn new(context_id: u32) -> Self {
+        Root { context_id, role: Role::Unconfigured }
+    }
 }
 
 impl Context for Root {
@@ -96,8 +100,15 @@ impl RootContext for Root {
                 }
             },
             SERVER_ROOT_ID => match crate::sansio::config::parse_server_config(&config) {
-                Ok(()) => {
-                    self.role = Role::Server;
+                Ok(server) => {
+                    if server.eds_hold_ms > 0 {
+                        let period = Duration::from_millis(server::HOLD_TICK_MS);
+                        if let Err(e) = hostcalls::set_tick_period(period) {
+                            log::error!("cannot set the tick period: {e:?}");
+                            return false;
+                        }
+                    }
+                    self.role = Role::Server(server);
                     true
                 }
                 Err(e) => {
@@ -115,8 +126,10 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Role::Poller(p) = &mut self.role {
-            p.on_tick();
+        match &mut self.role {
+            Role::Poller(p) => p.on_tick(),
+            Role::Server(_) => server::answer_parked(self.context_id),
+            Role::Unconfigured => {}
         }
     }
 
@@ -124,9 +137,13 @@ impl RootContext for Root {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always a context: the SDK panics on None. Outside the server role
         // it lets every request through untouched.
-        Some(Box::new(server::ServerStream::new(matches!(self.role, Role::Server))))
+        let (active, hold) = match &self.role {
+            Role::Server(c) => (true, c.eds_hold_ms),
+            _ => (false, 0),
+        };
+        Some(Box::new(server::ServerStream::new(context_id, active, hold)))
     }
 }

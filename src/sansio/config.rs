@@ -474,16 +474,25 @@ fn parse_auth(path: &str, v: &Value) -> Result<Auth, ConfigError> {
     Ok(Auth::Header { name: name.to_string(), value: Secret(value.to_string()) })
 }
 
-/// The configuration of the request-serving role (EDS and status): empty,
-/// or an empty JSON object. Anything else is refused so that a poller
-/// configuration given to the wrong role does not pass silently.
-pub fn parse_server_config(bytes: &[u8]) -> Result<(), ConfigError> {
+/// The configuration of the request-serving role (EDS and status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerConfig {
+    /// How long an EDS request whose version is current is held before the
+    /// 304, waiting for a change (a long poll); 0 answers at once.
+    pub eds_hold_ms: u64,
+}
+
+/// Parses the request-serving role's configuration: empty, `{}`, or
+/// `{"eds_hold_ms": N}`. A poller configuration given to this role is
+/// refused, so the mix-up does not pass silently.
+pub fn parse_server_config(bytes: &[u8]) -> Result<ServerConfig, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
+        return Ok(ServerConfig::default());
     }
     let root: Value =
         serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
-    Fields::new("", &root, &[]).map(|_| ())
+    let f = Fields::new("", &root, &["eds_hold_ms"])?;
+    Ok(ServerConfig { eds_hold_ms: f.uint("eds_hold_ms", 0, 0, 60_000)? })
 }
 
 #[cfg(test)]
@@ -694,8 +703,10 @@ mod tests {
 
     #[test]
     fn server_config_is_empty_or_an_empty_object() {
-        assert!(parse_server_config(b"").is_ok());
-        assert!(parse_server_config(b" {} ").is_ok());
+        assert_eq!(parse_server_config(b""), Ok(ServerConfig { eds_hold_ms: 0 }));
+        assert_eq!(parse_server_config(b" {} "), Ok(ServerConfig { eds_hold_ms: 0 }));
+        assert_eq!(parse_server_config(br#"{"eds_hold_ms":400}"#), Ok(ServerConfig { eds_hold_ms: 400 }));
+        assert_eq!(parse_server_config(br#"{"eds_hold_ms":-1}"#).unwrap_err().field, "eds_hold_ms");
         assert_eq!(parse_server_config(MINIMAL.as_bytes()).unwrap_err().field, "upstreams");
         assert!(parse_server_config(b"nope").is_err());
     }

@@ -51,12 +51,15 @@ impl EdsReply {
     }
 }
 
-struct DiscoveryRequest {
-    version_info: String,
-    resource_names: Vec<String>,
+/// The parts of a DiscoveryRequest the server uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryRequest {
+    /// The version Envoy holds ("" at first).
+    pub version_info: String,
+    pub resource_names: Vec<String>,
 }
 
-fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
+pub fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let version_info = match v.get("version_info") {
         None | Some(Value::Null) => String::new(),
@@ -81,12 +84,32 @@ fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
     Ok(DiscoveryRequest { version_info, resource_names: names })
 }
 
-/// Answers one DiscoveryRequest from the snapshots in `store`.
+/// Answers one DiscoveryRequest (JSON body) from the snapshots in `store`.
 pub fn handle_discovery(store: &dyn SharedStore, body: &[u8]) -> EdsReply {
-    let request = match parse_request(body) {
-        Ok(r) => r,
-        Err(e) => return EdsReply::BadRequest(e),
-    };
+    match parse_request(body) {
+        Ok(request) => answer(store, &request),
+        Err(e) => EdsReply::BadRequest(e),
+    }
+}
+
+/// The version string of `names` as published now, from the small version
+/// entries only; `None` when none of them has a snapshot yet.
+pub fn current_version(store: &dyn SharedStore, names: &[String]) -> Option<String> {
+    let found: Vec<(&String, u64)> =
+        names.iter().filter_map(|n| snapshot::read_version(store, n).map(|v| (n, v))).collect();
+    match found.as_slice() {
+        [] => None,
+        [(_, only)] => Some(only.to_string()),
+        many => Some(many.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(",")),
+    }
+}
+
+/// Answers a parsed DiscoveryRequest. An unchanged version is detected
+/// without decoding any snapshot: Envoy asks several times a second.
+pub fn answer(store: &dyn SharedStore, request: &DiscoveryRequest) -> EdsReply {
+    if current_version(store, &request.resource_names).as_deref() == Some(request.version_info.as_str()) {
+        return EdsReply::NotModified;
+    }
     let mut found: Vec<(String, Snapshot)> = Vec::new();
     for name in &request.resource_names {
         match snapshot::read(store, name) {
@@ -98,6 +121,8 @@ pub fn handle_discovery(store: &dyn SharedStore, body: &[u8]) -> EdsReply {
     if found.is_empty() {
         return EdsReply::Unavailable(format!("no member list yet for {:?}", request.resource_names));
     }
+    // The versions of the snapshots actually read, so that the version
+    // Envoy records always matches the content it got.
     let version = match found.as_slice() {
         [(_, only)] => only.version.to_string(),
         many => many.iter().map(|(n, s)| format!("{n}={}", s.version)).collect::<Vec<_>>().join(","),
@@ -246,6 +271,21 @@ mod tests {
         let reply = handle_discovery(&store, &request(&["web"], "1"));
         assert!(matches!(reply, EdsReply::Assignment { ref version, .. } if version == "2"));
         assert_eq!(reply.status(), 200);
+    }
+
+    #[test]
+    fn current_version_reads_only_the_version_entries() {
+        let mut store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
+        publish(&mut store, "api", &[("10.0.0.9:80", MemberAttrs::default())]);
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(current_version(&store, &names(&["web"])).as_deref(), Some("1"));
+        assert_eq!(current_version(&store, &names(&["web", "api", "nope"])).as_deref(), Some("web=1,api=1"));
+        assert_eq!(current_version(&store, &names(&["nope"])), None);
+        // A corrupt snapshot behind a current version entry still answers 304
+        // (nothing changed), and a fresh client gets "unavailable", not junk.
+        crate::sansio::store::put(&mut store, &snapshot::snapshot_key("web"), b"garbage").unwrap();
+        assert_eq!(handle_discovery(&store, &request(&["web"], "1")), EdsReply::NotModified);
+        assert!(matches!(handle_discovery(&store, &request(&["web"], "")), EdsReply::Unavailable(_)));
     }
 
     #[test]

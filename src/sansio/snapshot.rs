@@ -23,6 +23,12 @@ pub fn status_key(upstream: &str) -> String {
     format!("{KEY_NAMESPACE}/status/{upstream}")
 }
 
+/// A small entry holding only the snapshot's version, so that "has it
+/// changed?" never needs the (possibly large) snapshot decoded.
+pub fn version_key(upstream: &str) -> String {
+    format!("{KEY_NAMESPACE}/ver/{upstream}")
+}
+
 /// The list of upstream names the poller serves.
 pub fn index_key() -> String {
     format!("{KEY_NAMESPACE}/index")
@@ -122,6 +128,19 @@ impl Snapshot {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+struct VersionWire {
+    key: String,
+    version: u64,
+}
+
+/// The published version of `upstream`, from its small version entry.
+pub fn read_version(store: &dyn SharedStore, upstream: &str) -> Option<u64> {
+    let key = version_key(upstream);
+    let value = store.get(&key).ok()?.value?;
+    serde_json::from_slice::<VersionWire>(&value).ok().filter(|w| w.key == key).map(|w| w.version)
+}
+
 /// Reads the snapshot of `upstream`, if there is a readable one.
 pub fn read(store: &dyn SharedStore, upstream: &str) -> Result<Option<Snapshot>, SnapshotError> {
     let key = snapshot_key(upstream);
@@ -178,7 +197,12 @@ pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Update) -> 
         };
         let snapshot = Snapshot { version, source: update.source, members: update.members.clone() };
         match store.set(&key, &snapshot.encode(&key), entry.cas) {
-            Ok(()) => return Ok(PublishOutcome::Written { version }),
+            Ok(()) => {
+                // Written after the snapshot, so it is never ahead of it.
+                let vkey = version_key(upstream);
+                put_json(store, &vkey, &VersionWire { key: vkey.clone(), version })?;
+                return Ok(PublishOutcome::Written { version });
+            }
             Err(StoreError::CasMismatch) => last = StoreError::CasMismatch,
             Err(e) => return Err(e),
         }
@@ -237,6 +261,8 @@ mod tests {
             let read_back = read(&store, "web").unwrap().unwrap();
             assert_eq!(read_back.members, u2.members);
             assert_eq!(read_back.version, 2);
+            assert_eq!(read_version(&store, "web"), Some(2));
+            assert_eq!(read_version(&store, "api"), None);
         }
     }
 

@@ -45,7 +45,7 @@ def test_propagation_delay(stack, capsys):
         return 1000 * statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if q < 100 else 1000 * max(xs)
 
     line = (
-        f"propagation over {CHANGES} changes (interval_ms={stack.interval_ms}, refresh_delay=0.2s): "
+        f"propagation over {CHANGES} changes (interval_ms={stack.interval_ms}, EDS long poll, eds_hold_ms=500, refresh_delay=0.02s): "
         f"etcd->status p50 {ms(to_status, 50):.0f} ms max {ms(to_status, 100):.0f} ms; "
         f"etcd->routing p50 {ms(to_route, 50):.0f} ms p90 {ms(to_route, 90):.0f} ms max {ms(to_route, 100):.0f} ms"
     )

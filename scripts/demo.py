@@ -50,11 +50,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wasm", default=str(harness.DEFAULT_WASM), help="built plugin (default: %(default)s)")
     ap.add_argument("--interval-ms", type=int, default=200, help="etcd poll interval (default: %(default)s)")
+    ap.add_argument("--no-watch", action="store_true", help="poll only; no etcd gRPC Watch")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs and logs)")
     args = ap.parse_args()
 
     harness.raise_keyboard_interrupt_on_sigterm()
-    stack = harness.Stack(wasm=args.wasm, interval_ms=args.interval_ms, keep_workdir=args.keep)
+    stack = harness.Stack(
+        wasm=args.wasm,
+        interval_ms=args.interval_ms,
+        backoff_max_ms=max(1000, args.interval_ms),
+        watch=not args.no_watch,
+        keep_workdir=args.keep,
+    )
     names = ("alpha", "beta", "gamma")
     t_start = time.monotonic()
     try:
@@ -65,7 +72,8 @@ def main() -> int:
         for n in names:
             say(f"  {n:<8} http://{stack.addr(n)}")
         say(f"  Envoy    traffic http://127.0.0.1:{e.ingress_port}/   admin http://127.0.0.1:{e.admin_port}/")
-        say(f"  plugin   http://127.0.0.1:{e.eds_port}/upsync/status   (polls etcd every {args.interval_ms} ms)")
+        how = "polls" if args.no_watch else "watches etcd over gRPC, and polls as a safety net"
+        say(f"  plugin   http://127.0.0.1:{e.eds_port}/upsync/status   ({how} every {args.interval_ms} ms)")
 
         def change(what: str, pred, write, timeout: float = 10.0) -> float:
             say(f"    etcd: {what}")

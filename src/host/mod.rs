@@ -76,6 +76,18 @@ impl Context for Root {
             p.on_http_call_response(token, num_headers, body_size);
         }
     }
+
+    fn on_grpc_stream_message(&mut self, token: u32, message_size: usize) {
+        if let Role::Poller(p) = &mut self.role {
+            p.on_grpc_stream_message(token, message_size);
+        }
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status_code: u32) {
+        if let Role::Poller(p) = &mut self.role {
+            p.on_grpc_stream_close(token, status_code);
+        }
+    }
 }
 
 impl RootContext for Root {

@@ -4,6 +4,7 @@
 use super::store::HostStore;
 use super::{logger, now_ms};
 use crate::sansio::config::{ConfigError, PluginConfig, RegistryConfig};
+use crate::sansio::etcd_watch::{self, WatchStream};
 use crate::sansio::registry::adapter_for;
 use crate::sansio::request::HttpResponse;
 use crate::sansio::snapshot::{self, PublishOutcome};
@@ -21,12 +22,16 @@ pub const TICK_MS: u64 = 50;
 struct Upstream {
     registry: RegistryConfig,
     sync: SyncState,
+    /// The etcd gRPC Watch push trigger, when `grpc_target` is set.
+    watch: Option<WatchStream>,
 }
 
 pub struct Poller {
     upstreams: Vec<Upstream>,
     /// Host call token → (upstream index, core request id).
     calls: HashMap<u32, (usize, u64)>,
+    /// Host gRPC stream token → upstream index.
+    streams: HashMap<u32, usize>,
     index_written: bool,
 }
 
@@ -40,6 +45,7 @@ impl Poller {
             .iter()
             .zip(0u64..)
             .map(|(u, i)| Upstream {
+                watch: u.registry.grpc_target.as_ref().map(|_| WatchStream::new(u.backoff_max_ms)),
                 registry: u.registry.clone(),
                 sync: SyncState::new(
                     SyncConfig::from(u),
@@ -49,7 +55,7 @@ impl Poller {
             })
             .collect();
         log::info!("poller configured with {} upstream(s)", config.upstreams.len());
-        Ok(Poller { upstreams, calls: HashMap::new(), index_written: false })
+        Ok(Poller { upstreams, calls: HashMap::new(), streams: HashMap::new(), index_written: false })
     }
 
     pub fn on_tick(&mut self) {
@@ -65,7 +71,70 @@ impl Poller {
             if let Some(u) = self.upstreams.get_mut(i) {
                 u.sync.handle_timeout(now);
             }
+            self.open_watch(i, now);
             self.drive(i, now);
+        }
+    }
+
+    /// Opens the upstream's etcd Watch stream when it is due.
+    fn open_watch(&mut self, i: usize, now: u64) {
+        let Some(u) = self.upstreams.get_mut(i) else {
+            return;
+        };
+        let (Some(watch), Some(target)) = (u.watch.as_mut(), u.registry.grpc_target.as_deref()) else {
+            return;
+        };
+        if !watch.poll_open(now) {
+            return;
+        }
+        let opened = hostcalls::open_grpc_stream(target, etcd_watch::SERVICE, etcd_watch::METHOD, vec![]);
+        let sent = opened.and_then(|token| {
+            hostcalls::send_grpc_stream_message(token, Some(&etcd_watch::create_request(&u.registry.prefix)), false)
+                .map(|()| token)
+        });
+        match sent {
+            Ok(token) => {
+                self.streams.insert(token, i);
+            }
+            Err(e) => {
+                log::warn!("upstream {}: cannot open the etcd watch on {target:?}: {e:?}", u.sync.name());
+                watch.handle_closed(now);
+            }
+        }
+    }
+
+    pub fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        let Some(&i) = self.streams.get(&token) else {
+            return;
+        };
+        let now = now_ms();
+        let message = match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size) {
+            Ok(Some(b)) => b,
+            _ => Vec::new(),
+        };
+        if let Some(u) = self.upstreams.get_mut(i) {
+            let poll = u.watch.as_mut().is_some_and(|w| w.handle_message(now, &message));
+            if u.watch.as_ref().is_some_and(|w| !w.is_open()) {
+                // etcd canceled the watch: let go of the stream, reopen later.
+                self.streams.remove(&token);
+                let _ = hostcalls::cancel_grpc_stream(token);
+            }
+            if poll {
+                u.sync.poll_now(now);
+            }
+        }
+        self.drive(i, now);
+    }
+
+    pub fn on_grpc_stream_close(&mut self, token: u32, status_code: u32) {
+        let Some(i) = self.streams.remove(&token) else {
+            return;
+        };
+        if let Some(u) = self.upstreams.get_mut(i) {
+            log::info!("upstream {}: etcd watch closed (grpc-status {status_code}); reopening later", u.sync.name());
+            if let Some(w) = u.watch.as_mut() {
+                w.handle_closed(now_ms());
+            }
         }
     }
 

@@ -78,7 +78,7 @@ impl RegistryType {
     /// The fields of `registry` this type reads; others are refused.
     fn fields(self) -> &'static [&'static str] {
         match self {
-            RegistryType::EtcdV3 => &["type", "target", "authority", "auth", "prefix"],
+            RegistryType::EtcdV3 => &["type", "target", "authority", "auth", "prefix", "grpc_target"],
             RegistryType::EtcdV2 => &["type", "target", "authority", "auth", "prefix", "wait_ms"],
             RegistryType::ConsulKv => {
                 &["type", "target", "authority", "auth", "prefix", "wait_ms", "token", "dc", "consistency"]
@@ -149,6 +149,8 @@ pub struct RegistryConfig {
     pub passing_only: bool,
     /// Consul ACL token, sent as `X-Consul-Token`.
     pub token: Option<Secret>,
+    /// etcd v3: an HTTP/2 cluster to etcd for the gRPC Watch push trigger.
+    pub grpc_target: Option<String>,
     pub auth: Option<Auth>,
 }
 
@@ -441,6 +443,7 @@ impl RegistryConfig {
             consistency,
             passing_only: f.bool("passing_only", true)?,
             token: f.string("token")?.filter(|s| !s.is_empty()).map(|t| Secret(t.to_string())),
+            grpc_target: f.string("grpc_target")?.filter(|s| !s.is_empty()).map(str::to_string),
             auth,
         })
     }
@@ -641,6 +644,9 @@ mod tests {
 
     #[test]
     fn every_registry_type_takes_its_own_fields() {
+        let v3 =
+            registry(r#"{"type":"etcd_v3","target":"etcd","prefix":"/u/web/","grpc_target":"etcd_grpc"}"#).unwrap();
+        assert_eq!(v3.grpc_target.as_deref(), Some("etcd_grpc"));
         let v2 = registry(r#"{"type":"etcd_v2","target":"etcd","prefix":"/u/web/","wait_ms":20000}"#).unwrap();
         assert_eq!((v2.kind, v2.wait_ms), (RegistryType::EtcdV2, 20000));
         let kv = registry(r#"{"type":"consul_kv","target":"consul","prefix":"upstreams/web/","token":"t0k","dc":"dc2","consistency":"stale"}"#)
@@ -660,6 +666,10 @@ mod tests {
             "upstreams[0].registry.wait_ms"
         );
         assert_eq!(field_of(r#"{"type":"etcd_v2","target":"e","prefix":"p/"}"#), "upstreams[0].registry.prefix");
+        assert_eq!(
+            field_of(r#"{"type":"etcd_v2","target":"e","prefix":"/p/","grpc_target":"g"}"#),
+            "upstreams[0].registry.grpc_target"
+        );
         assert_eq!(field_of(r#"{"type":"consul_kv","target":"c","service":"web"}"#), "upstreams[0].registry.service");
         assert_eq!(field_of(r#"{"type":"consul_health","target":"c"}"#), "upstreams[0].registry.service");
         assert_eq!(

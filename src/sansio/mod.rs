@@ -7,6 +7,7 @@ pub mod consul;
 pub mod eds;
 pub mod etcd_v2;
 pub mod etcd_v3;
+pub mod etcd_watch;
 pub mod kv_layout;
 pub mod member;
 pub mod member_set;

@@ -425,6 +425,7 @@ class Envoy:
         interval_ms=100,
         backoff_max_ms=1000,
         extra_web_fields: str = "",
+        watch: bool = False,
         template: Path = DEMO_TEMPLATE,
         log_level: str = "info",
     ):
@@ -445,6 +446,7 @@ class Envoy:
             BACKOFF_MAX_MS=backoff_max_ms,
             FALLBACK=json.dumps(list(fallback)),
             EXTRA_WEB_FIELDS=extra_web_fields,
+            WEB_WATCH=', "grpc_target": "etcd_grpc"' if watch else "",
         )
         self.template = template
         self.proc: subprocess.Popen | None = None
@@ -691,6 +693,7 @@ class Stack:
         fallback=(),
         interval_ms: int = 100,
         backoff_max_ms: int = 1000,
+        watch: bool = False,
         workdir: Path | None = None,
         keep_workdir: bool = False,
     ):
@@ -705,6 +708,7 @@ class Stack:
         self.fallback_names = list(fallback)
         self.interval_ms = interval_ms
         self.backoff_max_ms = backoff_max_ms
+        self.watch = watch
         self.etcd: Etcd | None = None
         self.backends: dict[str, Backend] = {}
         self.envoy: Envoy | None = None
@@ -726,6 +730,7 @@ class Stack:
                 fallback=[self.addr(n) for n in self.fallback_names],
                 interval_ms=self.interval_ms,
                 backoff_max_ms=self.backoff_max_ms,
+                watch=self.watch,
             )
             self.envoy.start()
             self.client = Client(self.envoy.ingress_port)

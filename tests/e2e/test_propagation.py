@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import pytest
 from harness import WEB
 
 CHANGES = 20
@@ -15,7 +16,19 @@ def _flip(stack, up: str, down: str) -> None:
     stack.etcd.set_members(WEB, {stack.addr(up): {}, stack.addr(down): {"down": 1}})
 
 
-def test_propagation_delay(stack, capsys):
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # Poll etcd every 100 ms.
+        dict(watch=False, interval_ms=100),
+        # etcd gRPC Watch as the trigger; the 3 s poll is only the safety net,
+        # so fast propagation here can only come from the watch.
+        dict(watch=True, interval_ms=3000, backoff_max_ms=3000),
+    ],
+    ids=["poll", "watch"],
+)
+def test_propagation_delay(make_stack, capsys, mode):
+    stack = make_stack(**mode)
     stack.set_web(alpha={}, beta={"down": 1})
     stack.wait_routing(lambda s: s.only("alpha"), what="alpha only")
 
@@ -45,7 +58,8 @@ def test_propagation_delay(stack, capsys):
         return 1000 * statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if q < 100 else 1000 * max(xs)
 
     line = (
-        f"propagation over {CHANGES} changes (interval_ms={stack.interval_ms}, EDS long poll, eds_hold_ms=500, refresh_delay=0.02s): "
+        f"propagation over {CHANGES} changes ({'etcd watch' if stack.watch else 'etcd poll'}, interval_ms={stack.interval_ms}, "
+        "EDS long poll with eds_hold_ms=500, refresh_delay=0.02s): "
         f"etcd->status p50 {ms(to_status, 50):.0f} ms max {ms(to_status, 100):.0f} ms; "
         f"etcd->routing p50 {ms(to_route, 50):.0f} ms p90 {ms(to_route, 90):.0f} ms max {ms(to_route, 100):.0f} ms"
     )

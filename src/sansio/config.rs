@@ -54,6 +54,10 @@ pub enum RegistryType {
     ConsulCatalog,
     /// Consul health (`/v1/health/service/<name>`), attributes from tags.
     ConsulHealth,
+    /// Nacos naming (`/nacos/v1/ns/instance/list`).
+    Nacos,
+    /// Eureka (`/eureka/apps/<APP>`, JSON), `UP` instances only.
+    Eureka,
 }
 
 impl RegistryType {
@@ -63,6 +67,8 @@ impl RegistryType {
         RegistryType::ConsulKv,
         RegistryType::ConsulCatalog,
         RegistryType::ConsulHealth,
+        RegistryType::Nacos,
+        RegistryType::Eureka,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +78,8 @@ impl RegistryType {
             RegistryType::ConsulKv => "consul_kv",
             RegistryType::ConsulCatalog => "consul_catalog",
             RegistryType::ConsulHealth => "consul_health",
+            RegistryType::Nacos => "nacos",
+            RegistryType::Eureka => "eureka",
         }
     }
 
@@ -98,6 +106,8 @@ impl RegistryType {
                 "consistency",
                 "passing_only",
             ],
+            RegistryType::Nacos => &["type", "target", "authority", "auth", "service", "group", "namespace"],
+            RegistryType::Eureka => &["type", "target", "authority", "auth", "service"],
         }
     }
 
@@ -151,6 +161,9 @@ pub struct RegistryConfig {
     pub token: Option<Secret>,
     /// etcd v3: an HTTP/2 cluster to etcd for the gRPC Watch push trigger.
     pub grpc_target: Option<String>,
+    /// Nacos group and namespace.
+    pub group: Option<String>,
+    pub namespace: Option<String>,
     pub auth: Option<Auth>,
 }
 
@@ -444,6 +457,8 @@ impl RegistryConfig {
             passing_only: f.bool("passing_only", true)?,
             token: f.string("token")?.filter(|s| !s.is_empty()).map(|t| Secret(t.to_string())),
             grpc_target: f.string("grpc_target")?.filter(|s| !s.is_empty()).map(str::to_string),
+            group: f.string("group")?.filter(|s| !s.is_empty()).map(str::to_string),
+            namespace: f.string("namespace")?.filter(|s| !s.is_empty()).map(str::to_string),
             auth,
         })
     }
@@ -657,6 +672,18 @@ mod tests {
         let health =
             registry(r#"{"type":"consul_health","target":"consul","service":"web","passing_only":false}"#).unwrap();
         assert_eq!((health.service.as_str(), health.passing_only), ("web", false));
+        let nacos =
+            registry(r#"{"type":"nacos","target":"nacos","service":"web","group":"G","namespace":"prod"}"#).unwrap();
+        assert_eq!((nacos.group.as_deref(), nacos.namespace.as_deref()), (Some("G"), Some("prod")));
+        let eureka = registry(
+            r#"{"type":"eureka","target":"eureka","service":"WEB","auth":{"basic":{"username":"u","password":"p"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(eureka.service, "WEB");
+        assert_eq!(
+            registry(r#"{"type":"eureka","target":"e","service":"W","group":"G"}"#).unwrap_err().field,
+            "upstreams[0].registry.group"
+        );
         let catalog = registry(r#"{"type":"consul_catalog","target":"consul","service":"web"}"#).unwrap();
         assert!(catalog.passing_only && catalog.prefix.is_empty());
 

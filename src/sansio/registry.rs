@@ -5,6 +5,8 @@ use super::config::{RegistryConfig, RegistryType};
 use super::consul::{ConsulAdapter, ConsulQuery};
 use super::etcd_v2::EtcdV2Adapter;
 use super::etcd_v3::EtcdV3Adapter;
+use super::eureka::EurekaAdapter;
+use super::nacos::NacosAdapter;
 
 pub fn adapter_for(config: &RegistryConfig) -> Box<dyn RegistryAdapter> {
     let consul = |query| Box::new(ConsulAdapter::new(query, config.dc.clone(), config.consistency, config.wait_ms));
@@ -16,5 +18,9 @@ pub fn adapter_for(config: &RegistryConfig) -> Box<dyn RegistryAdapter> {
         RegistryType::ConsulHealth => {
             consul(ConsulQuery::Health { service: config.service.clone(), passing_only: config.passing_only })
         }
+        RegistryType::Nacos => {
+            Box::new(NacosAdapter::new(&config.service, config.group.as_deref(), config.namespace.as_deref()))
+        }
+        RegistryType::Eureka => Box::new(EurekaAdapter::new(&config.service)),
     }
 }

@@ -64,7 +64,7 @@ impl EurekaAdapter {
     /// `app` is upper-cased: Eureka stores application names upper-case
     /// and looks them up as given, so `/eureka/apps/web` would miss `WEB`.
     pub fn new(app: &str) -> Self {
-        EurekaAdapter { path: format!("/eureka/apps/{}", url::encode(&app.to_uppercase(), false)) }
+        EurekaAdapter { path: format!("/eureka/apps/{}", url::encode(&app.to_ascii_uppercase(), false)) }
     }
 
     /// Reads an application answer (the body of a 200).
@@ -288,7 +288,7 @@ mod tests {
             ("10.8.30.75:myMicroservice2:75", false, "\"fail_timeout\""),
             ("10.8.30.75:myMicroservice2:75", false, "\"max_fails\""),
             ("10.8.30.75:myMicroservice2:75", false, "metadata weight \"heavy\" is not a number"),
-            ("10.8.30.76:myMicroservice2:76", false, "metadata weight 70000 is over 65535"),
+            ("10.8.30.76:myMicroservice2:76", false, r#"metadata weight "70000" is over 65535"#),
             ("10.8.30.77:myMicroservice2:77", true, "port \"@enabled\" \"maybe\""),
             ("10.8.30.78:myMicroservice2:78", false, "metadata is not a JSON object"),
             ("10.8.30.79:8080", true, "more than one instance"),

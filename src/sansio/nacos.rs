@@ -243,7 +243,8 @@ pub fn weight_attr(v: Option<&Value>) -> (u32, Option<String>) {
     let number = match v {
         None | Some(Value::Null) => return (default, None),
         Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        // serde_json's float parser: core's `str::parse::<f64>` would add its own tables to the module.
+        Some(Value::String(s)) => serde_json::from_str::<f64>(s.trim()).ok(),
         Some(_) => None,
     };
     let Some(w) = number.filter(|w| w.is_finite()) else {
@@ -251,11 +252,14 @@ pub fn weight_attr(v: Option<&Value>) -> (u32, Option<String>) {
         return (default, Some(format!("weight {shown} is not a number, default {default} used")));
     };
     let max = u32::try_from(MAX_WEIGHT).unwrap_or(u32::MAX);
+    // Shown as the registry wrote it: formatting an f64 would pull core's
+    // float printer into the module.
+    let shown = || v.map(short_json).unwrap_or_default();
     if w < 0.0 {
-        return (0, Some(format!("weight {w} is below 0, 0 used (member drained)")));
+        return (0, Some(format!("weight {} is below 0, 0 used (member drained)", shown())));
     }
     if w.round() > f64::from(max) {
-        return (max, Some(format!("weight {w} is over {max}, {max} used")));
+        return (max, Some(format!("weight {} is over {max}, {max} used", shown())));
     }
     let rounded = if w > 0.0 { w.round().max(1.0) } else { 0.0 };
     // In 0..=max after the checks above, so the cast neither truncates nor saturates.

@@ -1,6 +1,7 @@
 //! The sans-IO core: everything that can be decided without a host.
 
 pub mod adapter;
+pub mod balance;
 pub mod base64;
 pub mod config;
 pub mod consul;

@@ -11,6 +11,7 @@ pub mod etcd_v3;
 pub mod etcd_watch;
 pub mod eureka;
 pub mod kv_layout;
+pub mod lease;
 pub mod member;
 pub mod member_set;
 pub mod nacos;

@@ -180,7 +180,7 @@ impl Poller {
             ];
             headers.extend(out.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let sent = hostcalls::dispatch_http_call(
-                &u.registry.target,
+                u.registry.targets.first().map(String::as_str).unwrap_or_default(),
                 headers,
                 Some(&out.request.body),
                 vec![],
@@ -193,7 +193,7 @@ impl Poller {
                 Err(e) => u.sync.handle_dispatch_failed(
                     now,
                     out.id,
-                    &format!("{e:?} (is {:?} a cluster the proxy knows?)", u.registry.target),
+                    &format!("{e:?} (is {:?} a cluster the proxy knows?)", u.registry.targets),
                 ),
             }
         }

@@ -37,9 +37,48 @@ pub enum LogLevel {
 /// The poller's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
+    pub host: HostKind,
     pub upstreams: Vec<UpstreamConfig>,
     pub log_level: LogLevel,
+    /// nginx: how long a worker's poller lease lasts without renewal.
+    pub lease_ms: u64,
+    /// nginx: the upstream this filter picks a member of, per request.
+    pub pick: Option<String>,
 }
+
+/// Which proxy runs the plugin. Host differences are data: dispatch
+/// targets, whether gRPC exists, who polls, how routing is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Envoy: targets are cluster names, one poller per process (bootstrap
+    /// singleton), routing through REST EDS.
+    Envoy,
+    /// nginx with ngx_wasm_module: targets are `ip:port` lists, workers
+    /// elect one poller through a lease, the filter picks a member per
+    /// request and sets `$upsync_backend`. No gRPC.
+    Nginx,
+}
+
+/// How the filter picks a member (nginx).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalancePolicy {
+    /// nginx's smooth weighted round robin.
+    RoundRobin,
+    /// Power of two choices on requests in flight (per worker).
+    LeastRequest,
+    /// Maglev consistent hashing on a request key.
+    Hash(HashKey),
+}
+
+/// The request property hashed by [`BalancePolicy::Hash`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+    ClientAddress,
+}
+
+pub const DEFAULT_LEASE_MS: u64 = 3_000;
 
 /// Which registry API to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +181,9 @@ pub enum Auth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
     pub kind: RegistryType,
-    /// The dispatch target: an Envoy cluster name.
-    pub target: String,
+    /// Where registry calls go, in failover order: one Envoy cluster name,
+    /// or (nginx) `ip:port` / `host:port` / `unix:/path` addresses.
+    pub targets: Vec<String>,
     /// The `:authority` of registry requests.
     pub authority: String,
     /// Key prefix; members live at `<prefix><host:port>` (key/value types; else empty).
@@ -192,6 +232,9 @@ impl RegistryConfig {
 pub struct UpstreamConfig {
     pub name: String,
     pub registry: RegistryConfig,
+    pub balance: BalancePolicy,
+    /// Take members out after `max_fails` failures within `fail_timeout` (nginx).
+    pub passive_health: bool,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub backoff_max_ms: u64,
@@ -294,7 +337,18 @@ impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         let root: Value =
             serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
-        let f = Fields::new("", &root, &["upstreams", "log_level"])?;
+        let f = Fields::new("", &root, &["host", "upstreams", "log_level", "lease_ms", "pick"])?;
+        let host = match f.string("host")? {
+            None | Some("envoy") => HostKind::Envoy,
+            Some("nginx") => HostKind::Nginx,
+            Some(other) => return Err(err("host", format!("must be \"envoy\" or \"nginx\", got {other:?}"))),
+        };
+        for nginx_only in ["lease_ms", "pick"] {
+            if host != HostKind::Nginx && f.get(nginx_only).is_some() {
+                return Err(err(nginx_only, "is only used with \"host\": \"nginx\""));
+            }
+        }
+        let lease_ms = f.uint("lease_ms", DEFAULT_LEASE_MS, 500, 60_000)?;
         let log_level = match f.string("log_level")? {
             None | Some("info") => LogLevel::Info,
             Some("trace") => LogLevel::Trace,
@@ -318,18 +372,27 @@ impl PluginConfig {
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(list.len());
         for (i, v) in list.iter().enumerate() {
             let path = format!("upstreams[{i}]");
-            let up = UpstreamConfig::parse(&path, v)?;
+            let up = UpstreamConfig::parse(&path, v, host)?;
             if upstreams.iter().any(|u| u.name == up.name) {
                 return Err(err(&format!("{path}.name"), format!("{:?} is used by an earlier upstream", up.name)));
             }
             upstreams.push(up);
         }
-        Ok(PluginConfig { upstreams, log_level })
+        let pick = match f.string("pick")? {
+            Some(name) if upstreams.iter().any(|u| u.name == name) => Some(name.to_string()),
+            Some(name) => return Err(err("pick", format!("{name:?} is not the name of an upstream"))),
+            None if host == HostKind::Nginx && upstreams.len() == 1 => upstreams.first().map(|u| u.name.clone()),
+            None if host == HostKind::Nginx => {
+                return Err(err("pick", "is required with several upstreams: which one this filter routes to"))
+            }
+            None => None,
+        };
+        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick })
     }
 }
 
 impl UpstreamConfig {
-    fn parse(path: &str, v: &Value) -> Result<UpstreamConfig, ConfigError> {
+    fn parse(path: &str, v: &Value, host: HostKind) -> Result<UpstreamConfig, ConfigError> {
         let f = Fields::new(
             path,
             v,
@@ -342,6 +405,8 @@ impl UpstreamConfig {
                 "max_body_bytes",
                 "allow_empty",
                 "fallback",
+                "balance",
+                "passive_health",
             ],
         )?;
         let name = f.required_string("name")?;
@@ -349,7 +414,12 @@ impl UpstreamConfig {
         if !name_ok {
             return Err(err(&f.path("name"), format!("must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name:?}")));
         }
-        let registry = RegistryConfig::parse(&f.path("registry"), f.required("registry")?)?;
+        let registry = RegistryConfig::parse(&f.path("registry"), f.required("registry")?, host)?;
+        let balance = match f.get("balance") {
+            None => BalancePolicy::RoundRobin,
+            Some(b) => parse_balance(&f.path("balance"), b)?,
+        };
+        let passive_health = f.bool("passive_health", true)?;
         let interval_ms = f.uint("interval_ms", DEFAULT_INTERVAL_MS, 10, 3_600_000)?;
         let timeout_ms = f.uint("timeout_ms", DEFAULT_TIMEOUT_MS, 1, 600_000)?;
         let backoff_max_ms = f.uint("backoff_max_ms", DEFAULT_BACKOFF_MAX_MS.max(interval_ms), 10, 3_600_000)?;
@@ -383,6 +453,8 @@ impl UpstreamConfig {
         Ok(UpstreamConfig {
             name: name.to_string(),
             registry,
+            balance,
+            passive_health,
             interval_ms,
             timeout_ms,
             backoff_max_ms,
@@ -395,7 +467,7 @@ impl UpstreamConfig {
 }
 
 impl RegistryConfig {
-    fn parse(path: &str, v: &Value) -> Result<RegistryConfig, ConfigError> {
+    fn parse(path: &str, v: &Value, host: HostKind) -> Result<RegistryConfig, ConfigError> {
         let type_path = join(path, "type");
         let kind = match v.get("type") {
             None | Some(Value::Null) => return Err(err(&type_path, "is required")),
@@ -406,8 +478,12 @@ impl RegistryConfig {
             Some(other) => return Err(err(&type_path, format!("must be a string, got {}", kind(other)))),
         };
         let f = Fields::new(path, v, kind.fields())?;
-        let target = f.required_string("target")?;
-        let authority = f.string("authority")?.filter(|s| !s.is_empty()).unwrap_or(target);
+        let targets = parse_targets(&f.path("target"), f.required("target")?, host)?;
+        let first = targets.first().map(String::as_str).unwrap_or_default();
+        let authority = f.string("authority")?.filter(|s| !s.is_empty()).unwrap_or(first).to_string();
+        if host == HostKind::Nginx && f.get("grpc_target").is_some() {
+            return Err(err(&f.path("grpc_target"), "needs gRPC streams, which ngx_wasm_module does not have"));
+        }
         let (prefix, service) = if kind.is_key_value() {
             let prefix = f.required_string("prefix")?;
             if !prefix.ends_with('/') {
@@ -447,8 +523,8 @@ impl RegistryConfig {
         };
         Ok(RegistryConfig {
             kind,
-            target: target.to_string(),
-            authority: authority.to_string(),
+            targets,
+            authority,
             prefix,
             service,
             wait_ms: f.uint("wait_ms", DEFAULT_WAIT_MS, 100, 600_000)?,
@@ -461,6 +537,61 @@ impl RegistryConfig {
             namespace: f.string("namespace")?.filter(|s| !s.is_empty()).map(str::to_string),
             auth,
         })
+    }
+}
+
+/// Envoy: one cluster name. nginx: one address or a list tried in order.
+fn parse_targets(path: &str, v: &Value, host: HostKind) -> Result<Vec<String>, ConfigError> {
+    let items: Vec<(String, &Value)> = match (host, v) {
+        (_, Value::String(_)) => vec![(path.to_string(), v)],
+        (HostKind::Nginx, Value::Array(list)) if !list.is_empty() && list.len() <= 16 => {
+            list.iter().enumerate().map(|(i, x)| (format!("{path}[{i}]"), x)).collect()
+        }
+        (HostKind::Nginx, _) => return Err(err(path, "must be an address or a list of 1-16 addresses")),
+        (HostKind::Envoy, _) => return Err(err(path, "must be the name of an Envoy cluster (a string)")),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (item_path, x) in items {
+        let s = x.as_str().filter(|s| !s.is_empty()).ok_or_else(|| err(&item_path, "must be a non-empty string"))?;
+        if host == HostKind::Nginx && !s.starts_with("unix:/") {
+            s.parse::<HostPort>()
+                .map_err(|e| err(&item_path, format!("must be \"ip:port\", \"host:port\" or \"unix:/path\": {e}")))?;
+        }
+        out.push(s.to_string());
+    }
+    Ok(out)
+}
+
+fn parse_balance(path: &str, v: &Value) -> Result<BalancePolicy, ConfigError> {
+    let f = Fields::new(path, v, &["policy", "hash_key"])?;
+    let policy = f.string("policy")?.unwrap_or("round_robin");
+    let key = f.string("hash_key")?;
+    match (policy, key) {
+        ("round_robin", None) => Ok(BalancePolicy::RoundRobin),
+        ("least_request", None) => Ok(BalancePolicy::LeastRequest),
+        ("hash", Some(k)) => {
+            let key = if k == "client_address" {
+                HashKey::ClientAddress
+            } else if let Some(h) = k.strip_prefix("header:").filter(|h| !h.is_empty()) {
+                HashKey::Header(h.to_ascii_lowercase())
+            } else if let Some(c) = k.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
+                HashKey::Cookie(c.to_string())
+            } else {
+                return Err(err(
+                    &f.path("hash_key"),
+                    format!("must be \"header:NAME\", \"cookie:NAME\" or \"client_address\", got {k:?}"),
+                ));
+            };
+            Ok(BalancePolicy::Hash(key))
+        }
+        ("hash", None) => Err(err(&f.path("hash_key"), "is required with policy \"hash\"")),
+        ("round_robin" | "least_request", Some(_)) => {
+            Err(err(&f.path("hash_key"), "is only used with policy \"hash\""))
+        }
+        (other, _) => Err(err(
+            &f.path("policy"),
+            format!("must be \"round_robin\", \"least_request\" or \"hash\", got {other:?}"),
+        )),
     }
 }
 
@@ -718,6 +849,73 @@ mod tests {
         assert_eq!(field_of(r#"{"type":7}"#), "upstreams[0].registry.type");
         let e = registry(r#"{"type":"zookeeper","target":"z"}"#).unwrap_err();
         assert!(e.message.contains("\"consul_health\""), "{e}");
+    }
+
+    #[test]
+    fn nginx_host_takes_address_lists_balance_and_lease() {
+        let c = PluginConfig::parse(
+            br#"{"host":"nginx","lease_ms":2000,"upstreams":[{"name":"web",
+              "registry":{"type":"etcd_v3","target":["127.0.0.1:2379","etcd.internal:2379","unix:/run/etcd.sock"],"prefix":"/u/web/"},
+              "balance":{"policy":"hash","hash_key":"header:X-User"},"passive_health":false}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.host, HostKind::Nginx);
+        assert_eq!(c.lease_ms, 2000);
+        assert_eq!(c.pick.as_deref(), Some("web"), "the only upstream is picked by default");
+        let u = &c.upstreams[0];
+        assert_eq!(u.registry.targets.len(), 3);
+        assert_eq!(u.registry.authority, "127.0.0.1:2379");
+        assert_eq!(u.balance, BalancePolicy::Hash(HashKey::Header("x-user".into())));
+        assert!(!u.passive_health);
+
+        let fail = |json: &str| PluginConfig::parse(json.as_bytes()).unwrap_err().field;
+        let up = |extra: &str, target: &str| {
+            format!(r#"{{"name":"web","registry":{{"type":"etcd_v3","target":{target},"prefix":"/p/"{extra}}}}}"#)
+        };
+        assert_eq!(fail(&format!(r#"{{"upstreams":[{}]}}"#, up("", r#"["a:1"]"#))), "upstreams[0].registry.target");
+        assert_eq!(
+            fail(&format!(r#"{{"host":"nginx","upstreams":[{}]}}"#, up("", r#"["a:1","nope"]"#))),
+            "upstreams[0].registry.target[1]"
+        );
+        assert_eq!(
+            fail(&format!(r#"{{"host":"nginx","upstreams":[{}]}}"#, up(r#","grpc_target":"g""#, r#""a:1""#))),
+            "upstreams[0].registry.grpc_target"
+        );
+        assert_eq!(fail(&format!(r#"{{"lease_ms":900,"upstreams":[{}]}}"#, up("", r#""etcd""#))), "lease_ms");
+        assert_eq!(fail(&format!(r#"{{"host":"iis","upstreams":[{}]}}"#, up("", r#""etcd""#))), "host");
+        let two = format!(r#"{},{}"#, up("", r#""a:1""#), up("", r#""a:1""#).replace("\"web\"", "\"api\""));
+        assert_eq!(fail(&format!(r#"{{"host":"nginx","upstreams":[{two}]}}"#)), "pick");
+        assert_eq!(fail(&format!(r#"{{"host":"nginx","pick":"db","upstreams":[{two}]}}"#)), "pick");
+        let ok =
+            PluginConfig::parse(format!(r#"{{"host":"nginx","pick":"api","upstreams":[{two}]}}"#).as_bytes()).unwrap();
+        assert_eq!(ok.pick.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn balance_policies() {
+        let with = |b: &str| {
+            let json = format!(
+                r#"{{"upstreams":[{{"name":"w","registry":{{"type":"etcd_v3","target":"e","prefix":"/p/"}},"balance":{b}}}]}}"#
+            );
+            PluginConfig::parse(json.as_bytes()).map(|c| c.upstreams[0].balance.clone())
+        };
+        assert_eq!(with(r#"{}"#), Ok(BalancePolicy::RoundRobin));
+        assert_eq!(with(r#"{"policy":"least_request"}"#), Ok(BalancePolicy::LeastRequest));
+        assert_eq!(
+            with(r#"{"policy":"hash","hash_key":"cookie:sid"}"#),
+            Ok(BalancePolicy::Hash(HashKey::Cookie("sid".into())))
+        );
+        assert_eq!(
+            with(r#"{"policy":"hash","hash_key":"client_address"}"#),
+            Ok(BalancePolicy::Hash(HashKey::ClientAddress))
+        );
+        assert_eq!(with(r#"{"policy":"hash"}"#).unwrap_err().field, "upstreams[0].balance.hash_key");
+        assert_eq!(with(r#"{"policy":"hash","hash_key":"ip"}"#).unwrap_err().field, "upstreams[0].balance.hash_key");
+        assert_eq!(with(r#"{"policy":"random"}"#).unwrap_err().field, "upstreams[0].balance.policy");
+        assert_eq!(
+            with(r#"{"policy":"round_robin","hash_key":"client_address"}"#).unwrap_err().field,
+            "upstreams[0].balance.hash_key"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl From<&RegistryConfig> for RegistryWire {
     fn from(r: &RegistryConfig) -> Self {
         RegistryWire {
             kind: r.kind.as_str().to_string(),
-            target: r.target.clone(),
+            target: r.targets.join(","),
             prefix: r.prefix.clone(),
             service: r.service.clone(),
         }

@@ -14,6 +14,7 @@ mod poller;
 mod server;
 mod store;
 
+use crate::sansio::node::{Leadership, PollerNode};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -95,8 +96,13 @@ impl RootContext for Root {
         let config = plugin_configuration(plugin_configuration_size);
         let root = root_id().unwrap_or_default();
         match root.as_str() {
-            POLLER_ROOT_ID => match poller::Poller::configure(&config) {
-                Ok(p) => {
+            POLLER_ROOT_ID => match crate::sansio::config::PluginConfig::parse(&config) {
+                Ok(cfg) => {
+                    logger::set_level(cfg.log_level);
+                    let max_body = cfg.upstreams.iter().map(|u| u.max_body_bytes).collect();
+                    let node = PollerNode::new(&cfg, Leadership::Singleton, now_ms());
+                    log::info!("poller configured with {} upstream(s)", cfg.upstreams.len());
+                    let p = poller::Poller::new(node, max_body);
                     // Only arm the tick here: on_configure also runs in Envoy's
                     // throwaway validation VM, where nothing else may happen.
                     if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod member;
 pub mod member_set;
 pub mod nacos;
+pub mod node;
 pub mod registry;
 pub mod request;
 pub mod rng;

@@ -16,6 +16,8 @@ pub mod member;
 pub mod member_set;
 pub mod nacos;
 pub mod node;
+pub mod passive;
+pub mod picker;
 pub mod registry;
 pub mod request;
 pub mod rng;
@@ -24,3 +26,9 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod url;
+
+#[cfg(test)]
+pub mod testkit;
+
+#[cfg(test)]
+mod worker_sim;

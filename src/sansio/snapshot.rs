@@ -193,7 +193,9 @@ pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Update) -> 
                 return Ok(PublishOutcome::KeptStored { version: s.version })
             }
             Some(s) => s.version.saturating_add(1),
-            None => 1,
+            // Nothing readable stored: continue from the version entry, so a
+            // version never repeats (a repeat could make Envoy keep an old list).
+            None => read_version(store, upstream).map_or(1, |v| v.saturating_add(1)),
         };
         let snapshot = Snapshot { version, source: update.source, members: update.members.clone() };
         match store.set(&key, &snapshot.encode(&key), entry.cas) {
@@ -333,10 +335,11 @@ mod tests {
         let foreign = Snapshot { version: 3, source: Source::Registry, members: set_of(&["10.0.0.1:80"]) };
         store.set(&ours, &foreign.encode("upsync/v1/snap/other"), None).unwrap();
         assert_eq!(read(&store, "web"), Err(SnapshotError::OtherKey("upsync/v1/snap/other".into())));
-        // Publishing repairs it.
+        // Publishing repairs it, with a version above any seen before.
+        put_json(&mut store, &version_key("web"), &VersionWire { key: version_key("web"), version: 7 }).unwrap();
         assert_eq!(
             publish(&mut store, "web", &update(&["10.0.0.2:80"], Source::Registry)),
-            Ok(PublishOutcome::Written { version: 1 })
+            Ok(PublishOutcome::Written { version: 8 })
         );
     }
 }

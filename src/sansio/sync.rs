@@ -417,11 +417,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::sansio::base64;
     use crate::sansio::etcd_v3::EtcdV3Adapter;
-    use serde_json::{json, Value};
-
-    const PREFIX: &str = "/upstreams/web/";
+    use crate::sansio::testkit::{EtcdScript as Registry, PREFIX};
 
     fn config() -> SyncConfig {
         SyncConfig {
@@ -438,59 +435,6 @@ mod tests {
 
     fn machine(config: SyncConfig) -> SyncState {
         SyncState::new(config, Box::new(EtcdV3Adapter::new(PREFIX)), 42)
-    }
-
-    /// A scripted etcd: a map of members with revisions, answering range
-    /// requests the way the JSON gateway does.
-    struct Registry {
-        kvs: Vec<(String, String, i64)>,
-        revision: i64,
-    }
-
-    impl Registry {
-        fn new() -> Self {
-            Registry { kvs: Vec::new(), revision: 1 }
-        }
-        fn put(&mut self, addr: &str, value: &str) {
-            self.revision += 1;
-            let key = format!("{PREFIX}{addr}");
-            self.kvs.retain(|(k, _, _)| *k != key);
-            self.kvs.push((key, value.to_string(), self.revision));
-            self.kvs.sort();
-        }
-        fn delete(&mut self, addr: &str) {
-            self.revision += 1;
-            let key = format!("{PREFIX}{addr}");
-            self.kvs.retain(|(k, _, _)| *k != key);
-        }
-        fn touch_elsewhere(&mut self) {
-            self.revision += 1;
-        }
-        fn answer(&self, request: &HttpRequest) -> Vec<u8> {
-            let body: Value = serde_json::from_slice(&request.body).unwrap();
-            let mut kvs: Vec<&(String, String, i64)> = self.kvs.iter().collect();
-            if body.get("sort_target").is_some() {
-                kvs.sort_by_key(|kv| std::cmp::Reverse(kv.2));
-                kvs.truncate(1);
-            }
-            let keys_only = body.get("keys_only").is_some();
-            let list: Vec<Value> = kvs
-                .iter()
-                .map(|(k, v, rev)| {
-                    let mut kv = json!({"key": base64::encode(k.as_bytes()), "mod_revision": rev.to_string()});
-                    if !keys_only && !v.is_empty() {
-                        kv["value"] = json!(base64::encode(v.as_bytes()));
-                    }
-                    kv
-                })
-                .collect();
-            let mut answer = json!({"header": {"revision": self.revision.to_string()}});
-            if !list.is_empty() {
-                answer["kvs"] = json!(list);
-                answer["count"] = json!(self.kvs.len().to_string());
-            }
-            answer.to_string().into_bytes()
-        }
     }
 
     fn ok(body: &[u8]) -> HttpResponse<'_> {

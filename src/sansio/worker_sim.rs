@@ -1,0 +1,263 @@
+//! Simulated nginx workers against an in-memory shared zone with
+//! ngx_wasm_module's rules (CAS on every set, CRC32-keyed entries, zone
+//! emptied on reload): leader election, takeover, reload, extra ticks left
+//! behind by traps, and key collisions. Virtual time, scripted etcd.
+
+use super::config::PluginConfig;
+use super::node::{Dispatch, Leadership, PollerNode};
+use super::picker::{UpstreamPicker, ViewSource};
+use super::request::HttpResponse;
+use super::snapshot::snapshot_key;
+use super::store::{crc32, MemoryStore, StoreRules};
+use super::testkit::EtcdScript;
+
+// On wasm32 the same tests run under wasm-bindgen-test.
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const TICK: u64 = 50;
+const LEASE: u64 = 1000;
+
+fn config(names: &[&str]) -> PluginConfig {
+    let ups: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                r#"{{"name":"{n}","registry":{{"type":"etcd_v3","target":"127.0.0.1:2379","prefix":"/upstreams/web/"}},
+                "interval_ms":200,"backoff_max_ms":1000,"fallback":["127.0.0.1:9999"]}}"#
+            )
+        })
+        .collect();
+    let json =
+        format!(r#"{{"host":"nginx","lease_ms":{LEASE},"pick":"{}","upstreams":[{}]}}"#, names[0], ups.join(","));
+    PluginConfig::parse(json.as_bytes()).unwrap()
+}
+
+struct Worker {
+    id: u64,
+    node: PollerNode,
+    pickers: Vec<UpstreamPicker>,
+    alive: bool,
+    /// Ticks per round: a trap leaves an extra tick timer behind.
+    ticks_per_round: u32,
+}
+
+struct World {
+    zone: MemoryStore,
+    etcd: EtcdScript,
+    workers: Vec<Worker>,
+    now: u64,
+    config: PluginConfig,
+    /// (round time, worker id) of every registry call.
+    calls: Vec<(u64, u64)>,
+    next_worker_id: u64,
+}
+
+impl World {
+    fn new(n: usize, names: &[&str]) -> World {
+        let mut w = World {
+            zone: MemoryStore::new(StoreRules::NgxWasm),
+            etcd: EtcdScript::new(),
+            workers: Vec::new(),
+            now: 1_000_000,
+            config: config(names),
+            calls: Vec::new(),
+            next_worker_id: 1,
+        };
+        for _ in 0..n {
+            w.spawn();
+        }
+        w
+    }
+
+    fn spawn(&mut self) {
+        let id = self.next_worker_id;
+        self.next_worker_id += 1;
+        let node = PollerNode::new(&self.config, Leadership::Lease { me: id, ttl_ms: LEASE }, id);
+        let pickers = self.config.upstreams.iter().map(|u| UpstreamPicker::new(u, id)).collect();
+        self.workers.push(Worker { id, node, pickers, alive: true, ticks_per_round: 1 });
+    }
+
+    /// What `nginx -s reload` does: the zone is emptied, old workers go,
+    /// new ones start.
+    fn reload(&mut self, n: usize) {
+        self.zone.clear();
+        self.workers.clear();
+        for _ in 0..n {
+            self.spawn();
+        }
+    }
+
+    fn answer(&mut self, worker: usize, calls: Vec<Dispatch>) {
+        let mut queue = calls;
+        while let Some(call) = queue.pop() {
+            let id = self.workers[worker].id;
+            self.calls.push((self.now, id));
+            let body = self.etcd.answer(&call.request);
+            let response = HttpResponse { status: Some(200), headers: &[], body: &body, body_size: body.len() };
+            let w = &mut self.workers[worker];
+            queue.extend(w.node.on_response(&mut self.zone, self.now, call.upstream, call.id, response));
+        }
+    }
+
+    fn round(&mut self) {
+        self.now += TICK;
+        for i in 0..self.workers.len() {
+            if !self.workers[i].alive {
+                continue;
+            }
+            for _ in 0..self.workers[i].ticks_per_round {
+                let calls = self.workers[i].node.on_tick(&mut self.zone, self.now);
+                self.answer(i, calls);
+            }
+            let now = self.now;
+            let w = &mut self.workers[i];
+            for p in &mut w.pickers {
+                p.refresh(&self.zone, now);
+            }
+        }
+    }
+
+    fn rounds(&mut self, n: usize) {
+        for _ in 0..n {
+            self.round();
+        }
+    }
+
+    fn pollers_since(&self, t: u64) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.calls.iter().filter(|(at, _)| *at >= t).map(|(_, id)| *id).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The addresses each live worker's picker for upstream 0 picks over a few requests.
+    fn picks(&mut self) -> Vec<Vec<String>> {
+        self.workers
+            .iter_mut()
+            .filter(|w| w.alive)
+            .map(|w| {
+                let mut got: Vec<String> = (0..4).filter_map(|_| w.pickers[0].pick(None)).map(|p| p.address).collect();
+                got.sort();
+                got.dedup();
+                got
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn one_worker_polls_and_every_worker_routes_by_it() {
+    let mut w = World::new(4, &["web"]);
+    w.etcd.put("10.0.0.1:80", "{}");
+    w.etcd.put("10.0.0.2:80", "{}");
+    w.rounds(40); // 2 s
+    assert_eq!(w.pollers_since(0).len(), 1, "one poller per instance, not per worker");
+    // About one probe per 200 ms interval (ticks are 50 ms), not four.
+    let calls = w.calls.len();
+    assert!((8..=16).contains(&calls), "{calls} registry calls in 2 s");
+    for got in w.picks() {
+        assert_eq!(got, ["10.0.0.1:80", "10.0.0.2:80"]);
+    }
+}
+
+#[test]
+fn another_worker_takes_over_within_a_lease_when_the_leader_stops() {
+    let mut w = World::new(3, &["web"]);
+    w.etcd.put("10.0.0.1:80", "{}");
+    w.rounds(10);
+    let leader = w.pollers_since(0)[0];
+    let idx = w.workers.iter().position(|x| x.id == leader).unwrap();
+    w.workers[idx].alive = false;
+    let stopped_at = w.now;
+    w.etcd.put("10.0.0.3:80", "{}");
+    // Within one lease period plus a tick, someone else polls...
+    let mut took_over_at = None;
+    for _ in 0..((LEASE / TICK) as usize + 4) {
+        w.round();
+        if let Some(&(at, id)) = w.calls.iter().find(|(at, id)| *at > stopped_at && *id != leader) {
+            took_over_at = Some(at);
+            assert_ne!(id, leader);
+            break;
+        }
+    }
+    let took_over_at = took_over_at.expect("no takeover");
+    assert!(took_over_at - stopped_at <= LEASE + TICK, "takeover after {} ms", took_over_at - stopped_at);
+    // ...and the change made meanwhile reaches every live worker.
+    w.rounds(10);
+    for got in w.picks() {
+        assert_eq!(got, ["10.0.0.1:80", "10.0.0.3:80"]);
+    }
+}
+
+#[test]
+fn after_a_reload_workers_serve_the_fallback_then_fetch_at_once() {
+    let mut w = World::new(2, &["web"]);
+    w.etcd.put("10.0.0.1:80", "{}");
+    w.rounds(5);
+    w.reload(2);
+    // Before their first tick the new workers have nothing but the config.
+    for p in w.workers.iter_mut().flat_map(|x| x.pickers.iter_mut()) {
+        p.refresh(&w.zone, w.now);
+        assert_eq!(p.source(), ViewSource::Fallback);
+        assert_eq!(p.pick(None).unwrap().address, "127.0.0.1:9999");
+    }
+    let reload_at = w.now;
+    w.round();
+    // One tick later: elected, fetched, published, picked up.
+    assert_eq!(w.pollers_since(reload_at + 1).len(), 1);
+    for got in w.picks() {
+        assert_eq!(got, ["10.0.0.1:80"]);
+    }
+}
+
+#[test]
+fn extra_tick_timers_left_by_traps_do_not_double_the_calls() {
+    let mut w = World::new(2, &["web"]);
+    w.etcd.put("10.0.0.1:80", "{}");
+    for x in &mut w.workers {
+        x.ticks_per_round = 3;
+    }
+    w.rounds(40);
+    let calls = w.calls.len();
+    assert!((8..=16).contains(&calls), "{calls} registry calls in 2 s with tripled ticks");
+}
+
+#[test]
+fn colliding_keys_never_route_to_the_other_upstreams_members() {
+    // Found offline: their snapshot keys have the same CRC32, so on nginx
+    // they share one entry of the zone and overwrite each other.
+    let (a, b) = ("u239789", "u14000040");
+    assert_eq!(crc32(snapshot_key(a).as_bytes()), crc32(snapshot_key(b).as_bytes()));
+    let mut w = World::new(2, &[a, b]);
+    w.etcd.put_key(&format!("/upstreams/{a}/10.0.0.1:80"), "{}");
+    w.etcd.put_key(&format!("/upstreams/{b}/10.0.0.2:80"), "{}");
+    for round in 0..40 {
+        w.round();
+        if round % 10 == 5 {
+            // Changes keep both writing into the shared entry.
+            w.etcd.put_key(&format!("/upstreams/{a}/10.0.0.1:80"), &format!(r#"{{"weight":{}}}"#, round + 1));
+            w.etcd.put_key(&format!("/upstreams/{b}/10.0.0.2:80"), &format!(r#"{{"weight":{}}}"#, round + 1));
+        }
+        for x in &mut w.workers {
+            for (p, own) in x.pickers.iter_mut().zip(["10.0.0.1:80", "10.0.0.2:80"]) {
+                for _ in 0..3 {
+                    if let Some(picked) = p.pick(None) {
+                        // Its own member or its fallback; never the other upstream's.
+                        assert!(
+                            picked.address == own || picked.address == "127.0.0.1:9999",
+                            "{} picked {}",
+                            p.name(),
+                            picked.address
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The entry holds one of them; read as the other, it is refused.
+    let owner = w.zone.owner_of(&snapshot_key(a)).unwrap().to_string();
+    let holder = super::snapshot::read(&w.zone, a).map(|s| s.map(|s| s.members.len()));
+    let other = super::snapshot::read(&w.zone, b).map(|s| s.map(|s| s.members.len()));
+    assert!(holder.is_err() != other.is_err(), "exactly one of them can read the entry (created by {owner})");
+}

@@ -10,10 +10,12 @@
 //! many of the SDK's trait helpers unwrap and would trap the VM.
 
 mod logger;
+mod nginx;
 mod poller;
 mod server;
 mod store;
 
+use crate::sansio::config::{HostKind, PluginConfig};
 use crate::sansio::node::{Leadership, PollerNode};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -58,6 +60,7 @@ enum Role {
     Unconfigured,
     Poller(Box<poller::Poller>),
     Server(crate::sansio::config::ServerConfig),
+    Nginx(Box<nginx::NginxRoot>),
 }
 
 struct Root {
@@ -71,21 +74,87 @@ impl Root {
     }
 }
 
+impl Root {
+    fn poller(&mut self) -> Option<&mut poller::Poller> {
+        match &mut self.role {
+            Role::Poller(p) => Some(p),
+            Role::Nginx(n) => Some(&mut n.poller),
+            _ => None,
+        }
+    }
+
+    /// The poller roles: Envoy's singleton, or an nginx worker.
+    fn configure_poller(&mut self, config: &[u8], root: &str) -> bool {
+        let cfg = match PluginConfig::parse(config) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                log::error!("invalid configuration: {e}");
+                return false;
+            }
+        };
+        if cfg.host == HostKind::Envoy && root != POLLER_ROOT_ID {
+            log::error!(
+                "root_id {root:?} is not one of {POLLER_ROOT_ID:?} (registry poller) or {SERVER_ROOT_ID:?} (EDS and status server); for nginx set \"host\": \"nginx\""
+            );
+            return false;
+        }
+        logger::set_level(cfg.log_level);
+        let max_body = cfg.upstreams.iter().map(|u| u.max_body_bytes).collect();
+        let now = now_ms();
+        let leadership = match cfg.host {
+            HostKind::Envoy => Leadership::Singleton,
+            // Unique per worker: the time of configuration mixed with this
+            // root context's id (ids repeat across workers, times do not).
+            HostKind::Nginx => Leadership::Lease {
+                me: crate::sansio::balance::hash::hash64(&now_ns().to_le_bytes(), u64::from(self.context_id)),
+                ttl_ms: cfg.lease_ms,
+            },
+        };
+        let p = poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body);
+        // Only arm the tick here: on_configure also runs in Envoy's
+        // throwaway validation VM, where nothing else may happen.
+        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {
+            log::error!("cannot set the tick period: {e:?}");
+            return false;
+        }
+        self.role = match cfg.host {
+            HostKind::Envoy => Role::Poller(Box::new(p)),
+            HostKind::Nginx => match nginx::NginxRoot::new(&cfg, p, now) {
+                Some(n) => Role::Nginx(Box::new(n)),
+                None => {
+                    log::error!("invalid configuration: pick: no such upstream");
+                    return false;
+                }
+            },
+        };
+        log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
+        true
+    }
+}
+
+/// Nanoseconds since the Unix epoch, as the host tells it (0 if it cannot).
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
-        if let Role::Poller(p) = &mut self.role {
+        if let Some(p) = self.poller() {
             p.on_http_call_response(token, num_headers, body_size);
         }
     }
 
     fn on_grpc_stream_message(&mut self, token: u32, message_size: usize) {
-        if let Role::Poller(p) = &mut self.role {
+        if let Some(p) = self.poller() {
             p.on_grpc_stream_message(token, message_size);
         }
     }
 
     fn on_grpc_stream_close(&mut self, token: u32, status_code: u32) {
-        if let Role::Poller(p) = &mut self.role {
+        if let Some(p) = self.poller() {
             p.on_grpc_stream_close(token, status_code);
         }
     }
@@ -96,27 +165,6 @@ impl RootContext for Root {
         let config = plugin_configuration(plugin_configuration_size);
         let root = root_id().unwrap_or_default();
         match root.as_str() {
-            POLLER_ROOT_ID => match crate::sansio::config::PluginConfig::parse(&config) {
-                Ok(cfg) => {
-                    logger::set_level(cfg.log_level);
-                    let max_body = cfg.upstreams.iter().map(|u| u.max_body_bytes).collect();
-                    let node = PollerNode::new(&cfg, Leadership::Singleton, now_ms());
-                    log::info!("poller configured with {} upstream(s)", cfg.upstreams.len());
-                    let p = poller::Poller::new(node, max_body);
-                    // Only arm the tick here: on_configure also runs in Envoy's
-                    // throwaway validation VM, where nothing else may happen.
-                    if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {
-                        log::error!("cannot set the tick period: {e:?}");
-                        return false;
-                    }
-                    self.role = Role::Poller(Box::new(p));
-                    true
-                }
-                Err(e) => {
-                    log::error!("invalid configuration: {e}");
-                    false
-                }
-            },
             SERVER_ROOT_ID => match crate::sansio::config::parse_server_config(&config) {
                 Ok(server) => {
                     if server.eds_hold_ms > 0 {
@@ -134,12 +182,7 @@ impl RootContext for Root {
                     false
                 }
             },
-            other => {
-                log::error!(
-                    "root_id {other:?} is not one of {POLLER_ROOT_ID:?} (registry poller) or {SERVER_ROOT_ID:?} (EDS and status server)"
-                );
-                false
-            }
+            other => self.configure_poller(&config, other),
         }
     }
 
@@ -147,6 +190,7 @@ impl RootContext for Root {
         match &mut self.role {
             Role::Poller(p) => p.on_tick(),
             Role::Server(_) => server::answer_parked(self.context_id),
+            Role::Nginx(n) => n.on_tick(),
             Role::Unconfigured => {}
         }
     }
@@ -158,10 +202,10 @@ impl RootContext for Root {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always a context: the SDK panics on None. Outside the server role
         // it lets every request through untouched.
-        let (active, hold) = match &self.role {
-            Role::Server(c) => (true, c.eds_hold_ms),
-            _ => (false, 0),
-        };
-        Some(Box::new(server::ServerStream::new(context_id, active, hold)))
+        match &self.role {
+            Role::Nginx(n) => Some(Box::new(nginx::NginxStream::new(n.shared.clone()))),
+            Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, true, c.eds_hold_ms))),
+            _ => Some(Box::new(server::ServerStream::new(context_id, false, 0))),
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct PluginConfig {
     pub lease_ms: u64,
     /// nginx: the upstream this filter picks a member of, per request.
     pub pick: Option<String>,
+    /// nginx: a request path the filter answers with the status JSON.
+    pub status_path: Option<String>,
 }
 
 /// Which proxy runs the plugin. Host differences are data: dispatch
@@ -337,13 +339,13 @@ impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         let root: Value =
             serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
-        let f = Fields::new("", &root, &["host", "upstreams", "log_level", "lease_ms", "pick"])?;
+        let f = Fields::new("", &root, &["host", "upstreams", "log_level", "lease_ms", "pick", "status_path"])?;
         let host = match f.string("host")? {
             None | Some("envoy") => HostKind::Envoy,
             Some("nginx") => HostKind::Nginx,
             Some(other) => return Err(err("host", format!("must be \"envoy\" or \"nginx\", got {other:?}"))),
         };
-        for nginx_only in ["lease_ms", "pick"] {
+        for nginx_only in ["lease_ms", "pick", "status_path"] {
             if host != HostKind::Nginx && f.get(nginx_only).is_some() {
                 return Err(err(nginx_only, "is only used with \"host\": \"nginx\""));
             }
@@ -387,7 +389,13 @@ impl PluginConfig {
             }
             None => None,
         };
-        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick })
+        let status_path = f.string("status_path")?.map(str::to_string);
+        if let Some(p) = &status_path {
+            if !p.starts_with('/') || p.contains('?') {
+                return Err(err("status_path", format!("must be a path starting with '/', got {p:?}")));
+            }
+        }
+        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path })
     }
 }
 

@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server wrk binaryen
 
-.PHONY: all build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-emulator test-e2e lint clean
+.PHONY: all build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-emulator test-module test-e2e lint clean
 
 all: build
 
@@ -62,7 +62,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-wasm test-emulator test-e2e test-oci
+test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-oci
 
 lint:
 	$(CARGO) fmt --check
@@ -82,6 +82,10 @@ test-wasm: rust-deps wasm-bindgen-cli
 # The Consul emulator's own tests, against Consul's documented behaviour.
 test-emulator: venv
 	$(PY) -m pytest -q tests/consul_emulator
+
+# The built module's imports: only what Envoy and ngx_wasm_module both provide.
+test-module: venv build
+	UPSYNC_WASM=$(WASM) $(PY) -m pytest -q tests/wasm
 
 test-e2e: deps build
 	$(PY) -m pytest -q tests/e2e --wasm $(WASM)

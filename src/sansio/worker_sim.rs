@@ -261,3 +261,14 @@ fn colliding_keys_never_route_to_the_other_upstreams_members() {
     let other = super::snapshot::read(&w.zone, b).map(|s| s.map(|s| s.members.len()));
     assert!(holder.is_err() != other.is_err(), "exactly one of them can read the entry (created by {owner})");
 }
+
+#[test]
+fn nginx_nodes_never_open_grpc_streams() {
+    // ngx_wasm_module has no gRPC: the config refuses grpc_target with
+    // host nginx, and a node built from an nginx config opens no watch.
+    let mut w = World::new(2, &["web"]);
+    w.rounds(5);
+    for x in &mut w.workers {
+        assert!(x.node.poll_watch_opens(w.now).is_empty());
+    }
+}

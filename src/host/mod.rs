@@ -10,7 +10,7 @@
 //! many of the SDK's trait helpers unwrap and would trap the VM.
 
 mod logger;
-mod nginx;
+mod pick;
 mod poller;
 mod server;
 mod store;
@@ -24,6 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 pub const POLLER_ROOT_ID: &str = "upsync_poller";
 pub const SERVER_ROOT_ID: &str = "upsync_eds";
+pub const PICK_ROOT_ID: &str = "upsync_pick";
 
 proxy_wasm::main! {{
     logger::install();
@@ -60,7 +61,8 @@ enum Role {
     Unconfigured,
     Poller(Box<poller::Poller>),
     Server(crate::sansio::config::ServerConfig),
-    Nginx(Box<nginx::NginxRoot>),
+    /// A picking filter: nginx (with its worker's poller) or Envoy pick mode.
+    Pick(Box<pick::PickRoot>),
 }
 
 struct Root {
@@ -78,7 +80,7 @@ impl Root {
     fn poller(&mut self) -> Option<&mut poller::Poller> {
         match &mut self.role {
             Role::Poller(p) => Some(p),
-            Role::Nginx(n) => Some(&mut n.poller),
+            Role::Pick(n) => n.poller.as_mut(),
             _ => None,
         }
     }
@@ -92,9 +94,16 @@ impl Root {
                 return false;
             }
         };
-        if cfg.host == HostKind::Envoy && root != POLLER_ROOT_ID {
+        let envoy_pick = cfg.host == HostKind::Envoy && root == PICK_ROOT_ID;
+        if cfg.host == HostKind::Envoy && root != POLLER_ROOT_ID && !envoy_pick {
             log::error!(
-                "root_id {root:?} is not one of {POLLER_ROOT_ID:?} (registry poller) or {SERVER_ROOT_ID:?} (EDS and status server); for nginx set \"host\": \"nginx\""
+                "root_id {root:?} is not one of {POLLER_ROOT_ID:?} (registry poller), {SERVER_ROOT_ID:?} (EDS and status server) or {PICK_ROOT_ID:?} (pick mode); for nginx set \"host\": \"nginx\""
+            );
+            return false;
+        }
+        if envoy_pick && cfg.pick.is_none() {
+            log::error!(
+                "invalid configuration: pick: required with root_id {PICK_ROOT_ID:?} (the upstream to pick from)"
             );
             return false;
         }
@@ -117,15 +126,18 @@ impl Root {
             log::error!("cannot set the tick period: {e:?}");
             return false;
         }
-        self.role = match cfg.host {
-            HostKind::Envoy => Role::Poller(Box::new(p)),
-            HostKind::Nginx => match nginx::NginxRoot::new(&cfg, p, now) {
-                Some(n) => Role::Nginx(Box::new(n)),
+        self.role = if cfg.host == HostKind::Envoy && !envoy_pick {
+            Role::Poller(Box::new(p))
+        } else {
+            // Envoy's pick filter only reads: the bootstrap singleton polls.
+            let poller = (cfg.host == HostKind::Nginx).then_some(p);
+            match pick::PickRoot::new(&cfg, poller, now) {
+                Some(n) => Role::Pick(Box::new(n)),
                 None => {
                     log::error!("invalid configuration: pick: no such upstream");
                     return false;
                 }
-            },
+            }
         };
         log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
         true
@@ -190,7 +202,7 @@ impl RootContext for Root {
         match &mut self.role {
             Role::Poller(p) => p.on_tick(),
             Role::Server(_) => server::answer_parked(self.context_id),
-            Role::Nginx(n) => n.on_tick(),
+            Role::Pick(n) => n.on_tick(),
             Role::Unconfigured => {}
         }
     }
@@ -203,7 +215,7 @@ impl RootContext for Root {
         // Always a context: the SDK panics on None. Outside the server role
         // it lets every request through untouched.
         match &self.role {
-            Role::Nginx(n) => Some(Box::new(nginx::NginxStream::new(n.shared.clone()))),
+            Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.shared.clone()))),
             Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, true, c.eds_hold_ms))),
             _ => Some(Box::new(server::ServerStream::new(context_id, false, 0))),
         }

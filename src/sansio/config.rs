@@ -46,7 +46,21 @@ pub struct PluginConfig {
     pub pick: Option<String>,
     /// nginx: a request path the filter answers with the status JSON.
     pub status_path: Option<String>,
+    /// Envoy pick mode: how the picked member reaches Envoy's router.
+    pub route: EnvoyRoute,
 }
+
+/// How an Envoy pick-mode filter hands its pick to the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvoyRoute {
+    /// A request header read by the EDS cluster's `override_host` LB
+    /// policy; the filter always overwrites it.
+    OverrideHost { header: String },
+    /// The `original_dst_address` filter state, for an ORIGINAL_DST cluster.
+    OriginalDst,
+}
+
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-upsync-host";
 
 /// Which proxy runs the plugin. Host differences are data: dispatch
 /// targets, whether gRPC exists, who polls, how routing is applied.
@@ -339,17 +353,40 @@ impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         let root: Value =
             serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
-        let f = Fields::new("", &root, &["host", "upstreams", "log_level", "lease_ms", "pick", "status_path"])?;
+        let f = Fields::new(
+            "",
+            &root,
+            &["host", "upstreams", "log_level", "lease_ms", "pick", "status_path", "route", "override_header"],
+        )?;
         let host = match f.string("host")? {
             None | Some("envoy") => HostKind::Envoy,
             Some("nginx") => HostKind::Nginx,
             Some(other) => return Err(err("host", format!("must be \"envoy\" or \"nginx\", got {other:?}"))),
         };
-        for nginx_only in ["lease_ms", "pick", "status_path"] {
+        for nginx_only in ["lease_ms", "status_path"] {
             if host != HostKind::Nginx && f.get(nginx_only).is_some() {
                 return Err(err(nginx_only, "is only used with \"host\": \"nginx\""));
             }
         }
+        for envoy_only in ["route", "override_header"] {
+            if host != HostKind::Envoy && f.get(envoy_only).is_some() {
+                return Err(err(envoy_only, "is only used with \"host\": \"envoy\" (pick mode)"));
+            }
+        }
+        let header = f.string("override_header")?.unwrap_or(DEFAULT_OVERRIDE_HEADER).to_ascii_lowercase();
+        if header.is_empty()
+            || header.starts_with(':')
+            || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(err("override_header", format!("must be an HTTP header name, got {header:?}")));
+        }
+        let route = match f.string("route")? {
+            None | Some("override_host") => EnvoyRoute::OverrideHost { header },
+            Some("original_dst") => EnvoyRoute::OriginalDst,
+            Some(other) => {
+                return Err(err("route", format!("must be \"override_host\" or \"original_dst\", got {other:?}")))
+            }
+        };
         let lease_ms = f.uint("lease_ms", DEFAULT_LEASE_MS, 500, 60_000)?;
         let log_level = match f.string("log_level")? {
             None | Some("info") => LogLevel::Info,
@@ -395,7 +432,7 @@ impl PluginConfig {
                 return Err(err("status_path", format!("must be a path starting with '/', got {p:?}")));
             }
         }
-        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path })
+        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path, route })
     }
 }
 
@@ -890,6 +927,20 @@ mod tests {
             "upstreams[0].registry.grpc_target"
         );
         assert_eq!(fail(&format!(r#"{{"lease_ms":900,"upstreams":[{}]}}"#, up("", r#""etcd""#))), "lease_ms");
+        assert_eq!(
+            fail(&format!(r#"{{"host":"nginx","route":"original_dst","upstreams":[{}]}}"#, up("", r#""a:1""#))),
+            "route"
+        );
+        assert_eq!(fail(&format!(r#"{{"route":"magic","upstreams":[{}]}}"#, up("", r#""e""#))), "route");
+        assert_eq!(
+            fail(&format!(r#"{{"override_header":":authority","upstreams":[{}]}}"#, up("", r#""e""#))),
+            "override_header"
+        );
+        let envoy_pick = PluginConfig::parse(
+            format!(r#"{{"pick":"web","route":"original_dst","upstreams":[{}]}}"#, up("", r#""e""#)).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((envoy_pick.pick.as_deref(), envoy_pick.route), (Some("web"), EnvoyRoute::OriginalDst));
         assert_eq!(fail(&format!(r#"{{"host":"iis","upstreams":[{}]}}"#, up("", r#""etcd""#))), "host");
         let two = format!(r#"{},{}"#, up("", r#""a:1""#), up("", r#""a:1""#).replace("\"web\"", "\"api\""));
         assert_eq!(fail(&format!(r#"{{"host":"nginx","upstreams":[{two}]}}"#)), "pick");

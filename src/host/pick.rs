@@ -1,15 +1,21 @@
-//! nginx with ngx_wasm_module: every worker runs this root context. The
-//! workers elect one registry poller per upstream through a lease in
-//! shared data; every worker's filter picks a member per request from its
-//! own view of the published snapshot and hands it to nginx through the
-//! `$upsync_backend` variable (`proxy_pass http://$upsync_backend;`).
+//! Pick mode: the filter picks a member per request from the worker's view
+//! of the published snapshot, and hands it to the proxy. How it hands it
+//! over is the only host difference ([`RouteApplier`]):
+//! - nginx (ngx_wasm_module): the `$upsync_backend` variable, used by
+//!   `proxy_pass http://$upsync_backend;`. Every nginx worker also runs a
+//!   poller node; the workers elect one poller per upstream (lease).
+//! - Envoy: a request header read by the `override_host` load balancing
+//!   policy of the EDS cluster (the filter always overwrites it, so a
+//!   client cannot choose), or the `original_dst_address` filter state of
+//!   an ORIGINAL_DST cluster (clients cannot touch filter state at all).
 //!
-//! Only host functions ngx_wasm_module implements are called here: no gRPC,
-//! no `proxy_get_status`, no resume/continue calls.
+//! On nginx only host functions ngx_wasm_module implements are called: no
+//! gRPC, no `proxy_get_status`, no resume/continue calls.
 
 use super::now_ms;
 use super::poller::Poller;
 use super::store::HostStore;
+use crate::sansio::config::EnvoyRoute;
 use crate::sansio::config::{BalancePolicy, HashKey, PluginConfig};
 use crate::sansio::passive;
 use crate::sansio::picker::{Picked, UpstreamPicker, ViewSource};
@@ -22,42 +28,109 @@ use std::rc::Rc;
 
 /// The nginx variable the filter sets; declare it with `set` at server level.
 pub const BACKEND_VARIABLE: [&str; 2] = ["ngx", "upsync_backend"];
+/// Envoy's filter state key read by ORIGINAL_DST clusters.
+pub const ORIGINAL_DST_STATE: &str = "envoy.network.transport_socket.original_dst_address";
+
+/// How the picked member reaches the proxy's router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteApplier {
+    NginxVariable,
+    EnvoyHeader(String),
+    EnvoyOriginalDst,
+}
+
+impl RouteApplier {
+    fn apply(&self, address: &str) -> Result<(), String> {
+        match self {
+            RouteApplier::NginxVariable => hostcalls::set_property(BACKEND_VARIABLE.to_vec(), Some(address.as_bytes()))
+                .map_err(|e| format!("{e:?}: declare it with `set $upsync_backend \"\";` at server level")),
+            RouteApplier::EnvoyHeader(name) => {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(address)).map_err(|e| format!("{e:?}"))
+            }
+            RouteApplier::EnvoyOriginalDst => {
+                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&filter_state_args(address)))
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:?}"))
+            }
+        }
+    }
+
+    /// The client's address, for hashing: host only, no port.
+    fn client_address(&self) -> Option<Vec<u8>> {
+        let path = match self {
+            RouteApplier::NginxVariable => vec!["ngx", "remote_addr"],
+            _ => vec!["source", "address"],
+        };
+        let raw = hostcalls::get_property(path).ok().flatten()?;
+        let text = String::from_utf8(raw).ok()?;
+        let host = match text.parse::<crate::sansio::member::HostPort>() {
+            Ok(hp) => hp.host.bare(),
+            Err(_) => text,
+        };
+        Some(host.into_bytes())
+    }
+}
+
+/// `SetEnvoyFilterStateArguments{path: 1, value: 2, span: 3 = DownstreamRequest}`
+/// (envoy/source/extensions/common/wasm/ext/set_envoy_filter_state.proto).
+fn filter_state_args(address: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ORIGINAL_DST_STATE.len() + address.len() + 8);
+    for (field, value) in [(1u8, ORIGINAL_DST_STATE.as_bytes()), (2u8, address.as_bytes())] {
+        out.push((field << 3) | 2);
+        // Both strings are far shorter than 128 bytes: a one-byte length.
+        out.push(u8::try_from(value.len()).unwrap_or(0x7f) & 0x7f);
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(&[3 << 3, 1]);
+    out
+}
 
 /// What a worker's filter contexts share with its root context.
-pub struct NginxShared {
+pub struct PickShared {
     pub picker: UpstreamPicker,
     pub hash_key: Option<HashKey>,
     pub passive_health: bool,
     pub status_path: Option<String>,
+    pub route: RouteApplier,
     /// A 503 for "no member" was logged since the last good pick.
     warned_empty: bool,
 }
 
-pub struct NginxRoot {
-    pub poller: Poller,
-    pub shared: Rc<RefCell<NginxShared>>,
+/// The root of a pick-mode filter: on nginx it also carries the worker's
+/// poller node; on Envoy the bootstrap singleton polls.
+pub struct PickRoot {
+    pub poller: Option<Poller>,
+    pub shared: Rc<RefCell<PickShared>>,
 }
 
-impl NginxRoot {
-    pub fn new(config: &PluginConfig, poller: Poller, seed: u64) -> Option<NginxRoot> {
+impl PickRoot {
+    pub fn new(config: &PluginConfig, poller: Option<Poller>, seed: u64) -> Option<PickRoot> {
+        let route = match (config.host, &config.route) {
+            (crate::sansio::config::HostKind::Nginx, _) => RouteApplier::NginxVariable,
+            (_, EnvoyRoute::OverrideHost { header }) => RouteApplier::EnvoyHeader(header.clone()),
+            (_, EnvoyRoute::OriginalDst) => RouteApplier::EnvoyOriginalDst,
+        };
         let name = config.pick.as_deref()?;
         let upstream = config.upstreams.iter().find(|u| u.name == name)?;
         let hash_key = match &upstream.balance {
             BalancePolicy::Hash(k) => Some(k.clone()),
             _ => None,
         };
-        let shared = NginxShared {
+        let shared = PickShared {
             picker: UpstreamPicker::new(upstream, seed),
             hash_key,
             passive_health: upstream.passive_health,
             status_path: config.status_path.clone(),
+            route,
             warned_empty: false,
         };
-        Some(NginxRoot { poller, shared: Rc::new(RefCell::new(shared)) })
+        Some(PickRoot { poller, shared: Rc::new(RefCell::new(shared)) })
     }
 
     pub fn on_tick(&mut self) {
-        self.poller.on_tick();
+        if let Some(p) = self.poller.as_mut() {
+            p.on_tick();
+        }
         let now = now_ms();
         let mut shared = self.shared.borrow_mut();
         if shared.picker.refresh(&HostStore, now) {
@@ -66,14 +139,14 @@ impl NginxRoot {
     }
 }
 
-pub struct NginxStream {
-    shared: Rc<RefCell<NginxShared>>,
+pub struct PickStream {
+    shared: Rc<RefCell<PickShared>>,
     picked: Option<Picked>,
 }
 
-impl NginxStream {
-    pub fn new(shared: Rc<RefCell<NginxShared>>) -> Self {
-        NginxStream { shared, picked: None }
+impl PickStream {
+    pub fn new(shared: Rc<RefCell<PickShared>>) -> Self {
+        PickStream { shared, picked: None }
     }
 
     fn finish(&mut self) {
@@ -94,11 +167,11 @@ fn cookie(header: &str, name: &str) -> Option<String> {
     })
 }
 
-fn hash_key_value(key: &HashKey) -> Option<Vec<u8>> {
+fn hash_key_value(key: &HashKey, route: &RouteApplier) -> Option<Vec<u8>> {
     match key {
         HashKey::Header(h) => request_header(h).map(String::into_bytes),
         HashKey::Cookie(c) => request_header("cookie").and_then(|v| cookie(&v, c)).map(String::into_bytes),
-        HashKey::ClientAddress => hostcalls::get_property(vec!["ngx", "remote_addr"]).ok().flatten(),
+        HashKey::ClientAddress => route.client_address(),
     }
 }
 
@@ -110,14 +183,14 @@ fn local_reply(status: u32, message: &str) {
     }
 }
 
-impl Context for NginxStream {
+impl Context for PickStream {
     fn on_done(&mut self) -> bool {
         self.finish();
         true
     }
 }
 
-impl HttpContext for NginxStream {
+impl HttpContext for PickStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut shared = self.shared.borrow_mut();
         if let Some(path) = shared.status_path.as_deref() {
@@ -133,7 +206,7 @@ impl HttpContext for NginxStream {
                 return Action::Pause;
             }
         }
-        let key = shared.hash_key.as_ref().and_then(hash_key_value);
+        let key = shared.hash_key.as_ref().and_then(|k| hash_key_value(k, &shared.route));
         let Some(picked) = shared.picker.pick(key.as_deref()) else {
             if !shared.warned_empty {
                 shared.warned_empty = true;
@@ -148,12 +221,14 @@ impl HttpContext for NginxStream {
             return Action::Pause;
         };
         shared.warned_empty = false;
-        if let Err(e) = hostcalls::set_property(BACKEND_VARIABLE.to_vec(), Some(picked.address.as_bytes())) {
+        if let Err(e) = shared.route.apply(&picked.address) {
             log::error!(
-                "cannot set $upsync_backend ({e:?}): declare it with `set $upsync_backend \"\";` at server level"
+                "upstream {}: cannot route to the picked member ({:?}): {e}",
+                shared.picker.name(),
+                shared.route
             );
             drop(shared);
-            local_reply(500, "upsync: $upsync_backend is not a writable nginx variable");
+            local_reply(500, "upsync: the picked member could not be handed to the proxy");
             return Action::Pause;
         }
         drop(shared);

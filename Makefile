@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server wrk binaryen
 
-.PHONY: all build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-emulator test-module test-e2e lint clean
+.PHONY: all build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-emulator test-module test-e2e test-pick lint clean
 
 all: build
 
@@ -62,7 +62,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-oci
+test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci
 
 lint:
 	$(CARGO) fmt --check
@@ -89,6 +89,10 @@ test-module: venv build
 
 test-e2e: deps build
 	$(PY) -m pytest -q tests/e2e --wasm $(WASM)
+
+# Pick mode on a real Envoy: override_host and original_dst routing.
+test-pick: deps build
+	$(PY) -m pytest -q tests/pick --wasm $(WASM)
 
 clean:
 	$(CARGO) clean

@@ -9,7 +9,7 @@
 use super::balance::maglev::Maglev;
 use super::balance::p2c;
 use super::balance::swrr::SmoothWrr;
-use super::balance::Candidate;
+use super::balance::{Candidate, Pool};
 use super::config::{BalancePolicy, UpstreamConfig};
 use super::member::Member;
 use super::member_set::MemberSet;
@@ -34,6 +34,7 @@ pub struct UpstreamPicker {
     source: ViewSource,
     members: Vec<Member>,
     candidates: Vec<Candidate>,
+    pool: Pool,
     out: Vec<String>,
     swrr: SmoothWrr,
     maglev: Option<Maglev>,
@@ -58,6 +59,7 @@ impl UpstreamPicker {
             source: ViewSource::Nothing,
             members: Vec::new(),
             candidates: Vec::new(),
+            pool: Pool::default(),
             out: Vec::new(),
             swrr: SmoothWrr::default(),
             maglev: None,
@@ -122,8 +124,11 @@ impl UpstreamPicker {
                 c
             })
             .collect();
+        self.pool = Pool::new(&self.candidates);
+        // Availability changes keep round-robin positions only when the pool
+        // keeps its shape; a new member list always starts over.
+        self.swrr = SmoothWrr::new(self.pool.len());
         if members_changed {
-            self.swrr = SmoothWrr::new(self.candidates.len());
             self.in_flight = vec![0; self.candidates.len()];
         }
         self.maglev = match self.policy {
@@ -135,12 +140,12 @@ impl UpstreamPicker {
     /// Picks a member; `key` is the hash key for [`BalancePolicy::Hash`].
     pub fn pick(&mut self, key: Option<&[u8]>) -> Option<Picked> {
         let index = match &self.policy {
-            BalancePolicy::RoundRobin => self.swrr.pick(&self.candidates),
-            BalancePolicy::LeastRequest => p2c::pick(&self.candidates, &self.in_flight, &mut self.rng),
+            BalancePolicy::RoundRobin => self.swrr.pick(&self.pool),
+            BalancePolicy::LeastRequest => p2c::pick(&self.pool, &self.in_flight, &mut self.rng),
             BalancePolicy::Hash(_) => match (&self.maglev, key) {
                 (Some(t), Some(k)) => t.pick(k),
                 // No key on this request: spread it like round robin.
-                _ => self.swrr.pick(&self.candidates),
+                _ => self.swrr.pick(&self.pool),
             },
         }?;
         if let Some(n) = self.in_flight.get_mut(index) {

@@ -3,38 +3,32 @@
 //! (ties: the first drawn). 0 eligible → none, 1 → that one. Weights bias
 //! the draw.
 
-use super::{eligible, Candidate};
+use super::Pool;
 use crate::sansio::rng::Rng;
 
-/// Picks from `candidates` with `in_flight[i]` requests outstanding at each.
-pub fn pick(candidates: &[Candidate], in_flight: &[u32], rng: &mut Rng) -> Option<usize> {
-    let pool = eligible(candidates);
-    let weight = |i: usize| candidates.get(i).map_or(0, |c| u64::from(c.weight));
-    let total: u64 = pool.iter().map(|&i| weight(i)).sum();
-    let draw = |rng: &mut Rng, exclude: Option<usize>| -> Option<usize> {
-        let total = total - exclude.map_or(0, weight);
-        if total == 0 {
-            return None;
-        }
-        let mut r = rng.up_to(total - 1);
-        for &i in &pool {
-            if Some(i) == exclude {
-                continue;
-            }
-            let w = weight(i);
-            if r < w {
-                return Some(i);
-            }
-            r -= w;
-        }
-        None
-    };
-    let first = draw(rng, None)?;
-    let Some(second) = draw(rng, Some(first)) else {
-        return Some(first);
-    };
-    let load = |i: usize| in_flight.get(i).copied().unwrap_or(0);
-    Some(if load(second) < load(first) { second } else { first })
+/// Picks from `pool` with `in_flight[i]` requests outstanding at candidate
+/// `i`. Draws are weighted, O(log n) each.
+pub fn pick(pool: &Pool, in_flight: &[u32], rng: &mut Rng) -> Option<usize> {
+    let total = pool.total_weight();
+    if total == 0 {
+        return None;
+    }
+    let first = pool.position_of(rng.up_to(total - 1))?;
+    let first_w = u64::from(pool.weights.get(first).copied().unwrap_or(0));
+    let rest = total - first_w;
+    let candidate = |k: usize| pool.indices.get(k).copied();
+    if rest == 0 {
+        return candidate(first);
+    }
+    // A draw over everything but `first`: skip its weight range.
+    let mut r = rng.up_to(rest - 1);
+    let first_start = pool.cumulative.get(first).copied().unwrap_or(0) - first_w;
+    if r >= first_start {
+        r += first_w;
+    }
+    let second = pool.position_of(r)?;
+    let load = |k: usize| candidate(k).and_then(|i| in_flight.get(i).copied()).unwrap_or(0);
+    candidate(if load(second) < load(first) { second } else { first })
 }
 
 #[cfg(test)]
@@ -44,28 +38,31 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::super::tests::c;
+    use super::super::Candidate;
     use super::*;
 
     #[test]
     fn zero_one_and_two_members() {
         let mut rng = Rng::new(7);
-        assert_eq!(pick(&[], &[], &mut rng), None);
-        assert_eq!(pick(&[c("a", 1)], &[9], &mut rng), Some(0));
+        assert_eq!(pick(&Pool::new(&[]), &[], &mut rng), None);
+        assert_eq!(pick(&Pool::new(&[c("a", 1)]), &[9], &mut rng), Some(0));
         // With two, both are always drawn: the less loaded wins every time.
+        let two = Pool::new(&[c("a", 1), c("b", 1)]);
         for _ in 0..50 {
-            assert_eq!(pick(&[c("a", 1), c("b", 1)], &[5, 2], &mut rng), Some(1));
+            assert_eq!(pick(&two, &[5, 2], &mut rng), Some(1));
         }
     }
 
     #[test]
     fn load_steers_traffic_away_from_busy_members() {
         let list: Vec<Candidate> = (0..5).map(|i| c(&format!("m{i}"), 1)).collect();
+        let pool = Pool::new(&list);
         let mut in_flight = vec![0u32; 5];
         in_flight[0] = 100; // one slow member
         let mut rng = Rng::new(42);
         let mut counts = [0u32; 5];
         for _ in 0..10_000 {
-            counts[pick(&list, &in_flight, &mut rng).unwrap()] += 1;
+            counts[pick(&pool, &in_flight, &mut rng).unwrap()] += 1;
         }
         // m0 wins only when drawn with... nobody: it is never the lesser load.
         assert_eq!(counts[0], 0, "{counts:?}");
@@ -77,10 +74,11 @@ mod tests {
     #[test]
     fn equal_load_follows_weights() {
         let list = vec![c("a", 1), c("b", 3), Candidate { unavailable: true, ..c("x", 50) }];
+        let pool = Pool::new(&list);
         let mut rng = Rng::new(1);
         let mut counts = [0u32; 3];
         for _ in 0..20_000 {
-            counts[pick(&list, &[0, 0, 0], &mut rng).unwrap()] += 1;
+            counts[pick(&pool, &[0, 0, 0], &mut rng).unwrap()] += 1;
         }
         assert_eq!(counts[2], 0);
         let ratio = f64::from(counts[1]) / f64::from(counts[0]);

@@ -3,47 +3,51 @@
 //! peer with the highest current weight and subtracts the total from it.
 //! Weights 5, 1, 1 give a, a, b, a, c, a, a — spread out, not bunched.
 
-use super::{eligible, Candidate};
+use super::Pool;
 
-/// Round-robin state: one current weight per candidate, reset when the
-/// member list changes.
+/// Round-robin state, reset when the member list changes.
 #[derive(Debug, Clone, Default)]
 pub struct SmoothWrr {
+    /// Current weight per pool position.
     current: Vec<i64>,
+    /// Next position when all weights are equal.
+    next: usize,
 }
 
 impl SmoothWrr {
     pub fn new(len: usize) -> Self {
-        SmoothWrr { current: vec![0; len] }
+        SmoothWrr { current: vec![0; len], next: 0 }
     }
 
-    /// The index of the next candidate, or `None` when none is eligible.
-    pub fn pick(&mut self, candidates: &[Candidate]) -> Option<usize> {
-        if self.current.len() != candidates.len() {
-            self.current = vec![0; candidates.len()];
+    /// The candidate index of the next pick, or `None` for an empty pool.
+    pub fn pick(&mut self, pool: &Pool) -> Option<usize> {
+        if pool.is_empty() {
+            return None;
+        }
+        if pool.equal {
+            // With equal weights the smooth sequence is plain rotation in
+            // candidate order (a, b, c, a, ...): O(1) per pick.
+            let k = self.next % pool.len();
+            self.next = (k + 1) % pool.len();
+            return pool.indices.get(k).copied();
+        }
+        if self.current.len() != pool.len() {
+            self.current = vec![0; pool.len()];
         }
         let mut total: i64 = 0;
-        let mut best: Option<usize> = None;
-        for i in eligible(candidates) {
-            let (Some(c), Some(cur)) = (candidates.get(i), self.current.get_mut(i)) else {
-                continue;
-            };
-            let w = i64::from(c.weight);
-            *cur += w;
-            total += w;
-            let better = match best.and_then(|b| self.current.get(b)) {
-                None => true,
-                Some(&b) => self.current.get(i).is_some_and(|&x| x > b),
-            };
-            if better {
-                best = Some(i);
+        let mut best: Option<(usize, i64)> = None;
+        for (k, (cur, &w)) in self.current.iter_mut().zip(&pool.weights).enumerate() {
+            *cur += i64::from(w);
+            total += i64::from(w);
+            if best.is_none_or(|(_, b)| *cur > b) {
+                best = Some((k, *cur));
             }
         }
-        let b = best?;
-        if let Some(cur) = self.current.get_mut(b) {
+        let (k, _) = best?;
+        if let Some(cur) = self.current.get_mut(k) {
             *cur -= total;
         }
-        Some(b)
+        pool.indices.get(k).copied()
     }
 }
 
@@ -54,11 +58,13 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::super::tests::c;
+    use super::super::Candidate;
     use super::*;
 
     fn sequence(list: &[Candidate], n: usize) -> String {
-        let mut rr = SmoothWrr::new(list.len());
-        (0..n).map(|_| rr.pick(list).map_or("-".to_string(), |i| list[i].address.clone())).collect()
+        let pool = Pool::new(list);
+        let mut rr = SmoothWrr::new(pool.len());
+        (0..n).map(|_| rr.pick(&pool).map_or("-".to_string(), |i| list[i].address.clone())).collect()
     }
 
     #[test]
@@ -83,11 +89,31 @@ mod tests {
     #[test]
     fn shares_follow_weights_over_a_long_run() {
         let list = [c("a", 1), c("b", 3), c("c", 6)];
-        let mut rr = SmoothWrr::new(list.len());
+        let pool = Pool::new(&list);
+        let mut rr = SmoothWrr::new(pool.len());
         let mut counts = [0; 3];
         for _ in 0..1000 {
-            counts[rr.pick(&list).unwrap()] += 1;
+            counts[rr.pick(&pool).unwrap()] += 1;
         }
         assert_eq!(counts, [100, 300, 600]);
+    }
+
+    #[test]
+    fn equal_weights_rotate_exactly_like_the_general_algorithm() {
+        // Run the general algorithm on weights 2, 2, 2 by hand-rolled
+        // current weights, and compare with the O(1) path.
+        let list = [c("a", 2), c("b", 2), c("c", 2)];
+        let mut current = [0i64; 3];
+        let mut general = String::new();
+        for _ in 0..9 {
+            for cur in &mut current {
+                *cur += 2;
+            }
+            let best = (0..3).fold(0, |b, i| if current[i] > current[b] { i } else { b });
+            current[best] -= 6;
+            general.push_str(&list[best].address);
+        }
+        assert_eq!(sequence(&list, 9), general);
+        assert_eq!(general, "abcabcabc");
     }
 }

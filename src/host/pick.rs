@@ -244,14 +244,18 @@ impl HttpContext for PickStream {
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
-        // The member's thresholds, read before the shared state is let go.
+        // The member's thresholds, read before the shared state is let go;
+        // looked up only for a failure (by index: no search per request).
         let report = {
             let shared = self.shared.borrow();
-            let member = shared.picker.member(&picked.address);
-            (shared.passive_health && passive::is_failure(status))
-                .then_some(member)
-                .flatten()
-                .map(|m| (shared.picker.name().to_string(), m.attrs.max_fails, m.attrs.fail_timeout))
+            if shared.passive_health && passive::is_failure(status) {
+                shared
+                    .picker
+                    .member_at(&picked)
+                    .map(|m| (shared.picker.name().to_string(), m.attrs.max_fails, m.attrs.fail_timeout))
+            } else {
+                None
+            }
         };
         if let Some((name, max_fails, fail_timeout)) = report {
             match passive::report_failure(&mut HostStore, &name, &picked.address, max_fails, fail_timeout, now_ms()) {

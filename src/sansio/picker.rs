@@ -165,8 +165,9 @@ impl UpstreamPicker {
         }
     }
 
-    /// The attributes of `address` (for passive health reports).
-    pub fn member(&self, address: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.addr.to_string() == address)
+    /// The member behind `picked`, if the list did not change since.
+    pub fn member_at(&self, picked: &Picked) -> Option<&Member> {
+        let c = self.candidates.get(picked.index)?;
+        (c.address == picked.address).then(|| self.members.get(picked.index)).flatten()
     }
 }

@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := etcd-server wrk binaryen
 
-.PHONY: all build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-emulator test-module test-e2e test-pick lint clean
+.PHONY: all bench build deps apt-deps rust-deps wasm-bindgen-cli venv demo test test-unit test-wasm test-emulator test-module test-e2e test-pick lint clean
 
 all: build
 
@@ -93,6 +93,14 @@ test-e2e: deps build
 # Pick mode on a real Envoy: override_host and original_dst routing.
 test-pick: deps build
 	$(PY) -m pytest -q tests/pick --wasm $(WASM)
+
+## ---- benchmarks ---------------------------------------------------------
+# Ratios against baselines measured in the same run; never part of `make test`.
+BENCH_APT := nginx
+bench: deps build
+	@command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_APT) >/dev/null; }
+	$(CARGO) bench --bench snapshot
+	$(PY) benches/pick_overhead.py --wasm $(WASM)
 
 clean:
 	$(CARGO) clean

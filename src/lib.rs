@@ -9,6 +9,8 @@
 //!   proxy-wasm. It turns host callbacks into core events and core actions
 //!   into host calls.
 
+#![forbid(unsafe_code)]
+
 pub mod sansio;
 
 #[cfg(feature = "host")]

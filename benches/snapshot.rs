@@ -7,6 +7,8 @@
 
 // A counting allocator needs `unsafe impl GlobalAlloc`; only this bench has it.
 #![allow(unsafe_code)]
+// Benchmark code, not plugin code: it may unwrap and index.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -101,6 +101,7 @@ bench: deps build
 	@command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_APT) >/dev/null; }
 	$(CARGO) bench --bench snapshot
 	$(PY) benches/pick_overhead.py --wasm $(WASM)
+	$(PY) benches/propagation.py --wasm $(WASM)
 
 clean:
 	$(CARGO) clean

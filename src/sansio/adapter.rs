@@ -2,6 +2,7 @@
 //! own cursor, and answers turned into a [`Poll`]. Adapters are pure: no
 //! I/O, no clock. The sync machine ([`super::sync`]) drives them.
 
+use super::member::Member;
 use super::member_set::MemberSet;
 use super::request::{AdapterError, HttpRequest};
 
@@ -47,6 +48,57 @@ pub struct EntryProblem {
 pub struct MemberList {
     pub members: MemberSet,
     pub problems: Vec<EntryProblem>,
+}
+
+/// One service instance as an adapter read it: `Ok(Some)` a member (with
+/// notes on what was repaired), `Ok(None)` left out on purpose (not a
+/// problem, e.g. a disabled instance), `Err` skipped with the reason.
+pub type Instance = Result<Option<(Member, Vec<String>)>, String>;
+
+/// Builds the member list of a service registry from `(key, instance)`
+/// pairs: repairs and skips become problems, and an address listed twice
+/// keeps its first instance.
+pub fn member_list(instances: impl IntoIterator<Item = (String, Instance)>) -> MemberList {
+    let mut problems = Vec::new();
+    let mut members = Vec::new();
+    for (key, instance) in instances {
+        match instance {
+            Ok(Some((member, notes))) => {
+                problems.extend(notes.into_iter().map(|problem| EntryProblem {
+                    key: key.clone(),
+                    problem,
+                    skipped: false,
+                }));
+                members.push(member);
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(EntryProblem { key, problem, skipped: true }),
+        }
+    }
+    let (members, duplicates) = MemberSet::from_members(members);
+    for d in duplicates {
+        problems.push(EntryProblem {
+            key: d.to_string(),
+            problem: "address registered by more than one instance; the first wins".into(),
+            skipped: true,
+        });
+    }
+    MemberList { members, problems }
+}
+
+/// A registry's text answer as shown in an error: trimmed, at most 200 characters.
+pub fn short_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).trim().chars().take(200).collect()
+}
+
+/// `GET path` asking for JSON.
+pub fn get_json(path: String) -> HttpRequest {
+    HttpRequest {
+        method: "GET",
+        path,
+        headers: vec![("accept".to_string(), "application/json".to_string())],
+        body: Vec::new(),
+    }
 }
 
 /// What an answer means.

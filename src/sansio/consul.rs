@@ -12,7 +12,7 @@
 //! machine also never sends two calls within `interval_ms` after an
 //! "unchanged" answer.
 
-use super::adapter::{EntryProblem, MemberList, Poll, RegistryAdapter, RegistryResponse};
+use super::adapter::{member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse};
 use super::base64;
 use super::kv_layout::members_from_kv;
 use super::member::{HostPort, Member, MemberAttrs, MAX_FAILS, MAX_FAIL_TIMEOUT_S, MAX_WEIGHT};
@@ -133,10 +133,10 @@ impl RegistryAdapter for ConsulAdapter {
         let entries = body.as_array().ok_or_else(|| AdapterError::BadShape("answer is not a JSON array".into()))?;
         let list = match &self.query {
             ConsulQuery::Kv { prefix } => parse_kv(prefix.trim_start_matches('/'), entries)?,
-            ConsulQuery::Catalog { .. } => parse_services(entries, catalog_entry),
+            ConsulQuery::Catalog { .. } => member_list(entries.iter().map(catalog_entry)),
             ConsulQuery::Health { passing_only, .. } => {
                 let passing_only = *passing_only;
-                parse_services(entries, |e| health_entry(e, passing_only))
+                member_list(entries.iter().map(|e| health_entry(e, passing_only)))
             }
         };
         Ok(Poll::Members(list))
@@ -159,12 +159,6 @@ impl RegistryAdapter for ConsulAdapter {
     }
 }
 
-fn short_text(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    text.chars().take(200).collect()
-}
-
 fn parse_kv(prefix: &str, entries: &[Value]) -> Result<MemberList, AdapterError> {
     let mut pairs = Vec::with_capacity(entries.len());
     for e in entries {
@@ -182,37 +176,6 @@ fn parse_kv(prefix: &str, entries: &[Value]) -> Result<MemberList, AdapterError>
         pairs.push((key.to_string(), value));
     }
     Ok(members_from_kv(prefix, pairs))
-}
-
-/// One service instance as read from an entry, or why it was not.
-type Instance = Result<(Member, Vec<String>), String>;
-
-fn parse_services(entries: &[Value], read: impl Fn(&Value) -> (String, Instance)) -> MemberList {
-    let mut problems = Vec::new();
-    let mut members = Vec::new();
-    for e in entries {
-        let (key, instance) = read(e);
-        match instance {
-            Ok((member, notes)) => {
-                problems.extend(notes.into_iter().map(|problem| EntryProblem {
-                    key: key.clone(),
-                    problem,
-                    skipped: false,
-                }));
-                members.push(member);
-            }
-            Err(problem) => problems.push(EntryProblem { key, problem, skipped: true }),
-        }
-    }
-    let (members, duplicates) = MemberSet::from_members(members);
-    for d in duplicates {
-        problems.push(EntryProblem {
-            key: d.to_string(),
-            problem: "address registered by more than one instance; the first wins".into(),
-            skipped: true,
-        });
-    }
-    MemberList { members, problems }
 }
 
 fn str_field<'v>(v: &'v Value, name: &str) -> &'v str {
@@ -234,6 +197,16 @@ fn address(host: &str, port: Option<u64>) -> Result<HostPort, String> {
 }
 
 fn catalog_entry(e: &Value) -> (String, Instance) {
+    let (key, instance) = catalog_instance(e);
+    (key, instance.map(Some))
+}
+
+fn health_entry(e: &Value, passing_only: bool) -> (String, Instance) {
+    let (key, instance) = health_instance(e, passing_only);
+    (key, instance.map(Some))
+}
+
+fn catalog_instance(e: &Value) -> (String, Result<(Member, Vec<String>), String>) {
     let key = instance_key(str_field(e, "ServiceID"), str_field(e, "Node"));
     let host = Some(str_field(e, "ServiceAddress")).filter(|a| !a.is_empty()).unwrap_or(str_field(e, "Address"));
     let instance = address(host, e.get("ServicePort").and_then(Value::as_u64)).map(|addr| {
@@ -245,7 +218,7 @@ fn catalog_entry(e: &Value) -> (String, Instance) {
     (key, instance)
 }
 
-fn health_entry(e: &Value, passing_only: bool) -> (String, Instance) {
+fn health_instance(e: &Value, passing_only: bool) -> (String, Result<(Member, Vec<String>), String>) {
     let service = e.get("Service").unwrap_or(&Value::Null);
     let node = e.get("Node").unwrap_or(&Value::Null);
     let key = instance_key(str_field(service, "ID"), str_field(node, "Node"));

@@ -44,12 +44,12 @@
 //! answers 404) is still visible in the logs. With `allow_empty` set, such a
 //! mistake empties the upstream: that is what `allow_empty` asks for.
 
-use super::adapter::{MemberList, Poll, RegistryAdapter, RegistryResponse};
+use super::adapter::{
+    get_json, member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse,
+};
 use super::member::Member;
 use super::member_set::MemberSet;
-use super::nacos::{
-    attrs_from_metadata, instance_address, member_list, port_number, short_text, weight_attr, Instance,
-};
+use super::nacos::{attrs_from_metadata, instance_address, port_number, weight_attr};
 use super::request::{AdapterError, HttpRequest};
 use super::url;
 use serde_json::Value;
@@ -102,12 +102,7 @@ impl EurekaAdapter {
 
 impl RegistryAdapter for EurekaAdapter {
     fn request(&self) -> HttpRequest {
-        HttpRequest {
-            method: "GET",
-            path: self.path.clone(),
-            headers: vec![("accept".to_string(), "application/json".to_string())],
-            body: Vec::new(),
-        }
+        get_json(self.path.clone())
     }
 
     fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, AdapterError> {

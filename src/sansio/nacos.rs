@@ -33,9 +33,10 @@
 //! ([`super::eureka`]): both registries describe instances the same way
 //! (an address, a port, a weight, a string-to-string metadata map).
 
-use super::adapter::{EntryProblem, MemberList, Poll, RegistryAdapter, RegistryResponse};
+use super::adapter::{
+    get_json, member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse,
+};
 use super::member::{parse_upsync_value, Host, HostPort, Member, MemberAttrs, MAX_WEIGHT};
-use super::member_set::MemberSet;
 use super::request::{AdapterError, HttpRequest};
 use super::url;
 use serde_json::{Map, Value};
@@ -94,12 +95,7 @@ impl NacosAdapter {
 
 impl RegistryAdapter for NacosAdapter {
     fn request(&self) -> HttpRequest {
-        HttpRequest {
-            method: "GET",
-            path: self.path.clone(),
-            headers: vec![("accept".to_string(), "application/json".to_string())],
-            body: Vec::new(),
-        }
+        get_json(self.path.clone())
     }
 
     fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, AdapterError> {
@@ -168,41 +164,6 @@ fn error_text(root: &Map<String, Value>) -> Option<String> {
 // ---------------------------------------------------------------------------
 // Shared with the Eureka adapter.
 // ---------------------------------------------------------------------------
-
-/// One registry instance: `Ok(Some)` the member and what was repaired on
-/// it, `Ok(None)` left out on purpose (not a problem), `Err` skipped with
-/// the reason.
-pub type Instance = Result<Option<(Member, Vec<String>)>, String>;
-
-/// Builds the member list from `(key, instance)` pairs: repairs and skips
-/// become problems, and an address listed twice keeps its first instance.
-pub fn member_list(instances: impl IntoIterator<Item = (String, Instance)>) -> MemberList {
-    let mut problems = Vec::new();
-    let mut members = Vec::new();
-    for (key, instance) in instances {
-        match instance {
-            Ok(Some((member, notes))) => {
-                problems.extend(notes.into_iter().map(|problem| EntryProblem {
-                    key: key.clone(),
-                    problem,
-                    skipped: false,
-                }));
-                members.push(member);
-            }
-            Ok(None) => {}
-            Err(problem) => problems.push(EntryProblem { key, problem, skipped: true }),
-        }
-    }
-    let (members, duplicates) = MemberSet::from_members(members);
-    for d in duplicates {
-        problems.push(EntryProblem {
-            key: d.to_string(),
-            problem: "address registered by more than one instance; the first wins".into(),
-            skipped: true,
-        });
-    }
-    MemberList { members, problems }
-}
 
 /// `host` as registries give it (an IPv4 or IPv6 address, bracketed or not,
 /// or a DNS name) with `port`.
@@ -299,11 +260,6 @@ pub fn attrs_from_metadata(metadata: Option<&Value>) -> (MemberAttrs, Vec<String
     }
     let (attrs, problems) = parse_upsync_value(Value::Object(picked).to_string().as_bytes());
     (attrs, problems.into_iter().map(|p| format!("metadata {p}")).collect())
-}
-
-/// The start of a body, for error messages.
-pub fn short_text(body: &[u8]) -> String {
-    String::from_utf8_lossy(body).trim().chars().take(200).collect()
 }
 
 /// A JSON value as shown in a problem, cut short.

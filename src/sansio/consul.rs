@@ -58,6 +58,14 @@ impl ConsulAdapter {
         ConsulAdapter { query, dc, consistency, wait_ms, index: 0 }
     }
 
+    /// What is read, for log lines: the KV prefix or the service.
+    fn what(&self) -> &str {
+        match &self.query {
+            ConsulQuery::Kv { prefix } => prefix,
+            ConsulQuery::Catalog { service } | ConsulQuery::Health { service, .. } => service,
+        }
+    }
+
     /// Consul adds up to wait/16 of jitter to the hold.
     fn max_hold_ms(&self) -> u64 {
         self.wait_ms.saturating_add(self.wait_ms / 16)
@@ -112,16 +120,19 @@ impl RegistryAdapter for ConsulAdapter {
                 });
             }
         }
-        let new_index = response
+        let raw_index = response
             .header("x-consul-index")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .ok_or_else(|| AdapterError::BadShape("no X-Consul-Index header".into()))?;
+        // Below 1 counts as 1 before any comparison, so a registry that
+        // answers 0 looks "unchanged" (and is paced), never "went back".
+        let new_index = raw_index.max(1);
         let previous = self.index;
         self.index = if new_index < previous {
-            log::info!("consul: X-Consul-Index went back from {previous} to {new_index}; index reset");
+            log::info!("consul {}: X-Consul-Index went back from {previous} to {new_index}; index reset", self.what());
             0
         } else {
-            new_index.max(1)
+            new_index
         };
         if previous > 0 && new_index == previous {
             return Ok(Poll::Unchanged);
@@ -345,8 +356,11 @@ mod tests {
         // Backwards: reset, the next call is a plain read (but this answer counts).
         assert!(matches!(a.parse(&answer(200, &idx(7), KV)), Ok(Poll::Members(_))));
         assert!(!a.request().path.contains("index="));
-        // Zero: treated as 1 so the next call still blocks.
+        // Zero: treated as 1 so the next call still blocks...
         members(a.parse(&answer(200, &idx(0), KV)));
+        assert!(a.request().path.contains("index=1&"));
+        // ...and another 0 is "unchanged" (paced by the machine), not a reset.
+        assert_eq!(a.parse(&answer(200, &idx(0), KV)), Ok(Poll::Unchanged));
         assert!(a.request().path.contains("index=1&"));
         // No index header at all: refused.
         assert!(matches!(a.parse(&answer(200, &[], KV)), Err(AdapterError::BadShape(_))));

@@ -83,7 +83,17 @@ impl RegistryAdapter for EtcdV2Adapter {
         if watching && matches!(response.status, None | Some(504)) {
             return Ok(Poll::Unchanged);
         }
-        let body: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+        let body: Value = match serde_json::from_slice(response.body) {
+            Ok(v) => v,
+            // Not etcd's JSON error: say what the proxy answered (503 when
+            // etcd is unreachable) rather than "not JSON".
+            Err(e) => {
+                return Err(match response.status {
+                    Some(s) if s != 200 => AdapterError::Status(s),
+                    _ => AdapterError::NotJson(e.to_string()),
+                })
+            }
+        };
         if let Some(code) = body.get("errorCode").and_then(Value::as_i64) {
             let message = body.get("message").and_then(Value::as_str).unwrap_or("(no message)");
             return match code {
@@ -196,6 +206,7 @@ mod tests {
     fn errors_are_refused() {
         let mut a = EtcdV2Adapter::new("/p/", 1000);
         assert!(matches!(a.parse(&answer(Some(200), &idx(1), b"<html>")), Err(AdapterError::NotJson(_))));
+        assert_eq!(a.parse(&answer(Some(503), &[], b"no healthy upstream")), Err(AdapterError::Status(503)));
         assert!(matches!(a.parse(&answer(Some(200), &[], FULL)), Err(AdapterError::BadShape(_))), "no index");
         assert!(matches!(a.parse(&answer(Some(500), &idx(1), b"{}")), Err(AdapterError::Status(500))));
         assert!(matches!(a.parse(&answer(None, &[], b"")), Err(AdapterError::NotJson(_))), "cut read");

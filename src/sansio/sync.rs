@@ -303,10 +303,9 @@ impl SyncState {
             log::warn!("upstream {}: registry entry {:?}: {}{effect}", self.config.name, p.key, p.problem);
         }
         if list.members.is_empty() && !self.config.allow_empty {
-            // Forgetting the cursor makes the next call a plain full read: a
-            // refused list is re-checked every interval, never left behind
-            // an index that already moved past it.
-            self.adapter.reset();
+            // The adapter keeps its cursor: the refusal depends only on the
+            // data, so the list is read again when the registry says it
+            // changed (a probe, a watch, a blocking query), never in a loop.
             self.stats.updates_refused += 1;
             // Logged once per run of refusals, not every interval.
             let first = !std::mem::replace(&mut self.refusing_empty, true);
@@ -581,8 +580,9 @@ mod tests {
         assert_eq!(poll_once(&mut m, &r, 1000), (Some("probe+fetch"), None));
         assert_eq!(m.stats().updates_refused, 1);
         assert!(m.stats().last_error.as_deref().unwrap().contains("no members"));
-        // Re-checked with a full read each interval, not left behind a cursor.
-        assert_eq!(poll_once(&mut m, &r, 2000), (Some("fetch"), None));
+        // Still empty: the probe sees no change, nothing is read or refused again.
+        assert_eq!(poll_once(&mut m, &r, 2000), (Some("probe"), None));
+        assert_eq!(m.stats().updates_refused, 1);
         r.put("10.0.0.5:80", "{}");
         assert_eq!(addrs(&poll_once(&mut m, &r, 3000).1.unwrap()), ["10.0.0.5:80"]);
 

@@ -60,6 +60,19 @@ def make_stack(request, wasm):
     return make
 
 
+@pytest.fixture(scope="session")
+def new_stack(wasm):
+    """new_stack(request, **kwargs): a started stack that lives as long as
+    `request` (the `request` of any fixture, e.g. a module-scoped
+    parametrized one: each parameter gets its own stack, closed when pytest
+    moves on to the next parameter)."""
+
+    def make(request, **kwargs) -> harness.Stack:
+        return _new_stack(request, wasm, **kwargs)
+
+    return make
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On failure, attach the tail of the Envoy and etcd logs to the report."""
@@ -71,12 +84,20 @@ def pytest_runtest_makereport(item, call):
     mod = item.getparent(pytest.Module)
     if mod is not None:
         stacks += getattr(mod, "_e2e_stacks", [])
+    # a module's stacks include those of earlier parameters, already closed
+    stacks = [s for s in stacks if s.envoy is not None and s.envoy.log_path.exists()]
     for s in stacks:
-        if s.envoy is not None:
-            rep.sections.append(("envoy log (tail)", harness.log_tail(s.envoy.log_path, 60)))
-            try:
-                rep.sections.append(("/upsync/status", str(s.envoy.status())[:4000]))
-            except Exception as e:  # noqa: BLE001
-                rep.sections.append(("/upsync/status", repr(e)))
-        if s.etcd is not None:
-            rep.sections.append(("etcd log (tail)", harness.log_tail(s.etcd.log_path, 15)))
+        tag = f" [{s.registry}]"
+        rep.sections.append(("envoy log (tail)" + tag, harness.log_tail(s.envoy.log_path, 60)))
+        try:
+            rep.sections.append(("/upsync/status" + tag, str(s.envoy.status())[:4000]))
+        except Exception as e:  # noqa: BLE001
+            rep.sections.append(("/upsync/status" + tag, repr(e)))
+        if s.etcd is not None and s.etcd.log_path.exists():
+            rep.sections.append(("etcd log (tail)" + tag, harness.log_tail(s.etcd.log_path, 15)))
+        if s.consul is not None:
+            lines = [
+                f"{r['monotonic']:.3f} {r['method']} {r['path']}?{r['raw_query']} -> {r['status']} fault={r['fault']}"
+                for r in s.consul.requests()[-30:]
+            ]
+            rep.sections.append(("consul emulator requests (last 30)" + tag, "\n".join(lines)))

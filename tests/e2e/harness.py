@@ -1,9 +1,10 @@
 """End-to-end harness: real etcd, real Envoy, real HTTP backends on 127.0.0.1.
 
 Used by the pytest suite in this directory and by scripts/demo.py. Only the
-Python standard library. Every process it starts runs in its own session
-(process group) and is killed by `close()`/`stop()`, and, as a last resort,
-at interpreter exit.
+Python standard library (plus the project's Consul emulator,
+tests/consul_emulator/emulator.py, itself stdlib only). Every process it
+starts runs in its own session (process group) and is killed by
+`close()`/`stop()`, and, as a last resort, at interpreter exit.
 
 Typical use:
 
@@ -11,6 +12,17 @@ Typical use:
         s.etcd.set_members(WEB, {s.addr("alpha"): {}, s.addr("beta"): {}})
         s.wait_routing(lambda smp: smp.backends() == {"alpha", "beta"})
         print(s.sample(100).counts)
+
+The `web` upstream can read any registry type the tests can run
+(`Stack(registry=...)`, one of REGISTRY_TYPES); `stack.web` then writes its
+members in that registry's own layout, so
+
+    with Stack(registry="consul_health") as s:
+        s.set_web(alpha={}, beta={"weight": 3, "down": 1})
+
+works the same for etcd v3/v2, Consul KV, catalog and health (the latter two
+register one service instance per backend, attributes as upsync tags). The
+`api` upstream always reads etcd v3.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +56,17 @@ DEFAULT_WASM = REPO / "target" / "upsync_wasm.wasm"
 # etcd prefixes of the two upstreams in envoy/demo.yaml
 WEB = "/upstreams/web/"
 API = "/upstreams/api/"
+# `web` in Consul: KV prefix (no leading slash) and service name
+CONSUL_WEB_PREFIX = "upstreams/web/"
+WEB_SERVICE = "web"
+
+CONSUL_EMULATOR_DIR = REPO / "tests" / "consul_emulator"
+
+# registry types the end-to-end suite can run for `web` (nacos and eureka
+# have no server here: they are tested against recorded answers only)
+ETCD_REGISTRIES = ("etcd_v3", "etcd_v2")
+CONSUL_REGISTRIES = ("consul_kv", "consul_catalog", "consul_health")
+REGISTRY_TYPES = ETCD_REGISTRIES + CONSUL_REGISTRIES
 
 DEFAULT_ATTRS = {"weight": 1, "max_fails": 2, "fail_timeout": 10, "down": 0, "backup": 0}
 
@@ -264,6 +288,8 @@ class Etcd:
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"default={peer}",
+            # the v2 API (a keyspace separate from v3) for `etcd_v2` upstreams
+            "--enable-v2",
         ]
         self.proc = _spawn(argv, self.log_path)
         try:
@@ -317,6 +343,60 @@ class Etcd:
     def put_member(self, prefix: str, address: str, **attrs) -> None:
         self.put(prefix + address, member_value(**attrs))
 
+    # v2 keyspace (separate from v3; needs --enable-v2) ----------------------
+    def _v2(self, method: str, key: str, value: str | None = None, query: str = "") -> tuple[int, dict]:
+        data = None
+        if value is not None:
+            data = urllib.parse.urlencode({"value": value}).encode()
+        req = urllib.request.Request(
+            f"{self.url}/v2/keys{urllib.parse.quote(key)}{query}", data=data, method=method
+        )
+        if data is not None:
+            req.add_header("content-type", "application/x-www-form-urlencoded")
+        try:
+            with urllib.request.urlopen(req, timeout=3) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, {"raw": raw.decode("utf-8", "replace")}
+
+    def v2_put(self, key: str, value) -> None:
+        """Put a v2 key: a raw value (str/bytes) or JSON (anything else)."""
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif not isinstance(value, str):
+            value = json.dumps(value)
+        status, body = self._v2("PUT", key, value)
+        if status not in (200, 201):
+            raise RuntimeError(f"etcd v2 PUT {key} -> {status}: {body}")
+
+    def v2_delete(self, key: str) -> None:
+        status, body = self._v2("DELETE", key)
+        if status not in (200, 404):
+            raise RuntimeError(f"etcd v2 DELETE {key} -> {status}: {body}")
+
+    def v2_get_prefix(self, prefix: str) -> dict[str, str]:
+        """Every leaf key under a v2 directory ({} when it does not exist)."""
+        status, body = self._v2("GET", prefix.rstrip("/"), query="?recursive=true")
+        if status == 404:
+            return {}
+        if status != 200:
+            raise RuntimeError(f"etcd v2 GET {prefix} -> {status}: {body}")
+        out: dict[str, str] = {}
+
+        def walk(node):
+            for n in node.get("nodes", []):
+                if n.get("dir"):
+                    walk(n)
+                else:
+                    out[n["key"]] = n.get("value", "")
+
+        walk(body.get("node", {}))
+        return out
+
     def set_members(self, prefix: str, members: dict[str, dict]) -> None:
         """Make `members` ({address: attrs}) the exact member list, in one txn.
 
@@ -340,6 +420,253 @@ def member_value(**attrs) -> str:
     merged = dict(DEFAULT_ATTRS)
     merged.update(attrs)
     return json.dumps(merged, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------
+# the Consul emulator and the `web` registry writers
+
+
+def consul_emulator_class():
+    """tests/consul_emulator/emulator.py's ConsulEmulator (imported by path)."""
+    if str(CONSUL_EMULATOR_DIR) not in sys.path:
+        sys.path.insert(0, str(CONSUL_EMULATOR_DIR))
+    from emulator import ConsulEmulator  # noqa: PLC0415
+
+    return ConsulEmulator
+
+
+def upsync_tags(attrs: dict) -> list[str]:
+    """upsync attributes as the tags nginx-upsync-module reads from Consul
+    catalog/health: {"weight": 3, "down": 1} -> ["weight=3", "down"]."""
+    tags = []
+    for k, v in attrs.items():
+        if k in ("down", "backup"):
+            if v and v != "0":
+                tags.append(k)
+        elif k == "fail_timeout":
+            tags.append(f"fail_timeout={v}" if str(v).endswith("s") else f"fail_timeout={v}s")
+        elif k in ("weight", "max_fails"):
+            tags.append(f"{k}={v}")
+        else:
+            raise ValueError(f"no Consul tag for attribute {k!r}")
+    return tags
+
+
+class RegistryWriter:
+    """Writes the member list of `web` in one registry type's own layout.
+
+    Addresses are "host:port" strings; attrs are upsync attributes
+    ({"weight": 3, "down": 1}; a str is a raw key/value value)."""
+
+    kind = "?"
+
+    def set_members(self, members: dict[str, dict | str]) -> None:
+        """Make `members` the exact member list (added/changed first, then
+        the others removed, so the list never passes through empty)."""
+        raise NotImplementedError
+
+    def put_member(self, address: str, **attrs) -> None:
+        raise NotImplementedError
+
+    def delete_member(self, address: str) -> None:
+        raise NotImplementedError
+
+    def poke(self) -> None:
+        """A write that changes no member: wakes a held blocking query or
+        long poll, which then answers with the same list."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """The registry disappears (etcd SIGKILL, emulator stopped)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """The registry comes back on the same port with the same data."""
+        raise NotImplementedError
+
+
+class EtcdV3Writer(RegistryWriter):
+    kind = "etcd_v3"
+
+    def __init__(self, etcd: Etcd, prefix: str = WEB):
+        self.etcd, self.prefix = etcd, prefix
+
+    def set_members(self, members):
+        self.etcd.set_members(self.prefix, members)
+
+    def put_member(self, address, **attrs):
+        self.etcd.put_member(self.prefix, address, **attrs)
+
+    def put_raw(self, key_suffix: str, value) -> None:
+        self.etcd.put(self.prefix + key_suffix, value)
+
+    def delete_raw(self, key_suffix: str) -> None:
+        self.etcd.delete(self.prefix + key_suffix)
+
+    def delete_member(self, address):
+        self.etcd.delete(self.prefix + address)
+
+    def poke(self):
+        current = self.etcd.get_prefix(self.prefix)
+        if not current:
+            raise RuntimeError("poke: no member to rewrite")
+        key, value = sorted(current.items())[0]
+        self.etcd.put(key, value)
+
+    def stop(self):
+        self.etcd.kill()
+
+    def start(self):
+        self.etcd.start()
+
+
+class EtcdV2Writer(EtcdV3Writer):
+    kind = "etcd_v2"
+
+    def set_members(self, members):
+        current = self.etcd.v2_get_prefix(self.prefix)
+        for address, attrs in members.items():
+            self.etcd.v2_put(self.prefix + address, attrs if isinstance(attrs, str) else member_value(**attrs))
+        for key in current:
+            if key[len(self.prefix):] not in members:
+                self.etcd.v2_delete(key)
+
+    def put_member(self, address, **attrs):
+        self.etcd.v2_put(self.prefix + address, member_value(**attrs))
+
+    def put_raw(self, key_suffix: str, value) -> None:
+        self.etcd.v2_put(self.prefix + key_suffix, value)
+
+    def delete_raw(self, key_suffix: str) -> None:
+        self.etcd.v2_delete(self.prefix + key_suffix)
+
+    def delete_member(self, address):
+        self.etcd.v2_delete(self.prefix + address)
+
+    def poke(self):
+        current = self.etcd.v2_get_prefix(self.prefix)
+        if not current:
+            raise RuntimeError("poke: no member to rewrite")
+        key, value = sorted(current.items())[0]
+        self.etcd.v2_put(key, value)
+
+
+class ConsulKvWriter(RegistryWriter):
+    kind = "consul_kv"
+
+    def __init__(self, consul, prefix: str = CONSUL_WEB_PREFIX):
+        self.consul, self.prefix = consul, prefix
+
+    def set_members(self, members):
+        current = self.consul.kv_keys(self.prefix)
+        for address, attrs in members.items():
+            self.put_raw(address, attrs if isinstance(attrs, str) else member_value(**attrs))
+        for key in current:
+            if key[len(self.prefix):] not in members:
+                self.consul.delete_kv(key)
+
+    def put_member(self, address, **attrs):
+        self.put_raw(address, member_value(**attrs))
+
+    def put_raw(self, key_suffix: str, value) -> None:
+        if not isinstance(value, (str, bytes)):
+            value = json.dumps(value)
+        self.consul.put_kv(self.prefix + key_suffix, value)
+
+    def delete_raw(self, key_suffix: str) -> None:
+        self.consul.delete_kv(self.prefix + key_suffix)
+
+    def delete_member(self, address):
+        self.consul.delete_kv(self.prefix + address)
+
+    def poke(self):
+        keys = self.consul.kv_keys(self.prefix)
+        if not keys:
+            raise RuntimeError("poke: no member to rewrite")
+        entry = self.consul.get_kv(keys[0])
+        self.consul.put_kv(keys[0], entry["Value"], flags=entry.get("Flags", 0))
+
+    def stop(self):
+        self.consul.stop()
+
+    def start(self):
+        self.consul.start()
+
+
+class ConsulServiceWriter(RegistryWriter):
+    """consul_catalog / consul_health: one instance of service `web` per
+    member, on its own node `node-<host>-<port>` (so a node-level check hits
+    one member only), service id `web-<host>-<port>`, with a passing service
+    check `service:<id>`; attributes become upsync tags."""
+
+    def __init__(self, consul, kind: str, service: str = WEB_SERVICE):
+        self.consul, self.kind, self.service = consul, kind, service
+
+    @staticmethod
+    def _split(address: str) -> tuple[str, int]:
+        host, port = address.rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+    def node(self, address: str) -> str:
+        host, port = self._split(address)
+        return f"node-{host.replace(':', '_')}-{port}"
+
+    def service_id(self, address: str) -> str:
+        host, port = self._split(address)
+        return f"{self.service}-{host.replace(':', '_')}-{port}"
+
+    def check_id(self, address: str) -> str:
+        return f"service:{self.service_id(address)}"
+
+    def _registered(self) -> set[str]:
+        out = set()
+        for inst in self.consul.services().get(self.service, []):
+            addr = inst.get("Address", "")
+            out.add(f"[{addr}]:{inst['Port']}" if ":" in addr else f"{addr}:{inst['Port']}")
+        return out
+
+    def set_members(self, members):
+        current = self._registered()
+        for address, attrs in members.items():
+            if isinstance(attrs, str):
+                raise ValueError(f"{self.kind}: members are service instances; raw values do not apply")
+            self.put_member(address, **attrs)
+        for address in current - set(members):
+            self.delete_member(address)
+
+    def put_member(self, address, status: str | None = "passing", **attrs):
+        host, port = self._split(address)
+        self.consul.register_service(
+            self.service,
+            host,
+            port,
+            node=self.node(address),
+            service_id=self.service_id(address),
+            tags=upsync_tags(attrs),
+            status=status,
+            check_id=self.check_id(address),
+        )
+
+    def delete_member(self, address):
+        # the whole node: the instance, its checks and node-level checks
+        self.consul.deregister(self.node(address))
+
+    def poke(self):
+        self.consul.touch_service(self.service)
+
+    def set_check(self, address: str, status: str) -> None:
+        """The instance's own service check: passing / warning / critical."""
+        self.consul.set_check_status(self.node(address), self.check_id(address), status)
+
+    def set_node_check(self, address: str, status: str) -> None:
+        """A node-level check (serfHealth) on the instance's node."""
+        self.consul.set_node_check(self.node(address), status)
+
+    def stop(self):
+        self.consul.stop()
+
+    def start(self):
+        self.consul.start()
 
 
 # --------------------------------------------------------------------------
@@ -379,17 +706,38 @@ class _BackendHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Backend:
-    """A threaded HTTP/1.1 server: 200, body = name, header x-backend: name."""
+class _Server6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
-    def __init__(self, name: str, port: int = 0):
+
+def ipv6_loopback_available() -> bool:
+    """Can we listen on [::1]?"""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class Backend:
+    """A threaded HTTP/1.1 server: 200, body = name, header x-backend: name.
+
+    host "127.0.0.1" (default) or "::1" (then `address` is "[::1]:port")."""
+
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1"):
         self.name = name
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _BackendHandler)
+        cls = _Server6 if ":" in host else http.server.ThreadingHTTPServer
+        self.server = cls((host, port), _BackendHandler)
         self.server.daemon_threads = True
         self.server.backend_name = name  # type: ignore[attr-defined]
         self.port = self.server.server_address[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name=f"backend-{name}", daemon=True)
+        self.host = host
+        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        # a short poll interval: shutdown() waits up to one interval
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"backend-{name}", daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:
@@ -406,6 +754,40 @@ class EnvoyExited(ProcessExited):
         super().__init__(f"envoy exited with {returncode}:\n{log}")
         self.returncode = returncode
         self.log = log
+
+
+def default_web_registry(watch: bool = False) -> dict:
+    """`web` on etcd v3, as envoy/demo.yaml always had it."""
+    reg = {"type": "etcd_v3", "target": "etcd", "prefix": WEB}
+    if watch:
+        reg["grpc_target"] = "etcd_grpc"
+    return reg
+
+
+def web_registry_config(registry: str, wait_ms: int | None = None, watch: bool = False, **options) -> dict:
+    """The `registry` object of `web` for one registry type, on the clusters
+    of envoy/demo.yaml (`etcd`, `etcd_grpc`, `consul`). `options` are added
+    as they are (token, dc, consistency, passing_only, auth, ...)."""
+    if registry == "etcd_v3":
+        reg = default_web_registry(watch)
+    elif registry == "etcd_v2":
+        reg = {"type": "etcd_v2", "target": "etcd", "prefix": WEB}
+    elif registry == "consul_kv":
+        reg = {"type": "consul_kv", "target": "consul", "prefix": CONSUL_WEB_PREFIX}
+    elif registry in ("consul_catalog", "consul_health"):
+        reg = {"type": registry, "target": "consul", "service": WEB_SERVICE}
+    else:
+        raise ValueError(f"registry must be one of {REGISTRY_TYPES}, got {registry!r}")
+    if watch and registry != "etcd_v3":
+        raise ValueError("watch (etcd gRPC Watch) is for etcd_v3 only")
+    if wait_ms is not None and registry != "etcd_v3":
+        reg["wait_ms"] = wait_ms
+    reg.update(options)
+    return reg
+
+
+def registry_json(reg: dict | str) -> str:
+    return reg if isinstance(reg, str) else json.dumps(reg)
 
 
 def render_template(template: Path = DEMO_TEMPLATE, **values) -> str:
@@ -428,7 +810,13 @@ class Envoy:
         watch: bool = False,
         template: Path = DEMO_TEMPLATE,
         log_level: str = "info",
+        web_registry: dict | str | None = None,
+        consul_port: int | None = None,
     ):
+        """web_registry: the `registry` object of the `web` upstream (a dict
+        or JSON text); default etcd v3 on cluster `etcd` (with the gRPC Watch
+        when `watch`). consul_port: where cluster `consul` points (default: a
+        free, closed port)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.admin_port, self.ingress_port, self.eds_port = free_ports(3)
@@ -446,6 +834,9 @@ class Envoy:
             BACKOFF_MAX_MS=backoff_max_ms,
             FALLBACK=json.dumps(list(fallback)),
             EXTRA_WEB_FIELDS=extra_web_fields,
+            WEB_REGISTRY=registry_json(web_registry if web_registry is not None else default_web_registry(watch)),
+            CONSUL_PORT=consul_port if consul_port is not None else free_ports(1)[0],
+            # templates from before WEB_REGISTRY (unused by envoy/demo.yaml)
             WEB_WATCH=', "grpc_target": "etcd_grpc"' if watch else "",
         )
         self.template = template
@@ -679,24 +1070,47 @@ class Load:
 
 
 class Stack:
-    """etcd + named backends + Envoy with the plugin, all on 127.0.0.1.
+    """A registry + named backends + Envoy with the plugin, all on 127.0.0.1.
 
-    start_etcd=False leaves etcd unstarted (its ports reserved), so Envoy
-    starts against a dead registry; `fallback` names backends for the `web`
-    fallback list."""
+    registry: the `web` upstream's registry type (REGISTRY_TYPES): etcd v3
+    (default) or v2 on a real etcd, or Consul KV/catalog/health on the
+    project's Consul emulator (in this process). `stack.web` writes `web`'s
+    members in that registry; `stack.etcd` is always there (the `api`
+    upstream reads etcd v3), started when the registry is etcd or when
+    start_etcd=True. `stack.consul` is the emulator (Consul registries only).
+
+    start_registry=False (or start_etcd=False for the etcd registries) leaves
+    the registry unstarted, its ports reserved, so Envoy starts against a
+    dead registry; `fallback` names backends for the `web` fallback list.
+    wait_ms: the blocking-query / long-poll wait of etcd_v2 and consul_*
+    (kept short so idle behaviour is observable within a test);
+    registry_options: extra fields of `web`'s registry object (token,
+    passing_only, dc, ...); consul_acl_token: the emulator enforces ACLs
+    with this token; consul_options: more ConsulEmulator keyword arguments;
+    ipv6_backends: names of backends to start on [::1] instead."""
 
     def __init__(
         self,
         wasm: str | Path = DEFAULT_WASM,
         backends=("alpha", "beta", "gamma"),
-        start_etcd: bool = True,
+        start_etcd: bool | None = None,
         fallback=(),
         interval_ms: int = 100,
         backoff_max_ms: int = 1000,
         watch: bool = False,
         workdir: Path | None = None,
         keep_workdir: bool = False,
+        registry: str = "etcd_v3",
+        wait_ms: int | None = 5000,
+        registry_options: dict | None = None,
+        start_registry: bool = True,
+        consul_acl_token: str | None = None,
+        consul_options: dict | None = None,
+        extra_web_fields: str = "",
+        ipv6_backends=(),
     ):
+        if registry not in REGISTRY_TYPES:
+            raise ValueError(f"registry must be one of {REGISTRY_TYPES}, got {registry!r}")
         self.wasm = Path(wasm)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="upsync-e2e-"))
@@ -704,15 +1118,39 @@ class Stack:
         if self._own_workdir and not keep_workdir:
             _TEMP_DIRS.add(self.workdir)
         self.backend_names = list(backends)
+        self.ipv6_backends = set(ipv6_backends)
+        self.registry = registry
+        uses_etcd = registry in ETCD_REGISTRIES
+        if start_etcd is None:
+            start_etcd = uses_etcd and start_registry
+        elif uses_etcd:
+            start_registry = start_etcd
         self.start_etcd = start_etcd
+        self.start_registry = start_registry
         self.fallback_names = list(fallback)
         self.interval_ms = interval_ms
         self.backoff_max_ms = backoff_max_ms
         self.watch = watch
+        self.wait_ms = wait_ms
+        self.registry_options = dict(registry_options or {})
+        self.consul_acl_token = consul_acl_token
+        self.consul_options = dict(consul_options or {})
+        self.extra_web_fields = extra_web_fields
         self.etcd: Etcd | None = None
+        self.consul = None  # ConsulEmulator for the consul_* registries
+        self.web: RegistryWriter | None = None
         self.backends: dict[str, Backend] = {}
         self.envoy: Envoy | None = None
         self.client: Client | None = None
+
+    def web_registry(self) -> dict:
+        """The `registry` object of `web` in the Envoy configuration."""
+        return web_registry_config(
+            self.registry,
+            wait_ms=None if self.registry == "etcd_v3" else self.wait_ms,
+            watch=self.watch,
+            **self.registry_options,
+        )
 
     def start(self) -> "Stack":
         try:
@@ -721,8 +1159,26 @@ class Stack:
             self.etcd = Etcd(self.workdir / "etcd")
             if self.start_etcd:
                 self.etcd.start()
+            consul_port = None
+            if self.registry in CONSUL_REGISTRIES:
+                self.consul = consul_emulator_class()(
+                    port=0, acl_token=self.consul_acl_token, **self.consul_options
+                )
+                if self.start_registry:
+                    self.consul.start()
+                else:
+                    self.consul.port = free_ports(1)[0]  # reserved for a later start()
+                consul_port = self.consul.port
+            self.web = {
+                "etcd_v3": lambda: EtcdV3Writer(self.etcd),
+                "etcd_v2": lambda: EtcdV2Writer(self.etcd),
+                "consul_kv": lambda: ConsulKvWriter(self.consul),
+                "consul_catalog": lambda: ConsulServiceWriter(self.consul, "consul_catalog"),
+                "consul_health": lambda: ConsulServiceWriter(self.consul, "consul_health"),
+            }[self.registry]()
             for name in self.backend_names:
-                self.backends[name] = Backend(name)
+                host = "::1" if name in self.ipv6_backends else "127.0.0.1"
+                self.backends[name] = Backend(name, host=host)
             self.envoy = Envoy(
                 self.workdir / "envoy",
                 self.wasm,
@@ -731,6 +1187,9 @@ class Stack:
                 interval_ms=self.interval_ms,
                 backoff_max_ms=self.backoff_max_ms,
                 watch=self.watch,
+                extra_web_fields=self.extra_web_fields,
+                web_registry=self.web_registry(),
+                consul_port=consul_port,
             )
             self.envoy.start()
             self.client = Client(self.envoy.ingress_port)
@@ -746,6 +1205,8 @@ class Stack:
             self.envoy.stop()
         if self.etcd:
             self.etcd.kill()
+        if self.consul is not None:
+            self.consul.stop()
         for b in self.backends.values():
             b.stop()
         self.backends = {}
@@ -770,8 +1231,26 @@ class Stack:
         return None
 
     def set_web(self, **members: dict) -> None:
-        """set_web(alpha={}, beta={"weight": 3}): exact member list of `web`."""
-        self.etcd.set_members(WEB, {self.addr(n): attrs for n, attrs in members.items()})
+        """set_web(alpha={}, beta={"weight": 3}): exact member list of `web`,
+        in whichever registry `web` reads."""
+        self.web.set_members({self.addr(n): attrs for n, attrs in members.items()})
+
+    def put_web(self, name: str, **attrs) -> None:
+        """Add or change one member of `web` (a backend name)."""
+        self.web.put_member(self.addr(name), **attrs)
+
+    def delete_web(self, name: str) -> None:
+        """Remove one member of `web` (a backend name)."""
+        self.web.delete_member(self.addr(name))
+
+    def registry_down(self) -> None:
+        """`web`'s registry vanishes: etcd is SIGKILLed, the emulator stops
+        listening and drops every connection (its state is kept)."""
+        self.web.stop()
+
+    def registry_up(self) -> None:
+        """`web`'s registry comes back on the same port with the same data."""
+        self.web.start()
 
     def sample(self, n: int = 50, path: str = "/") -> Sample:
         return self.client.sample(n, path)

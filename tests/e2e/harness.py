@@ -1295,3 +1295,22 @@ class Stack:
             0.02,
             f"{polls} more successful polls of {upstream}",
         )
+
+
+# helpers shared by the test modules -----------------------------------------
+def route(stack, *names, timeout=10.0):
+    """Wait until traffic goes to exactly these backends; return the sample."""
+    smp, _ = stack.wait_routing(lambda s: s.only(*names), timeout=timeout, what=f"traffic to exactly {names}")
+    return smp
+
+
+def member(status: dict, address: str) -> dict | None:
+    """The member of an upstream status with this address, if any."""
+    for m in status.get("members", []):
+        if m.get("address") == address:
+            return m
+    return None
+
+
+def addresses(status: dict) -> list[str]:
+    return sorted(m["address"] for m in status["members"])

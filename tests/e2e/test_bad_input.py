@@ -18,6 +18,7 @@ import time
 import pytest
 
 import harness
+from harness import addresses as _addresses, member as _member, route as _route
 from harness import WEB_SERVICE
 
 MAX_BODY = 4096
@@ -55,22 +56,6 @@ def stacks(request, new_stack):
         return s
 
     return get
-
-
-def _route(stack, *names, timeout=10.0):
-    smp, _ = stack.wait_routing(lambda s: s.only(*names), timeout=timeout, what=f"traffic to exactly {names}")
-    return smp
-
-
-def _member(status: dict, address: str) -> dict | None:
-    for m in status.get("members", []):
-        if m.get("address") == address:
-            return m
-    return None
-
-
-def _addresses(status: dict) -> list[str]:
-    return sorted(m["address"] for m in status["members"])
 
 
 def _path(stack) -> str:

@@ -18,28 +18,13 @@ import time
 import pytest
 
 import harness
+from harness import addresses as _addresses, member as _member, route as _route
 from harness import CONSUL_REGISTRIES, WEB_SERVICE
 
 LONG_POLLING = ("etcd_v2",) + CONSUL_REGISTRIES
 TOKEN = "e2e-acl-token-0b6f"
 WAIT_MS = 5000  # blocking-query / long-poll wait: short, so idle pacing is measurable here
 
-
-
-def _route(stack, *names, timeout=10.0):
-    smp, _ = stack.wait_routing(lambda s: s.only(*names), timeout=timeout, what=f"traffic to exactly {names}")
-    return smp
-
-
-def _member(status: dict, address: str) -> dict | None:
-    for m in status.get("members", []):
-        if m.get("address") == address:
-            return m
-    return None
-
-
-def _addresses(status: dict) -> list[str]:
-    return sorted(m["address"] for m in status["members"])
 
 
 def _consul_path(stack) -> str:

@@ -8,19 +8,8 @@ from __future__ import annotations
 import time
 
 import harness
+from harness import member as _member, route as _route
 from harness import API, WEB
-
-
-def _route(stack, *names, timeout=10.0):
-    smp, _ = stack.wait_routing(lambda s: s.only(*names), timeout=timeout, what=f"traffic to exactly {names}")
-    return smp
-
-
-def _member(status: dict, address: str) -> dict | None:
-    for m in status.get("members", []):
-        if m.get("address") == address:
-            return m
-    return None
 
 
 def test_two_members_split_traffic(stack):

@@ -119,7 +119,7 @@ impl Root {
                 ttl_ms: cfg.lease_ms,
             },
         };
-        let p = poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body);
+        let p = poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body, cfg.host == HostKind::Nginx);
         // Only arm the tick here: on_configure also runs in Envoy's
         // throwaway validation VM, where nothing else may happen.
         if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {

@@ -94,6 +94,9 @@ pub struct PickShared {
     pub route: RouteApplier,
     /// A 503 for "no member" was logged since the last good pick.
     warned_empty: bool,
+    /// The view was read at least once (a worker can get a request before
+    /// its first tick: nginx respawns workers under load).
+    refreshed: bool,
 }
 
 /// The root of a pick-mode filter: on nginx it also carries the worker's
@@ -123,6 +126,7 @@ impl PickRoot {
             status_path: config.status_path.clone(),
             route,
             warned_empty: false,
+            refreshed: false,
         };
         Some(PickRoot { poller, shared: Rc::new(RefCell::new(shared)) })
     }
@@ -133,6 +137,7 @@ impl PickRoot {
         }
         let now = now_ms();
         let mut shared = self.shared.borrow_mut();
+        shared.refreshed = true;
         if shared.picker.refresh(&HostStore, now) {
             log::debug!("upstream {}: view now {:?}", shared.picker.name(), shared.picker.source());
         }
@@ -205,6 +210,10 @@ impl HttpContext for PickStream {
                 }
                 return Action::Pause;
             }
+        }
+        if !shared.refreshed {
+            shared.refreshed = true;
+            shared.picker.refresh(&HostStore, now_ms());
         }
         let key = shared.hash_key.as_ref().and_then(|k| hash_key_value(k, &shared.route));
         let Some(picked) = shared.picker.pick(key.as_deref()) else {

@@ -23,16 +23,29 @@ pub struct Poller {
     streams: HashMap<u32, usize>,
     /// Largest registry body read, per upstream (larger ones are refused unread).
     max_body: Vec<usize>,
+    /// Calls made from inside a call's response are sent on the next tick
+    /// instead (nginx: ngx_wasm_module 0.6 crashed the worker, SIGSEGV, when
+    /// a dispatch was made from `on_http_call_response`).
+    defer_from_responses: bool,
+    deferred: Vec<Dispatch>,
 }
 
 impl Poller {
-    pub fn new(node: PollerNode, max_body: Vec<usize>) -> Self {
-        Poller { node, calls: HashMap::new(), streams: HashMap::new(), max_body }
+    pub fn new(node: PollerNode, max_body: Vec<usize>, defer_from_responses: bool) -> Self {
+        Poller {
+            node,
+            calls: HashMap::new(),
+            streams: HashMap::new(),
+            max_body,
+            defer_from_responses,
+            deferred: Vec::new(),
+        }
     }
 
     pub fn on_tick(&mut self) {
         let now = now_ms();
-        let calls = self.node.on_tick(&mut HostStore, now);
+        let mut calls = std::mem::take(&mut self.deferred);
+        calls.extend(self.node.on_tick(&mut HostStore, now));
         self.dispatch(calls, now);
         for open in self.node.poll_watch_opens(now) {
             let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![]).and_then(|token| {
@@ -102,7 +115,11 @@ impl Poller {
         };
         let response = HttpResponse { status, headers: &headers, body: &body, body_size };
         let calls = self.node.on_response(&mut HostStore, now, i, id, response);
-        self.dispatch(calls, now);
+        if self.defer_from_responses {
+            self.deferred.extend(calls);
+        } else {
+            self.dispatch(calls, now);
+        }
     }
 
     pub fn on_grpc_stream_message(&mut self, token: u32, size: usize) {

@@ -112,12 +112,13 @@ impl Root {
         let now = now_ms();
         let leadership = match cfg.host {
             HostKind::Envoy => Leadership::Singleton,
-            // Unique per worker: the time of configuration mixed with this
-            // root context's id (ids repeat across workers, times do not).
-            HostKind::Nginx => Leadership::Lease {
-                me: crate::sansio::balance::hash::hash64(&now_ns().to_le_bytes(), u64::from(self.context_id)),
-                ttl_ms: cfg.lease_ms,
-            },
+            // Unique per worker. Context ids repeat across workers, and
+            // nginx's cached clock can give two workers the same time, so
+            // mix in randomness from the host (WASI random_get, through
+            // std's RandomState).
+            HostKind::Nginx => {
+                Leadership::Lease { me: worker_identity(now_ns(), self.context_id), ttl_ms: cfg.lease_ms }
+            }
         };
         let p = poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body, cfg.host == HostKind::Nginx);
         // Only arm the tick here: on_configure also runs in Envoy's
@@ -142,6 +143,15 @@ impl Root {
         log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
         true
     }
+}
+
+/// A worker's identity for leases: random per process.
+fn worker_identity(now_ns: u64, context_id: u32) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns);
+    h.write_u32(context_id);
+    h.finish()
 }
 
 /// Nanoseconds since the Unix epoch, as the host tells it (0 if it cannot).

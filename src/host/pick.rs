@@ -272,7 +272,9 @@ impl HttpContext for PickStream {
                     log::warn!(
                         "upstream {name}: {} out for {fail_timeout} s after {max_fails} failures",
                         picked.address
-                    )
+                    );
+                    // This worker stops at once; the others on their next tick.
+                    self.shared.borrow_mut().picker.refresh(&HostStore, now_ms());
                 }
                 Ok(false) => {}
                 Err(e) => log::warn!("upstream {name}: cannot record a failure: {e}"),

@@ -108,37 +108,38 @@ impl Root {
             return false;
         }
         logger::set_level(cfg.log_level);
-        let max_body = cfg.upstreams.iter().map(|u| u.max_body_bytes).collect();
         let now = now_ms();
-        let leadership = match cfg.host {
-            HostKind::Envoy => Leadership::Singleton,
-            // Unique per worker. Context ids repeat across workers, and
-            // nginx's cached clock can give two workers the same time, so
-            // mix in randomness from the host (WASI random_get, through
-            // std's RandomState).
-            HostKind::Nginx => {
-                Leadership::Lease { me: worker_identity(now_ns(), self.context_id), ttl_ms: cfg.lease_ms }
-            }
-        };
-        let p = poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body, cfg.host == HostKind::Nginx);
+        // Envoy's pick filter only reads snapshots: the bootstrap singleton
+        // polls. Every other role carries a poller node.
+        let poller = (!envoy_pick).then(|| {
+            let leadership = match cfg.host {
+                HostKind::Envoy => Leadership::Singleton,
+                // Unique per worker. Context ids repeat across workers, and
+                // nginx's cached clock can give two workers the same time,
+                // so mix in randomness from the host (WASI random_get,
+                // through std's RandomState).
+                HostKind::Nginx => {
+                    Leadership::Lease { me: worker_identity(now_ns(), self.context_id), ttl_ms: cfg.lease_ms }
+                }
+            };
+            let max_body = cfg.upstreams.iter().map(|u| u.max_body_bytes).collect();
+            poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body, cfg.host == HostKind::Nginx)
+        });
         // Only arm the tick here: on_configure also runs in Envoy's
         // throwaway validation VM, where nothing else may happen.
         if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {
             log::error!("cannot set the tick period: {e:?}");
             return false;
         }
-        self.role = if cfg.host == HostKind::Envoy && !envoy_pick {
-            Role::Poller(Box::new(p))
-        } else {
-            // Envoy's pick filter only reads: the bootstrap singleton polls.
-            let poller = (cfg.host == HostKind::Nginx).then_some(p);
-            match pick::PickRoot::new(&cfg, poller, now) {
+        self.role = match (cfg.host, poller) {
+            (HostKind::Envoy, Some(p)) => Role::Poller(Box::new(p)),
+            (_, poller) => match pick::PickRoot::new(&cfg, poller, now) {
                 Some(n) => Role::Pick(Box::new(n)),
                 None => {
                     log::error!("invalid configuration: pick: no such upstream");
                     return false;
                 }
-            }
+            },
         };
         log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
         true

@@ -28,7 +28,4 @@ pub mod sync;
 pub mod url;
 
 #[cfg(test)]
-pub mod testkit;
-
-#[cfg(test)]
-mod worker_sim;
+mod tests;

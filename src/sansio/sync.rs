@@ -417,7 +417,7 @@ mod tests {
 
     use super::*;
     use crate::sansio::etcd_v3::EtcdV3Adapter;
-    use crate::sansio::testkit::{EtcdScript as Registry, PREFIX};
+    use crate::sansio::tests::testkit::{EtcdScript as Registry, PREFIX};
 
     fn config() -> SyncConfig {
         SyncConfig {

@@ -3,13 +3,13 @@
 //! emptied on reload): leader election, takeover, reload, extra ticks left
 //! behind by traps, and key collisions. Virtual time, scripted etcd.
 
-use super::config::PluginConfig;
-use super::node::{Dispatch, Leadership, PollerNode};
-use super::picker::{UpstreamPicker, ViewSource};
-use super::request::HttpResponse;
-use super::snapshot::snapshot_key;
-use super::store::{crc32, MemoryStore, StoreRules};
 use super::testkit::EtcdScript;
+use crate::sansio::config::PluginConfig;
+use crate::sansio::node::{Dispatch, Leadership, PollerNode};
+use crate::sansio::picker::{UpstreamPicker, ViewSource};
+use crate::sansio::request::HttpResponse;
+use crate::sansio::snapshot::snapshot_key;
+use crate::sansio::store::{crc32, MemoryStore, StoreRules};
 
 // On wasm32 the same tests run under wasm-bindgen-test.
 #[cfg(target_arch = "wasm32")]
@@ -257,8 +257,8 @@ fn colliding_keys_never_route_to_the_other_upstreams_members() {
     }
     // The entry holds one of them; read as the other, it is refused.
     let owner = w.zone.owner_of(&snapshot_key(a)).unwrap().to_string();
-    let holder = super::snapshot::read(&w.zone, a).map(|s| s.map(|s| s.members.len()));
-    let other = super::snapshot::read(&w.zone, b).map(|s| s.map(|s| s.members.len()));
+    let holder = crate::sansio::snapshot::read(&w.zone, a).map(|s| s.map(|s| s.members.len()));
+    let other = crate::sansio::snapshot::read(&w.zone, b).map(|s| s.map(|s| s.members.len()));
     assert!(holder.is_err() != other.is_err(), "exactly one of them can read the entry (created by {owner})");
 }
 

@@ -1,8 +1,8 @@
 //! Test support shared by the core's test modules: a scripted etcd v3
 //! JSON gateway.
 
-use super::base64;
-use super::request::HttpRequest;
+use crate::sansio::base64;
+use crate::sansio::request::HttpRequest;
 use serde_json::{json, Value};
 
 pub const PREFIX: &str = "/upstreams/web/";

@@ -1,0 +1,4 @@
+//! Tests that span several core modules, and their shared support.
+
+pub mod testkit;
+mod worker_sim;

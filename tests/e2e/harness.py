@@ -178,7 +178,7 @@ _LIVE_LOCK = threading.Lock()
 _TEMP_DIRS: set[Path] = set()  # work directories to remove at exit at the latest
 
 
-def _spawn(argv, log_path: Path, cwd=None) -> subprocess.Popen:
+def _spawn(argv, log_path: Path, cwd=None, env: dict | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
         proc = subprocess.Popen(
@@ -187,6 +187,7 @@ def _spawn(argv, log_path: Path, cwd=None) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=env,
             start_new_session=True,  # own process group; terminal signals do not reach it
         )
     finally:

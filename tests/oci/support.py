@@ -7,25 +7,26 @@ register that as a finalizer, and `atexit` catches anything left over.
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import hashlib
 import http.server
 import io
 import json
+import sys
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tarfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+import harness  # noqa: E402
+from harness import log_tail, wait_until  # noqa: E402,F401  (used by the tests through this module)
 OCI_DIR = REPO / "target" / "oci"
 DEPLOY_DIR = REPO / "envoy" / "deploy"
 
@@ -39,28 +40,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
-    """Call pred() until it returns something truthy and return that value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:  # noqa: BLE001 - reported below
-            last = e
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
-
-
 def http_get(url: str, headers: dict | None = None, timeout: float = 3.0):
     """(status, headers, body) of a GET; HTTP errors are returned, not raised."""
     req = urllib.request.Request(url, headers=headers or {})
@@ -71,17 +50,13 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 3.0):
         return e.code, e.headers, e.read()
 
 
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"<no log: {e}>"
-
-
 # --------------------------------------------------------------------------
-# processes
+# processes: the end-to-end harness's bookkeeping (own session, log file,
+# group kill, leftovers killed at exit)
 
-_LIVE: set["Proc"] = set()
+
+def free_port() -> int:
+    return harness.free_ports(1)[0]
 
 
 class Proc:
@@ -90,50 +65,13 @@ class Proc:
     def __init__(self, argv: list[str], log_path: Path, env: dict | None = None, cwd=None):
         self.argv = argv
         self.log_path = Path(log_path)
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        _LIVE.add(self)
+        self.popen = harness._spawn(argv, self.log_path, cwd=cwd, env=env)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        p = self.popen
-        try:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    p.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    try:
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    p.wait(timeout=5)
-            else:
-                try:  # the leader is gone: leave nothing of its group behind
-                    os.killpg(p.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        finally:
-            _LIVE.discard(self)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for p in list(_LIVE):
-        p.stop(grace=1.0)
+        harness._stop(self.popen, grace=grace)
 
 
 # --------------------------------------------------------------------------

@@ -122,8 +122,7 @@ impl Root {
                     Leadership::Lease { me: worker_identity(now_ns(), self.context_id), ttl_ms: cfg.lease_ms }
                 }
             };
-            let max_body = cfg.upstreams.iter().map(|u| u.max_body_bytes).collect();
-            poller::Poller::new(PollerNode::new(&cfg, leadership, now), max_body, cfg.host == HostKind::Nginx)
+            poller::Poller::new(PollerNode::new(&cfg, leadership, now), cfg.host == HostKind::Nginx)
         });
         // Only arm the tick here: on_configure also runs in Envoy's
         // throwaway validation VM, where nothing else may happen.

@@ -21,8 +21,6 @@ pub struct Poller {
     calls: HashMap<u32, (usize, u64)>,
     /// Host gRPC stream token → upstream index.
     streams: HashMap<u32, usize>,
-    /// Largest registry body read, per upstream (larger ones are refused unread).
-    max_body: Vec<usize>,
     /// Calls made from inside a call's response are sent on the next tick
     /// instead (nginx: ngx_wasm_module 0.6 crashed the worker, SIGSEGV, when
     /// a dispatch was made from `on_http_call_response`).
@@ -31,15 +29,8 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub fn new(node: PollerNode, max_body: Vec<usize>, defer_from_responses: bool) -> Self {
-        Poller {
-            node,
-            calls: HashMap::new(),
-            streams: HashMap::new(),
-            max_body,
-            defer_from_responses,
-            deferred: Vec::new(),
-        }
+    pub fn new(node: PollerNode, defer_from_responses: bool) -> Self {
+        Poller { node, calls: HashMap::new(), streams: HashMap::new(), defer_from_responses, deferred: Vec::new() }
     }
 
     pub fn on_tick(&mut self) {
@@ -100,7 +91,8 @@ impl Poller {
         // with no headers, where single-header getters misbehave.
         let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
         let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
-        let limit = self.max_body.get(i).copied().unwrap_or(0);
+        // Larger bodies are refused unread.
+        let limit = self.node.max_body_bytes(i);
         let body = if body_size > 0 && body_size <= limit {
             match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
                 Ok(Some(b)) => b,

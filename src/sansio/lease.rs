@@ -1,11 +1,12 @@
 //! Leader election through shared data, for hosts where every worker runs
 //! its own poller (nginx): one lease per upstream, held by one worker and
-//! renewed on its ticks. A worker that dies, or all of them on reload,
-//! stops renewing; another takes the lease once it expires. Writes go
+//! renewed on its ticks. A worker that dies stops renewing; another takes
+//! the lease once it expires (a reload empties the zone: the first new
+//! worker to tick takes it). Writes go
 //! through compare-and-swap, so two workers can never both win the same
 //! round.
 
-use super::snapshot::{put_json, KEY_NAMESPACE};
+use super::snapshot::KEY_NAMESPACE;
 use super::store::{SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -65,21 +66,6 @@ pub fn elect(store: &mut dyn SharedStore, upstream: &str, me: u64, now: u64, ttl
     }
 }
 
-/// Gives the lease up (a worker shutting down), so another takes over at once.
-pub fn resign(store: &mut dyn SharedStore, upstream: &str, me: u64) -> Result<(), StoreError> {
-    let key = lease_key(upstream);
-    let entry = store.get(&key)?;
-    let mine = entry
-        .value
-        .as_deref()
-        .and_then(|v| serde_json::from_slice::<LeaseWire>(v).ok())
-        .is_some_and(|l| l.key == key && l.holder == me);
-    if mine {
-        put_json(store, &key, &LeaseWire { key: key.clone(), holder: me, expires_ms: 0 })?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     // On wasm32 the same tests run under wasm-bindgen-test.
@@ -102,11 +88,6 @@ mod tests {
             assert_eq!(elect(&mut s, "web", 1, 1901, 1000), Ok(Role::Follower { holder: 2 }));
             // Leases are per upstream.
             assert_eq!(elect(&mut s, "api", 1, 1901, 1000), Ok(Role::Leader));
-            // Resigning hands over at once.
-            resign(&mut s, "web", 2).unwrap();
-            assert_eq!(elect(&mut s, "web", 1, 1902, 1000), Ok(Role::Leader));
-            resign(&mut s, "web", 2).unwrap();
-            assert_eq!(elect(&mut s, "web", 3, 1903, 1000), Ok(Role::Follower { holder: 1 }), "not 2's to give");
         }
     }
 

@@ -90,9 +90,9 @@ impl PollerNode {
         self.upstreams.get(upstream).map_or("", |u| u.sync.name())
     }
 
-    /// Whether this node polls `upstream` now.
-    pub fn is_leading(&self, upstream: usize) -> bool {
-        self.upstreams.get(upstream).is_some_and(|u| u.leading)
+    /// The largest registry body to read for `upstream`.
+    pub fn max_body_bytes(&self, upstream: usize) -> usize {
+        self.upstreams.get(upstream).map_or(0, |u| u.sync.max_body_bytes())
     }
 
     /// A tick: elections, given-up calls, due polls.

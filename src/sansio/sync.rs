@@ -164,10 +164,6 @@ impl SyncState {
         &self.config.name
     }
 
-    pub fn config(&self) -> &SyncConfig {
-        &self.config
-    }
-
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }

@@ -167,8 +167,35 @@ struct MemberView {
     backup: bool,
 }
 
+/// Envoy serves status from worker threads while the poller writes from the
+/// main thread, so a read can fall between the poller's two writes: the
+/// snapshot first, then the status record. Reading the record first means
+/// it is never newer than the members shown with it (a `bad_entries` count
+/// always describes a list already visible); reading it again after the
+/// snapshot, a few times at most, also keeps the members from being newer
+/// than the record.
+const STATUS_READ_ATTEMPTS: usize = 4;
+
+fn consistent_read(
+    store: &dyn SharedStore,
+    name: &str,
+) -> (Option<StatusRecord>, Result<Option<snapshot::Snapshot>, snapshot::SnapshotError>) {
+    let mut record = StatusRecord::read(store, name);
+    let mut snap = snapshot::read(store, name);
+    for _ in 1..STATUS_READ_ATTEMPTS {
+        let again = StatusRecord::read(store, name);
+        if again == record {
+            break;
+        }
+        record = again;
+        snap = snapshot::read(store, name);
+    }
+    (record, snap)
+}
+
 fn upstream_view<'a>(store: &dyn SharedStore, name: &'a str) -> UpstreamView<'a> {
-    let (version, source, members, snapshot_error) = match snapshot::read(store, name) {
+    let (record, snap) = consistent_read(store, name);
+    let (version, source, members, snapshot_error) = match snap {
         Ok(Some(s)) => (Some(s.version), s.source.as_str(), s.members.iter().map(MemberWire::from).collect(), None),
         Ok(None) => (None, "none", Vec::new(), None),
         Err(e) => (None, "none", Vec::new(), Some(e.to_string())),
@@ -189,14 +216,7 @@ fn upstream_view<'a>(store: &dyn SharedStore, name: &'a str) -> UpstreamView<'a>
             }
         })
         .collect();
-    UpstreamView {
-        name,
-        version,
-        source,
-        members,
-        snapshot_error,
-        sync: StatusRecord::read(store, name).map(|r| r.sync),
-    }
+    UpstreamView { name, version, source, members, snapshot_error, sync: record.map(|r| r.sync) }
 }
 
 fn split_address(address: &str) -> (String, u16) {
@@ -218,9 +238,11 @@ mod tests {
     use crate::sansio::member_set::MemberSet;
     use crate::sansio::registry::adapter_for;
     use crate::sansio::request::HttpResponse;
+    use crate::sansio::store::StoreError;
     use crate::sansio::store::{MemoryStore, StoreRules};
     use crate::sansio::sync::{Source, SyncConfig, Update};
     use serde_json::Value;
+    use std::cell::{Cell, RefCell};
 
     fn setup() -> MemoryStore {
         let cfg = PluginConfig::parse(
@@ -267,6 +289,85 @@ mod tests {
         assert!(web["last_error"].as_str().unwrap().contains("HTTP 500"));
         assert_eq!(ups[1]["source"], "none");
         assert!(ups[1]["version"].is_null());
+    }
+
+    /// A write by the poller, due before the store's read number `.0`.
+    type PendingWrite = (usize, Box<dyn FnOnce(&mut MemoryStore)>);
+
+    /// A store that lets the poller's writes happen between the reads of
+    /// one status answer, as a poller on another thread can.
+    struct InterleavedStore {
+        inner: RefCell<MemoryStore>,
+        reads: Cell<usize>,
+        writes: RefCell<Vec<PendingWrite>>,
+    }
+
+    impl SharedStore for InterleavedStore {
+        fn get(&self, key: &str) -> Result<crate::sansio::store::Entry, StoreError> {
+            let n = self.reads.get();
+            self.reads.set(n + 1);
+            let due: Vec<_> = {
+                let mut w = self.writes.borrow_mut();
+                let (now, later) = w.drain(..).partition(|(at, _)| *at == n);
+                *w = later;
+                now
+            };
+            for (_, write) in due {
+                write(&mut self.inner.borrow_mut());
+            }
+            self.inner.borrow().get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.inner.get_mut().set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_status_record_is_never_shown_with_members_older_than_it() {
+        // The poller's next sync: weight 5 -> 7 and a bad entry, written as
+        // it does, snapshot first, record second, each at any read.
+        for snapshot_at in 0..12 {
+            for record_at in snapshot_at..12 {
+                let store = InterleavedStore {
+                    inner: RefCell::new(setup()),
+                    reads: Cell::new(0),
+                    writes: RefCell::new(Vec::new()),
+                };
+                let old = StatusRecord::read(&*store.inner.borrow(), "web").unwrap();
+                store.reads.set(0);
+                let members = MemberSet::from_members(vec![Member {
+                    addr: "[::1]:8080".parse().unwrap(),
+                    attrs: MemberAttrs { weight: 7, ..Default::default() },
+                }])
+                .0;
+                let before = snapshot::read(&*store.inner.borrow(), "web").unwrap().unwrap().members;
+                let update = Update { diff: before.diff(&members), members, source: Source::Registry };
+                let mut new = old.clone();
+                new.sync.bad_entries = 1;
+                store.writes.borrow_mut().push((
+                    snapshot_at,
+                    Box::new(move |s: &mut MemoryStore| {
+                        snapshot::publish(s, "web", &update).unwrap();
+                    }),
+                ));
+                store.writes.borrow_mut().push((
+                    record_at,
+                    Box::new(move |s: &mut MemoryStore| {
+                        snapshot::put_json(s, &status_key("web"), &new).unwrap();
+                    }),
+                ));
+                let v: Value = serde_json::from_str(&status_reply(&store, Some("web")).body).unwrap();
+                let web = &v["upstreams"][0];
+                let (record_new, members_new) = (web["bad_entries"] == 1, web["members"][0]["weight"] == 7);
+                let at = (snapshot_at, record_at);
+                assert!(!record_new || members_new, "record newer than its members with writes at {at:?}: {web}");
+                // Reads 0..=3 are the index, record, snapshot and record
+                // again: writes landing before the last of them are seen.
+                if record_at <= 3 {
+                    assert!(record_new && members_new, "writes at {at:?} not both seen: {web}");
+                }
+            }
+        }
     }
 
     #[test]

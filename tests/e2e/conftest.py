@@ -86,6 +86,9 @@ def pytest_runtest_makereport(item, call):
         stacks += getattr(mod, "_e2e_stacks", [])
     # a module's stacks include those of earlier parameters, already closed
     stacks = [s for s in stacks if s.envoy is not None and s.envoy.log_path.exists()]
+    # The logs below are long; the failure itself is repeated after them so
+    # a log viewer that shows only the end still shows what went wrong.
+    failure = call.excinfo.exconly()[:3000] if call.excinfo is not None else "?"
     for s in stacks:
         tag = f" [{s.registry}]"
         rep.sections.append(("envoy log (tail)" + tag, harness.log_tail(s.envoy.log_path, 60)))
@@ -101,3 +104,5 @@ def pytest_runtest_makereport(item, call):
                 for r in s.consul.requests()[-30:]
             ]
             rep.sections.append(("consul emulator requests (last 30)" + tag, "\n".join(lines)))
+    if stacks:
+        rep.sections.append(("failure (repeated from above)", failure))

@@ -5,6 +5,7 @@
 use super::member::Member;
 use super::member_set::MemberSet;
 use super::request::{AdapterError, HttpRequest};
+use serde_json::{Map, Value};
 
 /// A registry answer as the adapter sees it.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +45,7 @@ pub struct EntryProblem {
 }
 
 /// A complete member list read from the registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberList {
     pub members: MemberSet,
     pub problems: Vec<EntryProblem>,
@@ -59,6 +60,16 @@ pub type Instance = Result<Option<(Member, Vec<String>)>, String>;
 /// pairs: repairs and skips become problems, and an address listed twice
 /// keeps its first instance.
 pub fn member_list(instances: impl IntoIterator<Item = (String, Instance)>) -> MemberList {
+    member_list_with(instances, "address registered by more than one instance; the first wins")
+}
+
+/// [`member_list`] with the problem reported for each dropped duplicate
+/// worded by the caller: a key/value layout says "key" where a service
+/// registry says "instance".
+pub fn member_list_with(
+    instances: impl IntoIterator<Item = (String, Instance)>,
+    duplicate_message: &str,
+) -> MemberList {
     let mut problems = Vec::new();
     let mut members = Vec::new();
     for (key, instance) in instances {
@@ -77,11 +88,7 @@ pub fn member_list(instances: impl IntoIterator<Item = (String, Instance)>) -> M
     }
     let (members, duplicates) = MemberSet::from_members(members);
     for d in duplicates {
-        problems.push(EntryProblem {
-            key: d.to_string(),
-            problem: "address registered by more than one instance; the first wins".into(),
-            skipped: true,
-        });
+        problems.push(EntryProblem { key: d.to_string(), problem: duplicate_message.to_string(), skipped: true });
     }
     MemberList { members, problems }
 }
@@ -89,6 +96,16 @@ pub fn member_list(instances: impl IntoIterator<Item = (String, Instance)>) -> M
 /// A registry's text answer as shown in an error: trimmed, at most 200 characters.
 pub fn short_text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).trim().chars().take(200).collect()
+}
+
+/// A registry error message in a JSON answer that is not the expected
+/// list (Spring's error body, Nacos 2's `{"code","message","data"}`), at
+/// most 200 characters.
+pub fn error_text(root: &Map<String, Value>) -> Option<String> {
+    ["message", "error"]
+        .iter()
+        .find_map(|k| root.get(*k).and_then(Value::as_str))
+        .map(|m| m.chars().take(200).collect())
 }
 
 /// `GET path` asking for JSON.

@@ -16,7 +16,6 @@ use super::adapter::{member_list, short_text, Instance, MemberList, Poll, Regist
 use super::base64;
 use super::kv_layout::members_from_kv;
 use super::member::{HostPort, Member, MemberAttrs, MAX_FAILS, MAX_FAIL_TIMEOUT_S, MAX_WEIGHT};
-use super::member_set::MemberSet;
 use super::request::{AdapterError, HttpRequest};
 use super::url;
 use serde_json::Value;
@@ -138,16 +137,16 @@ impl RegistryAdapter for ConsulAdapter {
             return Ok(Poll::Unchanged);
         }
         if kv_missing {
-            return Ok(Poll::Members(MemberList { members: MemberSet::new(), problems: Vec::new() }));
+            return Ok(Poll::Members(MemberList::default()));
         }
         let body: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
         let entries = body.as_array().ok_or_else(|| AdapterError::BadShape("answer is not a JSON array".into()))?;
         let list = match &self.query {
             ConsulQuery::Kv { prefix } => parse_kv(prefix.trim_start_matches('/'), entries)?,
-            ConsulQuery::Catalog { .. } => member_list(entries.iter().map(catalog_entry)),
+            ConsulQuery::Catalog { .. } => member_list(entries.iter().map(catalog_instance)),
             ConsulQuery::Health { passing_only, .. } => {
                 let passing_only = *passing_only;
-                member_list(entries.iter().map(|e| health_entry(e, passing_only)))
+                member_list(entries.iter().map(|e| health_instance(e, passing_only)))
             }
         };
         Ok(Poll::Members(list))
@@ -207,29 +206,19 @@ fn address(host: &str, port: Option<u64>) -> Result<HostPort, String> {
     text.parse().map_err(|e| format!("address {text:?}: {e}"))
 }
 
-fn catalog_entry(e: &Value) -> (String, Instance) {
-    let (key, instance) = catalog_instance(e);
-    (key, instance.map(Some))
-}
-
-fn health_entry(e: &Value, passing_only: bool) -> (String, Instance) {
-    let (key, instance) = health_instance(e, passing_only);
-    (key, instance.map(Some))
-}
-
-fn catalog_instance(e: &Value) -> (String, Result<(Member, Vec<String>), String>) {
+fn catalog_instance(e: &Value) -> (String, Instance) {
     let key = instance_key(str_field(e, "ServiceID"), str_field(e, "Node"));
     let host = Some(str_field(e, "ServiceAddress")).filter(|a| !a.is_empty()).unwrap_or(str_field(e, "Address"));
     let instance = address(host, e.get("ServicePort").and_then(Value::as_u64)).map(|addr| {
         let tags = e.get("ServiceTags");
         let weights = e.get("ServiceWeights");
         let (attrs, notes) = attrs_from_tags(tags, weights);
-        (Member { addr, attrs }, notes)
+        Some((Member { addr, attrs }, notes))
     });
     (key, instance)
 }
 
-fn health_instance(e: &Value, passing_only: bool) -> (String, Result<(Member, Vec<String>), String>) {
+fn health_instance(e: &Value, passing_only: bool) -> (String, Instance) {
     let service = e.get("Service").unwrap_or(&Value::Null);
     let node = e.get("Node").unwrap_or(&Value::Null);
     let key = instance_key(str_field(service, "ID"), str_field(node, "Node"));
@@ -241,14 +230,12 @@ fn health_instance(e: &Value, passing_only: bool) -> (String, Result<(Member, Ve
             // as Consul would judge it with no checks: passing.
             None => notes.push("entry has no Checks list; treated as passing".into()),
             Some(checks) => {
-                let failing: Vec<&str> =
-                    checks.iter().map(|c| str_field(c, "Status")).filter(|s| *s != "passing").collect();
-                if !failing.is_empty() && !passing_only {
+                if !passing_only && checks.iter().any(|c| str_field(c, "Status") != "passing") {
                     attrs.down = true;
                 }
             }
         }
-        (Member { addr, attrs }, notes)
+        Some((Member { addr, attrs }, notes))
     });
     (key, instance)
 }

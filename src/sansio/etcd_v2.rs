@@ -8,7 +8,7 @@
 //! only the last 1000 events: a waitIndex older than that gets errorCode
 //! 401, answered by a full re-read too.
 
-use super::adapter::{Poll, RegistryAdapter, RegistryResponse};
+use super::adapter::{MemberList, Poll, RegistryAdapter, RegistryResponse};
 use super::kv_layout::members_from_kv;
 use super::request::{AdapterError, HttpRequest};
 use super::url;
@@ -100,7 +100,7 @@ impl RegistryAdapter for EtcdV2Adapter {
                 KEY_NOT_FOUND if !watching => {
                     // No directory yet: an empty list, watched from here.
                     self.index = etcd_index(response, &body);
-                    Ok(Poll::Members(members_from_kv(&self.prefix, Vec::new())))
+                    Ok(Poll::Members(MemberList::default()))
                 }
                 EVENT_INDEX_CLEARED => {
                     self.index = None;

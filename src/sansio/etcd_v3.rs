@@ -30,10 +30,10 @@ pub struct EtcdV3Adapter {
     prefix: String,
     key_b64: String,
     range_end_b64: String,
-    /// What the last full read saw; `None` makes the next request a full read.
+    /// What the last full read saw; `None` makes the next request a full
+    /// read. A probe that sees a change clears it: the full read builds its
+    /// own cursor, so the old one is of no further use.
     cursor: Option<RangeCursor>,
-    /// The probe saw a change: the next request is a full read.
-    fetch_now: bool,
 }
 
 /// The smallest key greater than every key that starts with `prefix`
@@ -57,12 +57,7 @@ impl EtcdV3Adapter {
             key_b64: base64::encode(prefix.as_bytes()),
             range_end_b64: base64::encode(&prefix_range_end(prefix.as_bytes())),
             cursor: None,
-            fetch_now: false,
         }
-    }
-
-    fn next_is_fetch(&self) -> bool {
-        self.cursor.is_none() || self.fetch_now
     }
 
     fn range(&self, body: Value) -> HttpRequest {
@@ -122,7 +117,7 @@ impl EtcdV3Adapter {
 
 impl RegistryAdapter for EtcdV3Adapter {
     fn request(&self) -> HttpRequest {
-        if self.next_is_fetch() {
+        if self.cursor.is_none() {
             self.fetch_request()
         } else {
             self.probe_request()
@@ -131,22 +126,20 @@ impl RegistryAdapter for EtcdV3Adapter {
 
     fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, AdapterError> {
         response.expect_ok()?;
-        if self.next_is_fetch() {
+        if self.cursor.is_none() {
             let (list, cursor) = self.parse_fetch(response.body)?;
             self.cursor = Some(cursor);
-            self.fetch_now = false;
             Ok(Poll::Members(list))
         } else if Some(self.parse_probe(response.body)?) == self.cursor {
             Ok(Poll::Unchanged)
         } else {
-            self.fetch_now = true;
+            self.cursor = None;
             Ok(Poll::Changed)
         }
     }
 
     fn reset(&mut self) {
         self.cursor = None;
-        self.fetch_now = false;
     }
 }
 

@@ -45,10 +45,9 @@
 //! mistake empties the upstream: that is what `allow_empty` asks for.
 
 use super::adapter::{
-    get_json, member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse,
+    error_text, get_json, member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse,
 };
 use super::member::Member;
-use super::member_set::MemberSet;
 use super::nacos::{attrs_from_metadata, instance_address, port_number, weight_attr};
 use super::request::{AdapterError, HttpRequest};
 use super::url;
@@ -81,9 +80,8 @@ impl EurekaAdapter {
         })?;
         let root = root.as_object().ok_or_else(|| AdapterError::BadShape("top level is not an object".into()))?;
         let Some(application) = root.get("application") else {
-            let message = ["message", "error"].iter().find_map(|k| root.get(*k).and_then(Value::as_str));
-            return Err(match message {
-                Some(m) => AdapterError::Registry(m.chars().take(200).collect()),
+            return Err(match error_text(root) {
+                Some(message) => AdapterError::Registry(message),
                 None => AdapterError::BadShape("no \"application\": not a Eureka application answer".into()),
             });
         };
@@ -108,7 +106,7 @@ impl RegistryAdapter for EurekaAdapter {
     fn parse(&mut self, response: &RegistryResponse<'_>) -> Result<Poll, AdapterError> {
         // No such application: no instances (see the module comment).
         if response.status == Some(404) {
-            return Ok(Poll::Members(MemberList { members: MemberSet::new(), problems: Vec::new() }));
+            return Ok(Poll::Members(MemberList::default()));
         }
         response.expect_ok()?;
         Ok(Poll::Members(Self::parse_application(response.body)?))

@@ -2,9 +2,8 @@
 //! one key per member, `<prefix><host:port>`, whose value holds the upsync
 //! attributes as JSON.
 
-use super::adapter::{EntryProblem, MemberList};
+use super::adapter::{member_list_with, Instance, MemberList};
 use super::member::{parse_upsync_value, HostPort, Member};
-use super::member_set::MemberSet;
 
 /// Values longer than this are not parsed (an upsync value is ~70 bytes;
 /// nginx-upsync-module overflowed its heap past 1 KiB). The member keeps
@@ -19,48 +18,28 @@ pub fn member_segment<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
 
 /// Builds the member list from `(key, value)` pairs read under `prefix`.
 pub fn members_from_kv(prefix: &str, entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> MemberList {
-    let mut problems = Vec::new();
-    let mut members = Vec::new();
-    for (key, value) in entries {
-        // Folder keys (Consul's `prefix/`, etcd directories) hold no member.
-        if key.ends_with('/') && value.is_empty() {
-            continue;
-        }
-        let mut problem = |problem: String, skipped: bool| {
-            problems.push(EntryProblem { key: key.clone(), problem, skipped });
-        };
-        let Some(addr_text) = member_segment(prefix, &key) else {
-            problem("key has no host:port segment after the prefix".into(), true);
-            continue;
-        };
-        let addr: HostPort = match addr_text.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                problem(format!("key segment {addr_text:?} is not host:port: {e}"), true);
-                continue;
-            }
-        };
-        let attrs = if value.len() > MAX_VALUE_BYTES {
-            problem(format!("value of {} bytes is over {MAX_VALUE_BYTES} bytes, defaults used", value.len()), false);
-            Default::default()
-        } else {
-            let (attrs, value_problems) = parse_upsync_value(&value);
-            for p in value_problems {
-                problem(p.to_string(), false);
-            }
-            attrs
-        };
-        members.push(Member { addr, attrs });
+    let instances = entries.into_iter().map(|(key, value)| {
+        let instance = kv_instance(prefix, &key, &value);
+        (key, instance)
+    });
+    member_list_with(instances, "address listed under more than one key; the first key wins")
+}
+
+fn kv_instance(prefix: &str, key: &str, value: &[u8]) -> Instance {
+    // Folder keys (Consul's `prefix/`, etcd directories) hold no member.
+    if key.ends_with('/') && value.is_empty() {
+        return Ok(None);
     }
-    let (members, duplicates) = MemberSet::from_members(members);
-    for d in duplicates {
-        problems.push(EntryProblem {
-            key: d.to_string(),
-            problem: "address listed under more than one key; the first key wins".into(),
-            skipped: true,
-        });
-    }
-    MemberList { members, problems }
+    let addr_text = member_segment(prefix, key).ok_or("key has no host:port segment after the prefix")?;
+    let addr: HostPort = addr_text.parse().map_err(|e| format!("key segment {addr_text:?} is not host:port: {e}"))?;
+    let (attrs, notes) = if value.len() > MAX_VALUE_BYTES {
+        let note = format!("value of {} bytes is over {MAX_VALUE_BYTES} bytes, defaults used", value.len());
+        (Default::default(), vec![note])
+    } else {
+        let (attrs, problems) = parse_upsync_value(value);
+        (attrs, problems.iter().map(ToString::to_string).collect())
+    };
+    Ok(Some((Member { addr, attrs }, notes)))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! to use it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The host part of a member address.
@@ -192,19 +192,22 @@ impl std::fmt::Display for ValueProblem {
 /// Never fails: the attributes always come back, with defaults where the
 /// value was missing or bad, together with the list of problems.
 pub fn parse_upsync_value(value: &[u8]) -> (MemberAttrs, Vec<ValueProblem>) {
+    if value.iter().all(u8::is_ascii_whitespace) {
+        return (MemberAttrs::default(), vec![ValueProblem::Empty]);
+    }
+    match serde_json::from_slice::<Value>(value) {
+        Ok(Value::Object(obj)) => upsync_attrs(&obj),
+        _ => (MemberAttrs::default(), vec![ValueProblem::NotJsonObject]),
+    }
+}
+
+/// The upsync attributes in an already parsed JSON object, by the rules of
+/// [`parse_upsync_value`]. Registries that carry the attributes in their
+/// own JSON (Nacos and Eureka metadata) hand them over here without a trip
+/// through text.
+pub fn upsync_attrs(obj: &Map<String, Value>) -> (MemberAttrs, Vec<ValueProblem>) {
     let mut attrs = MemberAttrs::default();
     let mut problems = Vec::new();
-    if value.iter().all(u8::is_ascii_whitespace) {
-        problems.push(ValueProblem::Empty);
-        return (attrs, problems);
-    }
-    let obj = match serde_json::from_slice::<Value>(value) {
-        Ok(Value::Object(obj)) => obj,
-        _ => {
-            problems.push(ValueProblem::NotJsonObject);
-            return (attrs, problems);
-        }
-    };
     let mut int_field = |name: &'static str, max: u64, allowed: &'static str, slot: &mut u32| {
         if let Some(v) = obj.get(name) {
             match as_uint(v).filter(|n| *n <= max) {

@@ -34,9 +34,9 @@
 //! (an address, a port, a weight, a string-to-string metadata map).
 
 use super::adapter::{
-    get_json, member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse,
+    error_text, get_json, member_list, short_text, Instance, MemberList, Poll, RegistryAdapter, RegistryResponse,
 };
-use super::member::{parse_upsync_value, Host, HostPort, Member, MemberAttrs, MAX_WEIGHT};
+use super::member::{upsync_attrs, Host, HostPort, Member, MemberAttrs, MAX_WEIGHT};
 use super::request::{AdapterError, HttpRequest};
 use super::url;
 use serde_json::{Map, Value};
@@ -152,15 +152,6 @@ fn read_host(host: &Value) -> Instance {
     Ok(Some((Member { addr, attrs }, notes)))
 }
 
-/// A registry error message in a JSON answer that is not an instance list
-/// (Spring's error body, Nacos 2's `{"code","message","data"}`).
-fn error_text(root: &Map<String, Value>) -> Option<String> {
-    ["message", "error"]
-        .iter()
-        .find_map(|k| root.get(*k).and_then(Value::as_str))
-        .map(|m| m.chars().take(200).collect())
-}
-
 // ---------------------------------------------------------------------------
 // Shared with the Eureka adapter.
 // ---------------------------------------------------------------------------
@@ -255,10 +246,7 @@ pub fn attrs_from_metadata(metadata: Option<&Value>) -> (MemberAttrs, Vec<String
             picked.insert(key.to_string(), v);
         }
     }
-    if picked.is_empty() {
-        return (MemberAttrs::default(), Vec::new());
-    }
-    let (attrs, problems) = parse_upsync_value(Value::Object(picked).to_string().as_bytes());
+    let (attrs, problems) = upsync_attrs(&picked);
     (attrs, problems.into_iter().map(|p| format!("metadata {p}")).collect())
 }
 

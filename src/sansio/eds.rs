@@ -42,12 +42,12 @@ impl EdsReply {
 
     /// Status and body as sent to Envoy.
     pub fn to_json_reply(&self) -> JsonReply {
-        let body = match self {
-            EdsReply::Assignment { body, .. } => body.clone(),
-            EdsReply::NotModified => String::new(),
-            EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => json!({ "error": e }).to_string(),
-        };
-        JsonReply { status: self.status(), body }
+        let status = self.status();
+        match self {
+            EdsReply::Assignment { body, .. } => JsonReply { status, body: body.clone() },
+            EdsReply::NotModified => JsonReply { status, body: String::new() },
+            EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => JsonReply::error(status, e),
+        }
     }
 }
 

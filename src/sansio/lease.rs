@@ -6,7 +6,7 @@
 //! through compare-and-swap, so two workers can never both win the same
 //! round.
 
-use super::snapshot::KEY_NAMESPACE;
+use super::snapshot::{get_keyed, KEY_NAMESPACE};
 use super::store::{SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -32,13 +32,8 @@ pub enum Role {
 /// unless another holder's lease is still running.
 pub fn elect(store: &mut dyn SharedStore, upstream: &str, me: u64, now: u64, ttl_ms: u64) -> Result<Role, StoreError> {
     let key = lease_key(upstream);
-    let entry = store.get(&key)?;
-    let current = entry
-        .value
-        .as_deref()
-        .and_then(|v| serde_json::from_slice::<LeaseWire>(v).ok())
-        // An entry of another key (a CRC32 collision on nginx) is no lease of ours.
-        .filter(|l| l.key == key);
+    let key_of: fn(&LeaseWire) -> &str = |l| &l.key;
+    let (current, cas) = get_keyed(store, &key, key_of)?;
     if let Some(l) = &current {
         if l.holder != me && l.expires_ms > now {
             return Ok(Role::Follower { holder: l.holder });
@@ -51,16 +46,12 @@ pub fn elect(store: &mut dyn SharedStore, upstream: &str, me: u64, now: u64, ttl
     }
     let wire = LeaseWire { key: key.clone(), holder: me, expires_ms: now.saturating_add(ttl_ms) };
     let bytes = serde_json::to_vec(&wire).map_err(|e| StoreError::Host(e.to_string()))?;
-    match store.set(&key, &bytes, entry.cas) {
+    match store.set(&key, &bytes, cas) {
         Ok(()) => Ok(Role::Leader),
         Err(StoreError::CasMismatch) => {
             // Someone else wrote in between: whoever it was holds it now.
-            let holder = store
-                .get(&key)?
-                .value
-                .and_then(|v| serde_json::from_slice::<LeaseWire>(&v).ok())
-                .map_or(0, |l| l.holder);
-            Ok(Role::Follower { holder })
+            let (now_held, _) = get_keyed(store, &key, key_of)?;
+            Ok(Role::Follower { holder: now_held.map_or(0, |l| l.holder) })
         }
         Err(e) => Err(e),
     }

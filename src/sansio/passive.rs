@@ -5,7 +5,7 @@
 //! 503, 504) and are kept in shared data, so every worker counts toward
 //! the same total and stops sending at the same time.
 
-use super::snapshot::KEY_NAMESPACE;
+use super::snapshot::{self, KEY_NAMESPACE};
 use super::store::{SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -34,14 +34,8 @@ pub fn is_failure(status: Option<u16>) -> bool {
 }
 
 fn read(store: &dyn SharedStore, key: &str) -> Result<(HealthWire, Option<u32>), StoreError> {
-    let entry = store.get(key)?;
-    let wire = entry
-        .value
-        .as_deref()
-        .and_then(|v| serde_json::from_slice::<HealthWire>(v).ok())
-        .filter(|w| w.key == key)
-        .unwrap_or_else(|| HealthWire { key: key.to_string(), members: Vec::new() });
-    Ok((wire, entry.cas))
+    let (wire, cas) = snapshot::get_keyed(store, key, |w: &HealthWire| &w.key)?;
+    Ok((wire.unwrap_or_else(|| HealthWire { key: key.to_string(), members: Vec::new() }), cas))
 }
 
 /// Records one failure of `address`. Returns `true` when it takes the

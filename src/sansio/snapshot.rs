@@ -9,6 +9,7 @@ use super::member::{HostPort, Member, MemberAttrs};
 use super::member_set::MemberSet;
 use super::store::{SharedStore, StoreError};
 use super::sync::{Source, Update};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// All keys of this plugin start with this, so they never meet another
@@ -51,7 +52,7 @@ struct SnapshotWire {
     members: Vec<MemberWire>,
 }
 
-/// One member as stored and as shown by the status endpoint.
+/// One member as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberWire {
     pub address: String,
@@ -136,9 +137,8 @@ struct VersionWire {
 
 /// The published version of `upstream`, from its small version entry.
 pub fn read_version(store: &dyn SharedStore, upstream: &str) -> Option<u64> {
-    let key = version_key(upstream);
-    let value = store.get(&key).ok()?.value?;
-    serde_json::from_slice::<VersionWire>(&value).ok().filter(|w| w.key == key).map(|w| w.version)
+    let (wire, _) = get_keyed(store, &version_key(upstream), |w: &VersionWire| &w.key).ok()?;
+    wire.map(|w| w.version)
 }
 
 /// Reads the snapshot of `upstream`, if there is a readable one.
@@ -148,6 +148,19 @@ pub fn read(store: &dyn SharedStore, upstream: &str) -> Result<Option<Snapshot>,
         Ok(entry) => entry.value.map(|v| Snapshot::decode(&key, &v)).transpose(),
         Err(e) => Err(SnapshotError::Corrupt(e.to_string())),
     }
+}
+
+/// Reads the JSON value stored under `key`, and the entry's cas. A value
+/// that is unreadable, or whose `key_of` is another key (keys with the
+/// same CRC32 share one entry on nginx), reads as absent.
+pub fn get_keyed<T: DeserializeOwned>(
+    store: &dyn SharedStore,
+    key: &str,
+    key_of: fn(&T) -> &str,
+) -> Result<(Option<T>, Option<u32>), StoreError> {
+    let entry = store.get(key)?;
+    let value = entry.value.as_deref().and_then(|v| serde_json::from_slice::<T>(v).ok()).filter(|v| key_of(v) == key);
+    Ok((value, entry.cas))
 }
 
 /// Writes any serialisable value with [`super::store::put`].

@@ -3,9 +3,10 @@
 //! upstream; the request-serving side joins it with the snapshot.
 
 use super::config::RegistryConfig;
-use super::snapshot::{self, index_key, status_key, MemberWire};
+use super::member::Member;
+use super::snapshot::{self, index_key, status_key};
 use super::store::{SharedStore, StoreError};
-use super::sync::SyncState;
+use super::sync::{SyncState, SyncStats};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -45,43 +46,25 @@ pub struct StatusRecord {
 pub struct SyncView {
     pub registry: RegistryWire,
     pub state: String,
-    pub syncs_ok: u64,
-    pub syncs_failed: u64,
-    pub updates_refused: u64,
-    pub updates_applied: u64,
-    pub bad_entries: u64,
-    pub consecutive_failures: u32,
-    pub last_sync_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub last_error_ms: Option<u64>,
+    #[serde(flatten)]
+    pub stats: SyncStats,
 }
 
 impl StatusRecord {
     pub fn of(sync: &SyncState, registry: &RegistryConfig) -> Self {
-        let s = sync.stats();
         StatusRecord {
             key: status_key(sync.name()),
             name: sync.name().to_string(),
             sync: SyncView {
                 registry: registry.into(),
                 state: sync.phase_name().to_string(),
-                syncs_ok: s.syncs_ok,
-                syncs_failed: s.syncs_failed,
-                updates_refused: s.updates_refused,
-                updates_applied: s.updates_applied,
-                bad_entries: s.bad_entries,
-                consecutive_failures: s.consecutive_failures,
-                last_sync_ms: s.last_sync_ms,
-                last_error: s.last_error.clone(),
-                last_error_ms: s.last_error_ms,
+                stats: sync.stats().clone(),
             },
         }
     }
 
     fn read(store: &dyn SharedStore, name: &str) -> Option<StatusRecord> {
-        let key = status_key(name);
-        let value = store.get(&key).ok()?.value?;
-        serde_json::from_slice::<StatusRecord>(&value).ok().filter(|r| r.key == key)
+        snapshot::get_keyed(store, &status_key(name), |r: &StatusRecord| &r.key).ok()?.0
     }
 }
 
@@ -98,15 +81,10 @@ pub fn write_index(store: &mut dyn SharedStore, names: &[String]) -> Result<(), 
 }
 
 pub fn read_index(store: &dyn SharedStore) -> Vec<String> {
-    let key = index_key();
-    store
-        .get(&key)
-        .ok()
-        .and_then(|e| e.value)
-        .and_then(|v| serde_json::from_slice::<IndexWire>(&v).ok())
-        .filter(|w| w.key == key)
-        .map(|w| w.upstreams)
-        .unwrap_or_default()
+    match snapshot::get_keyed(store, &index_key(), |w: &IndexWire| &w.key) {
+        Ok((Some(w), _)) => w.upstreams,
+        _ => Vec::new(),
+    }
 }
 
 /// An HTTP answer: status code and JSON body.
@@ -114,6 +92,14 @@ pub fn read_index(store: &dyn SharedStore) -> Vec<String> {
 pub struct JsonReply {
     pub status: u16,
     pub body: String,
+}
+
+impl JsonReply {
+    /// `{"error": message}`: one body shape for every failed request, so a
+    /// client finds the reason in the same place whichever endpoint failed.
+    pub fn error(status: u16, message: &str) -> JsonReply {
+        JsonReply { status, body: json!({ "error": message }).to_string() }
+    }
 }
 
 /// The upstream named by `?upstream=NAME` in a request path, if any.
@@ -167,6 +153,21 @@ struct MemberView {
     backup: bool,
 }
 
+impl From<&Member> for MemberView {
+    fn from(m: &Member) -> Self {
+        MemberView {
+            address: m.addr.to_string(),
+            host: m.addr.host.bare(),
+            port: m.addr.port,
+            weight: m.attrs.weight,
+            max_fails: m.attrs.max_fails,
+            fail_timeout: m.attrs.fail_timeout,
+            down: m.attrs.down,
+            backup: m.attrs.backup,
+        }
+    }
+}
+
 /// Envoy serves status from worker threads while the poller writes from the
 /// main thread, so a read can fall between the poller's two writes: the
 /// snapshot first, then the status record. Reading the record first means
@@ -196,34 +197,11 @@ fn consistent_read(
 fn upstream_view<'a>(store: &dyn SharedStore, name: &'a str) -> UpstreamView<'a> {
     let (record, snap) = consistent_read(store, name);
     let (version, source, members, snapshot_error) = match snap {
-        Ok(Some(s)) => (Some(s.version), s.source.as_str(), s.members.iter().map(MemberWire::from).collect(), None),
+        Ok(Some(s)) => (Some(s.version), s.source.as_str(), s.members.iter().map(MemberView::from).collect(), None),
         Ok(None) => (None, "none", Vec::new(), None),
         Err(e) => (None, "none", Vec::new(), Some(e.to_string())),
     };
-    let members = members
-        .into_iter()
-        .map(|m: MemberWire| {
-            let (host, port) = split_address(&m.address);
-            MemberView {
-                address: m.address,
-                host,
-                port,
-                weight: m.weight,
-                max_fails: m.max_fails,
-                fail_timeout: m.fail_timeout,
-                down: m.down,
-                backup: m.backup,
-            }
-        })
-        .collect();
     UpstreamView { name, version, source, members, snapshot_error, sync: record.map(|r| r.sync) }
-}
-
-fn split_address(address: &str) -> (String, u16) {
-    address
-        .parse::<super::member::HostPort>()
-        .map(|hp| (hp.host.bare(), hp.port))
-        .unwrap_or_else(|_| (address.to_string(), 0))
 }
 
 #[cfg(test)]
@@ -343,7 +321,7 @@ mod tests {
                 let before = snapshot::read(&*store.inner.borrow(), "web").unwrap().unwrap().members;
                 let update = Update { diff: before.diff(&members), members, source: Source::Registry };
                 let mut new = old.clone();
-                new.sync.bad_entries = 1;
+                new.sync.stats.bad_entries = 1;
                 store.writes.borrow_mut().push((
                     snapshot_at,
                     Box::new(move |s: &mut MemoryStore| {

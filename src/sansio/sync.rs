@@ -19,6 +19,7 @@ use super::config::UpstreamConfig;
 use super::member_set::{Diff, MemberSet};
 use super::request::{HttpRequest, HttpResponse};
 use super::rng::Rng;
+use serde::{Deserialize, Serialize};
 
 /// Where a published member list came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +77,7 @@ enum Phase {
 }
 
 /// Counters and last outcomes, as shown by the status endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncStats {
     /// Registry answers that were usable (including "nothing changed").
     pub syncs_ok: u64,

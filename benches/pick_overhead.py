@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -98,7 +99,7 @@ http {{
         harness.wait_until(lambda: _connects(last), 30, 0.1, "nginx to listen")
 
     def stop(self) -> None:
-        harness._stop(self.proc, harness.signal.SIGQUIT)
+        harness._stop(self.proc, signal.SIGQUIT)
 
 
 def _connects(port: int) -> bool:

@@ -169,6 +169,11 @@ def _text(status: int, message: str) -> _Answer:
     return _Answer(status, message.encode(), [("Content-Type", "text/plain; charset=utf-8")])
 
 
+def _json_answer(obj: Any, pretty: bool = False, extra: Iterable[tuple[str, str]] = ()) -> _Answer:
+    """200 with obj as JSON; extra: more headers after the Content-Type."""
+    return _Answer(200, _json(obj, pretty), [("Content-Type", "application/json"), *extra])
+
+
 @dataclass
 class _Read:
     """What a read computed: its index, its payload and whether nothing matched."""
@@ -1214,10 +1219,10 @@ class ConsulEmulator:
         # catalog.mdx / status.mdx: these two need no ACL and do not block.
         if path == "/v1/catalog/datacenters":
             allow("GET")
-            return _Answer(200, _json([self.datacenter], "pretty" in query), [("Content-Type", "application/json")])
+            return _json_answer([self.datacenter], "pretty" in query)
         if path == "/v1/status/leader":
             allow("GET")
-            return _Answer(200, _json(f"{self.host}:8300", "pretty" in query), [("Content-Type", "application/json")])
+            return _json_answer(f"{self.host}:8300", "pretty" in query)
         return _text(404, f"consul emulator: no such endpoint {path} (not emulated)")
 
     def _filters(self, query: dict[str, list[str]]) -> tuple[list[str], dict[str, str]]:
@@ -1271,7 +1276,7 @@ class ConsulEmulator:
         self._check_acl(query, headers)
         res = self._blocking_read(path, compute, min_index, wait)
         meta = self._meta_headers(res.index, consistency)
-        return _Answer(200, _json(res.payload, "pretty" in query), [("Content-Type", "application/json")] + meta)
+        return _json_answer(res.payload, "pretty" in query, meta)
 
     def _http_kv_get(self, path: str, key: str, query: dict[str, list[str]], headers: dict[str, str]) -> _Answer:
         consistency, wait, min_index = self._read_options(query)
@@ -1287,7 +1292,7 @@ class ConsulEmulator:
         if "raw" in query and not recurse:
             value = self._kv_value_raw(res)
             return _Answer(200, value, [("Content-Type", "text/plain; charset=utf-8")] + meta)
-        return _Answer(200, _json(res.payload, "pretty" in query), [("Content-Type", "application/json")] + meta)
+        return _json_answer(res.payload, "pretty" in query, meta)
 
     @staticmethod
     def _kv_value_raw(res: _Read) -> bytes:
@@ -1326,7 +1331,7 @@ class ConsulEmulator:
             _, ok = self._write(lambda i: self._kv_set(i, key, body or None, flags, cas))
         else:
             _, ok = self._write(lambda i: self._kv_delete(i, key, recurse, cas))
-        return _Answer(200, _json(ok), [("Content-Type", "application/json")])
+        return _json_answer(ok)
 
     def _http_catalog_write(
         self, query: dict[str, list[str]], headers: dict[str, str], body: bytes, register: bool
@@ -1351,13 +1356,13 @@ class ConsulEmulator:
                 raise EmulatorError(400, "Missing node name")
             sid, cid = _ci_get(payload, "ServiceID") or "", _ci_get(payload, "CheckID") or ""
             self._write(lambda i: self._apply_deregistration(i, node, sid, cid))
-        return _Answer(200, _json(True), [("Content-Type", "application/json")])
+        return _json_answer(True)
 
     # ------------------------------------------------------------------ /_emulator/ HTTP hooks
 
     def _hook(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> _Answer:
         """The test hooks over HTTP (for tests that drive a CLI emulator). Not part of Consul's API."""
-        ok = _Answer(200, _json(True), [("Content-Type", "application/json")])
+        ok = _json_answer(True)
 
         def payload() -> dict:
             try:
@@ -1378,7 +1383,7 @@ class ConsulEmulator:
                         "faults": self.faults(),
                         "datacenter": self.datacenter,
                     }
-                return _Answer(200, _json(state), [("Content-Type", "application/json")])
+                return _json_answer(state)
             if path == "/_emulator/index" and write:
                 self.reset_index(int(payload()["index"]))
                 return ok
@@ -1388,25 +1393,25 @@ class ConsulEmulator:
                 if prefix is None:
                     raise EmulatorError(400, "path_prefix is required")
                 fid = self.inject_fault(prefix, **spec)
-                return _Answer(200, _json({"id": fid}), [("Content-Type", "application/json")])
+                return _json_answer({"id": fid})
             if path == "/_emulator/faults" and method == "GET":
-                return _Answer(200, _json(self.faults()), [("Content-Type", "application/json")])
+                return _json_answer(self.faults())
             if path == "/_emulator/faults" and method == "DELETE":
                 self.clear_faults()
                 return ok
             if path == "/_emulator/requests" and method == "GET":
                 prefix = (query.get("path_prefix") or [None])[0]
-                return _Answer(200, _json(self.requests(prefix)), [("Content-Type", "application/json")])
+                return _json_answer(self.requests(prefix))
             if path == "/_emulator/requests" and method == "DELETE":
                 self.clear_requests()
                 return ok
             if path == "/_emulator/check" and write:
                 spec = payload()
                 idx = self.set_check_status(spec["Node"], spec["CheckID"], spec["Status"], spec.get("Output", ""))
-                return _Answer(200, _json({"index": idx}), [("Content-Type", "application/json")])
+                return _json_answer({"index": idx})
             if path.startswith("/_emulator/touch/") and write:
                 idx = self.touch_service(unquote(path[len("/_emulator/touch/") :]))
-                return _Answer(200, _json({"index": idx}), [("Content-Type", "application/json")])
+                return _json_answer({"index": idx})
             if path == "/_emulator/reap_tombstones" and write:
                 self.reap_tombstones((query.get("prefix") or [""])[0])
                 return ok

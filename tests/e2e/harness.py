@@ -34,6 +34,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -265,15 +266,12 @@ def log_tail(path: Path, lines: int = 40) -> str:
 class Etcd:
     """A single-member etcd 3.x; writes go through its v3 JSON gateway."""
 
-    def __init__(self, workdir: Path, client_port: int | None = None, peer_port: int | None = None):
+    def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "etcd-data"
         self.log_path = self.workdir / "etcd.log"
-        if client_port is None or peer_port is None:
-            client_port, peer_port = free_ports(2)
-        self.client_port = client_port
-        self.peer_port = peer_port
-        self.url = f"http://127.0.0.1:{client_port}"
+        self.client_port, self.peer_port = free_ports(2)
+        self.url = f"http://127.0.0.1:{self.client_port}"
         self.proc: subprocess.Popen | None = None
 
     # lifecycle -------------------------------------------------------------
@@ -309,10 +307,6 @@ class Etcd:
             raise ProcessExited(f"etcd exited with {self.proc.returncode}:\n{log_tail(self.log_path)}")
         status, body = http_json("POST", self.url + "/v3/kv/range", {"key": b64("/")}, timeout=1)
         return status == 200 and isinstance(body, dict) and "header" in body
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: etcd vanishes without a goodbye."""
@@ -837,8 +831,6 @@ class Envoy:
             EXTRA_WEB_FIELDS=extra_web_fields,
             WEB_REGISTRY=registry_json(web_registry if web_registry is not None else default_web_registry(watch)),
             CONSUL_PORT=consul_port if consul_port is not None else free_ports(1)[0],
-            # templates from before WEB_REGISTRY (unused by envoy/demo.yaml)
-            WEB_WATCH=', "grpc_target": "etcd_grpc"' if watch else "",
         )
         self.template = template
         self.proc: subprocess.Popen | None = None
@@ -995,8 +987,8 @@ class Client:
             self.close()
             raise
 
-    def sample(self, n: int, path: str = "/", into: Sample | None = None) -> Sample:
-        smp = into if into is not None else Sample()
+    def sample(self, n: int, path: str = "/") -> Sample:
+        smp = Sample()
         for _ in range(n):
             try:
                 status, backend = self.get(path)
@@ -1286,15 +1278,24 @@ class Stack:
     def web_status(self) -> dict:
         return self.envoy.upstream_status("web")
 
+    def wait_status(self, pred, what: str, timeout: float = 10.0, upstream: str = "web") -> dict:
+        """Poll the upstream's status until pred(status) holds; return that status."""
+
+        def check():
+            st = self.envoy.upstream_status(upstream)
+            return st if pred(st) else None
+
+        return wait_until(check, timeout, 0.05, what)
+
     def wait_synced(self, upstream: str = "web", polls: int = 2, timeout: float = 10.0) -> dict:
         """Wait until the poller has read etcd `polls` more times (so what was
         written before the call is seen); return that status."""
         start = self.envoy.upstream_status(upstream)["syncs_ok"]
-        return wait_until(
-            lambda: (lambda st: st if st["syncs_ok"] >= start + polls else None)(self.envoy.upstream_status(upstream)),
-            timeout,
-            0.02,
+        return self.wait_status(
+            lambda st: st["syncs_ok"] >= start + polls,
             f"{polls} more successful polls of {upstream}",
+            timeout,
+            upstream,
         )
 
 
@@ -1315,3 +1316,24 @@ def member(status: dict, address: str) -> dict | None:
 
 def addresses(status: dict) -> list[str]:
     return sorted(m["address"] for m in status["members"])
+
+
+def log_lines(stack, *needles: str) -> list[str]:
+    """The lines of the stack's Envoy log that contain every needle."""
+    return [line for line in stack.envoy.log().splitlines() if all(n in line for n in needles)]
+
+
+def consul_path(stack) -> str:
+    """The path the plugin polls for `web` in the emulator."""
+    return {
+        "consul_kv": "/v1/kv/" + CONSUL_WEB_PREFIX,
+        "consul_catalog": f"/v1/catalog/service/{WEB_SERVICE}",
+        "consul_health": f"/v1/health/service/{WEB_SERVICE}",
+    }[stack.registry]
+
+
+def poller_json(yaml_text: str) -> str:
+    """The StringValue of the bootstrap (poller) plugin in a config file."""
+    m = re.search(r"root_id: upsync_poller.*?value: \|\n(.*?)\n\n", yaml_text, re.S)
+    assert m, "poller configuration block not found"
+    return m.group(1)

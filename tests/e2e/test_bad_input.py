@@ -18,7 +18,8 @@ import time
 import pytest
 
 import harness
-from harness import addresses as _addresses, member as _member, route as _route
+from harness import addresses as _addresses, consul_path as _consul_path, log_lines as _log_lines
+from harness import member as _member, route as _route
 from harness import WEB_SERVICE
 
 MAX_BODY = 4096
@@ -47,25 +48,10 @@ def stacks(request, new_stack):
         s.set_web(alpha={}, beta={})
         _route(s, "alpha", "beta")
         # clean data read back in full (earlier tests remove what they add)
-        harness.wait_until(
-            lambda: (lambda st: st["bad_entries"] == 0 and st["consecutive_failures"] == 0)(s.web_status()),
-            10,
-            0.05,
-            "a clean read of `web`",
-        )
+        s.wait_status(lambda st: st["bad_entries"] == 0 and st["consecutive_failures"] == 0, "a clean read of `web`")
         return s
 
     return get
-
-
-def _path(stack) -> str:
-    if stack.registry == "consul_kv":
-        return "/v1/kv/" + harness.CONSUL_WEB_PREFIX
-    return f"/v1/catalog/service/{WEB_SERVICE}"
-
-
-def _log_lines(stack, *needles: str) -> list[str]:
-    return [line for line in stack.envoy.log().splitlines() if all(n in line for n in needles)]
 
 
 def _assert_log(stack, *needles: str) -> None:
@@ -94,7 +80,7 @@ def _eds_endpoints(stack) -> dict[str, dict]:
 def _fault_next(stack, **fault) -> int:
     """Makes the plugin's next call for `web` get `fault`; returns once that
     call was answered (the fault's id)."""
-    c, path = stack.consul, _path(stack)
+    c, path = stack.consul, _consul_path(stack)
     assert c.wait_until_blocked(1, path), "no blocking query held"
     fid = c.inject_fault(path, count=1, **fault)
     stack.web.poke()  # the held query answers as usual; the next call takes the fault
@@ -111,7 +97,7 @@ def _fault_next(stack, **fault) -> int:
 def _recover(stack) -> None:
     """After a failed call the plugin retries its blocking query (after the
     backoff); wake it and wait for a good answer."""
-    c, path = stack.consul, _path(stack)
+    c, path = stack.consul, _consul_path(stack)
     assert c.wait_until_blocked(1, path, timeout=10), "the plugin did not retry"
     stack.web.poke()
     harness.wait_until(lambda: stack.web_status()["consecutive_failures"] == 0, 10, 0.05, "a good answer again")
@@ -140,12 +126,7 @@ def test_http_fault_keeps_last_list(stacks, registry, case):
     s = stacks(registry)
     before = s.web_status()
     _fault_next(s, **fault)
-    st = harness.wait_until(
-        lambda: (lambda st: st if st["syncs_failed"] > before["syncs_failed"] else None)(s.web_status()),
-        10,
-        0.05,
-        "the failed call to be counted",
-    )
+    st = s.wait_status(lambda st: st["syncs_failed"] > before["syncs_failed"], "the failed call to be counted")
     assert expected in (st["last_error"] or ""), st
     assert "keeping the last good list" in st["last_error"], st
     assert _addresses(st) == _addresses(before), st
@@ -161,9 +142,7 @@ def test_404_from_catalog_is_an_error(stacks):
     s = stacks("consul_catalog")
     failed = s.web_status()["syncs_failed"]
     _fault_next(s, status=404, body="Unknown service", headers={"X-Consul-Index": str(s.consul.index)})
-    st = harness.wait_until(
-        lambda: (lambda st: st if st["syncs_failed"] > failed else None)(s.web_status()), 10, 0.05, "a failure"
-    )
+    st = s.wait_status(lambda st: st["syncs_failed"] > failed, "a failure")
     assert "HTTP 404" in st["last_error"], st
     _assert_still_serving(s, "alpha", "beta")
     _assert_log(s, "upstream web", "HTTP 404")
@@ -178,9 +157,7 @@ def test_404_from_kv_means_no_members_and_is_refused(stacks):
     # Consul's 404 carries the KV index: one above the index of _fault_next's
     # poke, so the plugin reads it as a change (an equal index is "unchanged")
     _fault_next(s, status=404, headers={"X-Consul-Index": str(s.consul.index + 2)})
-    st = harness.wait_until(
-        lambda: (lambda st: st if st["updates_refused"] > refused else None)(s.web_status()), 10, 0.05, "a refusal"
-    )
+    st = s.wait_status(lambda st: st["updates_refused"] > refused, "a refusal")
     assert "no members" in st["last_error"], st
     assert _addresses(st) == sorted([s.addr("alpha"), s.addr("beta")]), st
     _assert_still_serving(s, "alpha", "beta")
@@ -192,7 +169,7 @@ def test_429_retry_after_is_honoured(stacks, registry):
     """429 with Retry-After: 2: the next call waits >= 2 s (the backoff
     alone would be ~100 ms), as the emulator's request log shows."""
     s = stacks(registry)
-    c, path = s.consul, _path(s)
+    c, path = s.consul, _consul_path(s)
     fid = _fault_next(s, status=429, headers={"Retry-After": "2"}, body="rate limited")
     t429 = next(r["monotonic"] for r in c.requests(path) if r["fault"] == fid)
     nxt = harness.wait_until(
@@ -213,12 +190,7 @@ def test_429_retry_after_is_honoured(stacks, registry):
 
 
 def _bad_entries_grow(stack, before: int) -> dict:
-    return harness.wait_until(
-        lambda: (lambda st: st if st["bad_entries"] > before else None)(stack.web_status()),
-        10,
-        0.05,
-        "bad_entries to grow",
-    )
+    return stack.wait_status(lambda st: st["bad_entries"] > before, "bad_entries to grow")
 
 
 @pytest.mark.parametrize("registry", KV_REGISTRIES)
@@ -273,12 +245,7 @@ def test_hostname_member_is_listed_but_not_routed(stacks, registry):
     s = stacks(registry)
     s.web.put_raw("backend.upsync-e2e.invalid:8080", harness.member_value())
     try:
-        st = harness.wait_until(
-            lambda: (lambda st: st if _member(st, "backend.upsync-e2e.invalid:8080") else None)(s.web_status()),
-            10,
-            0.05,
-            "the hostname member in status",
-        )
+        st = s.wait_status(lambda st: _member(st, "backend.upsync-e2e.invalid:8080"), "the hostname member in status")
         m = _member(st, "backend.upsync-e2e.invalid:8080")
         assert m["host"] == "backend.upsync-e2e.invalid" and m["port"] == 8080, m
         eds = _eds_endpoints(s)
@@ -299,9 +266,7 @@ def test_ipv6_member(stacks, registry):
     addr = f"[::1]:{port}"
     s.web.put_raw(addr, harness.member_value())
     try:
-        st = harness.wait_until(
-            lambda: (lambda st: st if _member(st, addr) else None)(s.web_status()), 10, 0.05, "the IPv6 member"
-        )
+        st = s.wait_status(lambda st: _member(st, addr), "the IPv6 member")
         m = _member(st, addr)
         assert m["host"] == "::1" and m["port"] == port, m
         eds = _eds_endpoints(s)
@@ -379,12 +344,7 @@ def test_catalog_hostname_instance_is_listed_but_not_routed(stacks):
     s = stacks("consul_catalog")
     node = _register(s, "web-by-name", "backend.upsync-e2e.invalid", 8080)
     try:
-        st = harness.wait_until(
-            lambda: (lambda st: st if _member(st, "backend.upsync-e2e.invalid:8080") else None)(s.web_status()),
-            10,
-            0.05,
-            "the hostname member in status",
-        )
+        st = s.wait_status(lambda st: _member(st, "backend.upsync-e2e.invalid:8080"), "the hostname member in status")
         assert _member(st, "backend.upsync-e2e.invalid:8080")["host"] == "backend.upsync-e2e.invalid"
         assert set(_eds_endpoints(s)) == {s.addr("alpha"), s.addr("beta")}
         _assert_still_serving(s, "alpha", "beta")
@@ -399,9 +359,7 @@ def test_catalog_ipv6_instance(stacks):
     addr = f"[::1]:{port}"
     node = _register(s, "web-v6", "::1", port)
     try:
-        st = harness.wait_until(
-            lambda: (lambda st: st if _member(st, addr) else None)(s.web_status()), 10, 0.05, "the IPv6 member"
-        )
+        st = s.wait_status(lambda st: _member(st, addr), "the IPv6 member")
         assert _member(st, addr)["host"] == "::1", st
         assert addr in _eds_endpoints(s)
         if IPV6:

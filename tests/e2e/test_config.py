@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
@@ -29,19 +28,12 @@ def test_demo_config_validates(wasm, tmp_path):
     _validate_ok(envoy.validate())
 
 
-def _poller_json(yaml_text: str) -> str:
-    """The StringValue of the bootstrap (poller) plugin in a config file."""
-    m = re.search(r"root_id: upsync_poller.*?value: \|\n(.*?)\n\n", yaml_text, re.S)
-    assert m, "poller configuration block not found"
-    return m.group(1)
-
-
 def test_production_plugin_config_is_accepted(wasm, tmp_path):
     """`--mode validate` does not instantiate bootstrap extensions, so the
     poller's configuration in production.yaml is only checked by starting
     Envoy with it (etcd unreachable: the fallback members are used)."""
     text = harness.PRODUCTION_CONFIG.read_text()
-    poller = _poller_json(text)
+    poller = harness.poller_json(text)
     json.loads(poller)  # well-formed JSON at least
     admin, etcd = harness.free_ports(2)
     indented = "\n".join("          " + line.strip() for line in poller.splitlines())

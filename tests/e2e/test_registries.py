@@ -18,32 +18,19 @@ import time
 import pytest
 
 import harness
-from harness import addresses as _addresses, member as _member, route as _route
-from harness import CONSUL_REGISTRIES, WEB_SERVICE
+from harness import addresses as _addresses, consul_path as _consul_path, log_lines as _log_lines
+from harness import member as _member, route as _route
+from harness import CONSUL_REGISTRIES
 
 LONG_POLLING = ("etcd_v2",) + CONSUL_REGISTRIES
 TOKEN = "e2e-acl-token-0b6f"
 WAIT_MS = 5000  # blocking-query / long-poll wait: short, so idle pacing is measurable here
 
 
-
-def _consul_path(stack) -> str:
-    """The path the plugin polls for `web` in the emulator."""
-    return {
-        "consul_kv": "/v1/kv/" + harness.CONSUL_WEB_PREFIX,
-        "consul_catalog": f"/v1/catalog/service/{WEB_SERVICE}",
-        "consul_health": f"/v1/health/service/{WEB_SERVICE}",
-    }[stack.registry]
-
-
 def _calls(status: dict) -> int:
     """Registry calls the plugin has finished for an upstream, by its own
     counters: each ends as exactly one of ok / failed / refused."""
     return status["syncs_ok"] + status["syncs_failed"] + status["updates_refused"]
-
-
-def _log_lines(stack, *needles: str) -> list[str]:
-    return [line for line in stack.envoy.log().splitlines() if all(n in line for n in needles)]
 
 
 def _stack_kwargs(registry: str) -> dict:
@@ -137,12 +124,8 @@ def test_registry_down_under_load_keeps_members_then_resumes(rstack):
         time.sleep(0.3)
         s.registry_down()
         at_down = load.snapshot()
-        st1 = harness.wait_until(
-            lambda: (lambda st: st if st["last_error"] and st["syncs_failed"] > before["syncs_failed"] else None)(
-                s.web_status()
-            ),
-            10,
-            0.05,
+        st1 = s.wait_status(
+            lambda st: st["last_error"] and st["syncs_failed"] > before["syncs_failed"],
             "the poller to notice the registry is gone",
         )
         harness.wait_until(
@@ -185,12 +168,7 @@ def test_emptied_registry_is_refused_without_a_hot_loop(rstack):
     refused = s.web_status()["updates_refused"]
     try:
         s.delete_web("alpha")
-        st0 = harness.wait_until(
-            lambda: (lambda st: st if st["updates_refused"] > refused else None)(s.web_status()),
-            10,
-            0.05,
-            "the empty list to be refused",
-        )
+        st0 = s.wait_status(lambda st: st["updates_refused"] > refused, "the empty list to be refused")
         assert s.sample(100).only("alpha")
         t0 = time.monotonic()
         time.sleep(1.0)
@@ -247,12 +225,7 @@ def test_consul_revoked_token_gives_403_and_keeps_traffic(rstack):
     c.acl_token = "rotated-" + TOKEN
     try:
         s.web.poke()  # the held query answers; the next one is refused
-        st = harness.wait_until(
-            lambda: (lambda st: st if st["syncs_failed"] > failed else None)(s.web_status()),
-            10,
-            0.05,
-            "a failed sync after the token was revoked",
-        )
+        st = s.wait_status(lambda st: st["syncs_failed"] > failed, "a failed sync after the token was revoked")
         assert "403" in st["last_error"], st
         assert "ACL not found" in st["last_error"], st
         assert any(r["status"] == 403 for r in c.requests(path, since=t0))
@@ -284,12 +257,7 @@ def test_consul_missing_token_gives_403_and_keeps_traffic(make_stack):
     assert c.wait_until_blocked(1, path)
     c.acl_token = TOKEN
     s.web.poke()
-    st = harness.wait_until(
-        lambda: (lambda st: st if st["last_error"] and "403" in st["last_error"] else None)(s.web_status()),
-        10,
-        0.05,
-        "a 403 in last_error",
-    )
+    st = s.wait_status(lambda st: st["last_error"] and "403" in st["last_error"], "a 403 in last_error")
     assert "Permission denied" in st["last_error"], st
     assert _addresses(st) == sorted([s.addr("alpha"), s.addr("beta")]), st
     assert s.sample(100).only("alpha", "beta")
@@ -314,9 +282,7 @@ def test_consul_dc_and_consistency_are_sent_and_unknown_dc_is_an_error(make_stac
     )
     s.set_web(beta={})
     _route(s, "alpha")
-    st = harness.wait_until(
-        lambda: (lambda st: st if st["syncs_failed"] >= 2 else None)(s.web_status()), 10, 0.05, "failed syncs"
-    )
+    st = s.wait_status(lambda st: st["syncs_failed"] >= 2, "failed syncs")
     assert "HTTP 500" in st["last_error"] and "No path to datacenter" in st["last_error"], st
     assert st["source"] == "fallback", st
     reqs = s.consul.requests(_consul_path(s))

@@ -23,14 +23,8 @@ EXPECTED = {
 }
 
 
-def _poller_json(yaml_text: str) -> str:
-    m = re.search(r"root_id: upsync_poller.*?value: \|\n(.*?)\n\n", yaml_text, re.S)
-    assert m, "poller configuration block not found"
-    return m.group(1)
-
-
 def test_registries_config_covers_every_registry_type():
-    poller = json.loads(_poller_json(REGISTRIES_CONFIG.read_text()))
+    poller = json.loads(harness.poller_json(REGISTRIES_CONFIG.read_text()))
     got = {u["name"]: u["registry"]["type"] for u in poller["upstreams"]}
     assert got == EXPECTED
     assert set(got.values()) == set(harness.REGISTRY_TYPES) | {"nacos", "eureka"}

@@ -20,12 +20,8 @@ def test_etcd_killed_under_load_then_restarted(make_stack):
         at_kill = load.snapshot()
 
         # the poller notices, and keeps failing while etcd is away
-        st1 = harness.wait_until(
-            lambda: (lambda s: s if s["last_error"] and s["syncs_failed"] > before["syncs_failed"] else None)(
-                stack.web_status()
-            ),
-            10,
-            0.05,
+        st1 = stack.wait_status(
+            lambda s: s["last_error"] and s["syncs_failed"] > before["syncs_failed"],
             "last_error and syncs_failed after the etcd kill",
         )
         harness.wait_until(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -15,14 +14,12 @@ sys.path.insert(0, str(REPO / "oci"))
 
 import support  # noqa: E402
 
-DEFAULT_WASM = REPO / "target" / "upsync_wasm.wasm"
-
 
 def pytest_addoption(parser):
     try:
         parser.addoption(
             "--wasm",
-            default=str(DEFAULT_WASM),
+            default=str(support.harness.DEFAULT_WASM),
             help="path of the built plugin (default: %(default)s; `make build` makes it)",
         )
     except ValueError:
@@ -34,15 +31,10 @@ def pytest_addoption(parser):
     )
 
 
-def _sigterm_to_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config):
-    # SIGTERM -> KeyboardInterrupt, so the finalizers still stop the
+    # SIGTERM/SIGHUP -> KeyboardInterrupt, so the finalizers still stop the
     # registry and Envoy when the run is killed.
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _sigterm_to_keyboard_interrupt)
+    support.harness.raise_keyboard_interrupt_on_sigterm()
 
 
 @pytest.fixture(scope="session")

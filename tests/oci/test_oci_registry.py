@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tomllib
 
 import pytest
 
@@ -19,26 +18,13 @@ import support
 REPO = support.REPO
 
 
-def version() -> str:
-    with open(REPO / "Cargo.toml", "rb") as f:
-        return tomllib.load(f)["package"]["version"]
-
-
-def make_argv() -> list[str]:
-    """`make` with oci/oci.mk, whether or not the main Makefile includes it yet."""
-    makefile = (REPO / "Makefile").read_text()
-    if "include oci/oci.mk" in makefile:
-        return ["make", "--no-print-directory"]
-    return ["make", "--no-print-directory", "-f", "Makefile", "-f", "oci/oci.mk"]
-
-
 @pytest.fixture(scope="module")
 def pushed(registry, wasm_path, tmp_path_factory):
     """`make publish` of the current image into the test registry."""
-    ref = f"{registry.host}/upsync-wasm:{version()}"
+    ref = f"{registry.host}/upsync-wasm:{support.cargo_version()}"
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     r = subprocess.run(
-        [*make_argv(), "publish", f"REGISTRY={ref}", "ALLOW_DIRTY=1", f"WASM={wasm_path}"],
+        ["make", "--no-print-directory", "publish", f"REGISTRY={ref}", "ALLOW_DIRTY=1", f"WASM={wasm_path}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, f"make publish failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
@@ -60,10 +46,10 @@ def test_pull_back_with_skopeo_gives_the_same_module(pushed, wasm_bytes, tmp_pat
     layout = tmp_path / "pulled"
     support.skopeo(
         ["copy", "--src-tls-verify=false", "--preserve-digests",
-         f"docker://{pushed['ref']}", f"oci:{layout}:{version()}"],
+         f"docker://{pushed['ref']}", f"oci:{layout}:{support.cargo_version()}"],
         pushed["workdir"],
     )
-    got = support.read_layout(layout, version())
+    got = support.read_layout(layout, support.cargo_version())
     assert got["descriptor"]["digest"] == pushed["digest"]
     m = got["manifest"]
     assert m["mediaType"] == support.MEDIA_TYPE_MANIFEST
@@ -82,7 +68,7 @@ def test_registry_api_serves_what_istio_fetches(pushed, registry, wasm_bytes):
         "application/vnd.docker.distribution.manifest.v2+json",
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ])
-    for ref in (version(), pushed["digest"]):  # by tag, and pinned by digest
+    for ref in (support.cargo_version(), pushed["digest"]):  # by tag, and pinned by digest
         status, headers, body = support.http_get(f"{base}/manifests/{ref}", {"Accept": accept})
         assert status == 200, (ref, status, body[:300])
         assert headers["Content-Type"] == support.MEDIA_TYPE_MANIFEST
@@ -99,6 +85,6 @@ def test_registry_api_serves_what_istio_fetches(pushed, registry, wasm_bytes):
 
 
 def test_layout_archive_is_readable_by_skopeo(made_image, oci_dir, tmp_path):
-    tar = oci_dir / f"upsync-wasm-{version()}.tar"
-    r = support.skopeo(["inspect", f"oci-archive:{tar}:{version()}"], tmp_path)
+    tar = oci_dir / f"upsync-wasm-{support.cargo_version()}.tar"
+    r = support.skopeo(["inspect", f"oci-archive:{tar}:{support.cargo_version()}"], tmp_path)
     assert json.loads(r.stdout)["Digest"] == made_image["manifest_digest"]

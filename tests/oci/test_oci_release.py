@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 import re
 import tarfile
-import tomllib
 
 import build_oci
 import support
 
 REPO = support.REPO
-
-
-def cargo_version() -> str:
-    with open(REPO / "Cargo.toml", "rb") as f:
-        return tomllib.load(f)["package"]["version"]
 
 
 def newest_changelog_version() -> str:
@@ -28,7 +22,7 @@ def newest_changelog_version() -> str:
 
 
 def test_cargo_version_changelog_and_image_tag_agree(made_image, oci_dir):
-    version = cargo_version()
+    version = support.cargo_version()
     assert newest_changelog_version() == version, "newest CHANGELOG.md entry is not the crate version"
     assert made_image["version"] == version
     assert made_image["tag"] == version, "`make oci` must tag the image with the crate version"
@@ -38,7 +32,7 @@ def test_cargo_version_changelog_and_image_tag_agree(made_image, oci_dir):
 
 
 def test_make_oci_output_matches_an_in_process_build(made_image, oci_dir, wasm_bytes):
-    version = cargo_version()
+    version = support.cargo_version()
     img = build_oci.build_image(wasm_bytes, version=version)
     assert made_image["manifest_digest"] == img.manifest_digest
     got = support.read_layout(oci_dir / "layout", version)
@@ -47,7 +41,7 @@ def test_make_oci_output_matches_an_in_process_build(made_image, oci_dir, wasm_b
 
 
 def test_make_oci_archive_is_named_after_the_version(made_image, oci_dir):
-    version = cargo_version()
+    version = support.cargo_version()
     tar = oci_dir / f"upsync-wasm-{version}.tar"
     assert tar.is_file(), f"`make oci` should write {tar}"
     with tarfile.open(tar, mode="r:") as tf:
@@ -58,7 +52,7 @@ def test_make_oci_archive_is_named_after_the_version(made_image, oci_dir):
 
 
 def test_deploy_examples_name_the_current_image():
-    version = cargo_version()
+    version = support.cargo_version()
     for name in ("istio-wasmplugin.yaml", "envoy-gateway-extensionpolicy.yaml"):
         text = (support.DEPLOY_DIR / name).read_text()
         assert f"upsync-wasm:{version}" in text, f"envoy/deploy/{name} does not use upsync-wasm:{version}"

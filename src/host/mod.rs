@@ -17,10 +17,12 @@ mod store;
 
 use crate::sansio::config::{HostKind, PluginConfig};
 use crate::sansio::node::{Leadership, PollerNode};
+use crate::sansio::status::{self, JsonReply};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
+use store::HostStore;
 
 pub const POLLER_ROOT_ID: &str = "upsync_poller";
 pub const SERVER_ROOT_ID: &str = "upsync_eds";
@@ -37,6 +39,33 @@ pub fn now_ms() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+/// A request's `:path` without its query string.
+fn route(path: &str) -> &str {
+    path.split('?').next().unwrap_or_default()
+}
+
+/// Answers the request with `reply` (a 304 has no body, so no content type).
+fn send(reply: &JsonReply) {
+    let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
+    let headers = if body.is_some() { vec![("content-type", "application/json")] } else { vec![] };
+    if let Err(e) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+        log::warn!("cannot send a local response: {e:?}");
+    }
+}
+
+fn error(status: u16, message: &str) -> JsonReply {
+    JsonReply { status, body: serde_json::json!({ "error": message }).to_string() }
+}
+
+/// Answers the status endpoint; the query of `path` may select one upstream.
+fn send_status(path: &str) {
+    send(&status::status_reply(&HostStore, status::upstream_filter(path)));
 }
 
 fn plugin_configuration(size: usize) -> Vec<u8> {
@@ -222,12 +251,19 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Always a context: the SDK panics on None. Outside the server role
-        // it lets every request through untouched.
+        // Always a context: the SDK panics on None.
         match &self.role {
             Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.shared.clone()))),
-            Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, true, c.eds_hold_ms))),
-            _ => Some(Box::new(server::ServerStream::new(context_id, false, 0))),
+            Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, c.eds_hold_ms))),
+            Role::Poller(_) | Role::Unconfigured => Some(Box::new(PassThrough)),
         }
     }
 }
+
+/// The stream of a role that serves nothing: the SDK's defaults let every
+/// request and response through untouched.
+struct PassThrough;
+
+impl Context for PassThrough {}
+
+impl HttpContext for PassThrough {}

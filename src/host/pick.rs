@@ -12,14 +12,12 @@
 //! On nginx only host functions ngx_wasm_module implements are called: no
 //! gRPC, no `proxy_get_status`, no resume/continue calls.
 
-use super::now_ms;
 use super::poller::Poller;
 use super::store::HostStore;
+use super::{error, now_ms, request_header, route, send, send_status};
 use crate::sansio::config::EnvoyRoute;
-use crate::sansio::config::{BalancePolicy, HashKey, PluginConfig};
-use crate::sansio::passive;
-use crate::sansio::picker::{Picked, UpstreamPicker, ViewSource};
-use crate::sansio::status;
+use crate::sansio::config::{HashKey, PluginConfig};
+use crate::sansio::picker::{original_dst_state, Picked, Report, UpstreamPicker, ViewSource};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -28,8 +26,6 @@ use std::rc::Rc;
 
 /// The nginx variable the filter sets; declare it with `set` at server level.
 pub const BACKEND_VARIABLE: [&str; 2] = ["ngx", "upsync_backend"];
-/// Envoy's filter state key read by ORIGINAL_DST clusters.
-pub const ORIGINAL_DST_STATE: &str = "envoy.network.transport_socket.original_dst_address";
 
 /// How the picked member reaches the proxy's router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +44,7 @@ impl RouteApplier {
                 hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(address)).map_err(|e| format!("{e:?}"))
             }
             RouteApplier::EnvoyOriginalDst => {
-                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&filter_state_args(address)))
+                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&original_dst_state(address)))
                     .map(|_| ())
                     .map_err(|e| format!("{e:?}"))
             }
@@ -71,25 +67,9 @@ impl RouteApplier {
     }
 }
 
-/// `SetEnvoyFilterStateArguments{path: 1, value: 2, span: 3 = DownstreamRequest}`
-/// (envoy/source/extensions/common/wasm/ext/set_envoy_filter_state.proto).
-fn filter_state_args(address: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ORIGINAL_DST_STATE.len() + address.len() + 8);
-    for (field, value) in [(1u8, ORIGINAL_DST_STATE.as_bytes()), (2u8, address.as_bytes())] {
-        out.push((field << 3) | 2);
-        // Both strings are far shorter than 128 bytes: a one-byte length.
-        out.push(u8::try_from(value.len()).unwrap_or(0x7f) & 0x7f);
-        out.extend_from_slice(value);
-    }
-    out.extend_from_slice(&[3 << 3, 1]);
-    out
-}
-
 /// What a worker's filter contexts share with its root context.
 pub struct PickShared {
     pub picker: UpstreamPicker,
-    pub hash_key: Option<HashKey>,
-    pub passive_health: bool,
     pub status_path: Option<String>,
     pub route: RouteApplier,
     /// A 503 for "no member" was logged since the last good pick.
@@ -115,14 +95,8 @@ impl PickRoot {
         };
         let name = config.pick.as_deref()?;
         let upstream = config.upstreams.iter().find(|u| u.name == name)?;
-        let hash_key = match &upstream.balance {
-            BalancePolicy::Hash(k) => Some(k.clone()),
-            _ => None,
-        };
         let shared = PickShared {
             picker: UpstreamPicker::new(upstream, seed),
-            hash_key,
-            passive_health: upstream.passive_health,
             status_path: config.status_path.clone(),
             route,
             warned_empty: false,
@@ -161,10 +135,6 @@ impl PickStream {
     }
 }
 
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
-}
-
 fn cookie(header: &str, name: &str) -> Option<String> {
     header.split(';').find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
@@ -180,14 +150,6 @@ fn hash_key_value(key: &HashKey, route: &RouteApplier) -> Option<Vec<u8>> {
     }
 }
 
-fn local_reply(status: u32, message: &str) {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let headers = vec![("content-type", "application/json")];
-    if let Err(e) = hostcalls::send_http_response(status, headers, Some(body.as_bytes())) {
-        log::warn!("cannot send a local response: {e:?}");
-    }
-}
-
 impl Context for PickStream {
     fn on_done(&mut self) -> bool {
         self.finish();
@@ -198,16 +160,10 @@ impl Context for PickStream {
 impl HttpContext for PickStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut shared = self.shared.borrow_mut();
-        if let Some(path) = shared.status_path.as_deref() {
-            let request_path = request_header(":path").unwrap_or_default();
-            if request_path.split('?').next() == Some(path) {
-                let reply = status::status_reply(&HostStore, status::upstream_filter(&request_path));
-                let headers = vec![("content-type", "application/json")];
-                if let Err(e) =
-                    hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes()))
-                {
-                    log::warn!("cannot send the status: {e:?}");
-                }
+        if let Some(status_path) = shared.status_path.as_deref() {
+            let path = request_header(":path").unwrap_or_default();
+            if route(&path) == status_path {
+                send_status(&path);
                 return Action::Pause;
             }
         }
@@ -215,7 +171,7 @@ impl HttpContext for PickStream {
             shared.refreshed = true;
             shared.picker.refresh(&HostStore, now_ms());
         }
-        let key = shared.hash_key.as_ref().and_then(|k| hash_key_value(k, &shared.route));
+        let key = shared.picker.hash_key().and_then(|k| hash_key_value(k, &shared.route));
         let Some(picked) = shared.picker.pick(key.as_deref()) else {
             if !shared.warned_empty {
                 shared.warned_empty = true;
@@ -226,7 +182,7 @@ impl HttpContext for PickStream {
                 log::warn!("upstream {}: answering 503: {why}", shared.picker.name());
             }
             drop(shared);
-            local_reply(503, "no upstream member available");
+            send(&error(503, "no upstream member available"));
             return Action::Pause;
         };
         shared.warned_empty = false;
@@ -237,7 +193,7 @@ impl HttpContext for PickStream {
                 shared.route
             );
             drop(shared);
-            local_reply(500, "upsync: the picked member could not be handed to the proxy");
+            send(&error(500, "upsync: the picked member could not be handed to the proxy"));
             return Action::Pause;
         }
         drop(shared);
@@ -246,41 +202,24 @@ impl HttpContext for PickStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(picked) = self.picked.clone() else {
+        let Some(picked) = self.picked.take() else {
             return Action::Continue;
         };
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
-        // The member's thresholds, read before the shared state is let go;
-        // looked up only for a failure (by index: no search per request).
-        let report = {
-            let shared = self.shared.borrow();
-            if shared.passive_health && passive::is_failure(status) {
-                shared
-                    .picker
-                    .member_at(&picked)
-                    .map(|m| (shared.picker.name().to_string(), m.attrs.max_fails, m.attrs.fail_timeout))
-            } else {
-                None
-            }
-        };
-        if let Some((name, max_fails, fail_timeout)) = report {
-            match passive::report_failure(&mut HostStore, &name, &picked.address, max_fails, fail_timeout, now_ms()) {
-                Ok(true) => {
-                    log::warn!(
-                        "upstream {name}: {} out for {fail_timeout} s after {max_fails} failures",
-                        picked.address
-                    );
-                    // This worker stops at once; the others on their next tick.
-                    self.shared.borrow_mut().picker.refresh(&HostStore, now_ms());
-                }
-                Ok(false) => {}
-                Err(e) => log::warn!("upstream {name}: cannot record a failure: {e}"),
-            }
+        let mut shared = self.shared.borrow_mut();
+        match shared.picker.report(&mut HostStore, &picked, status, now_ms()) {
+            Ok(Report::TookOut { max_fails, fail_timeout }) => log::warn!(
+                "upstream {}: {} out for {fail_timeout} s after {max_fails} failures",
+                shared.picker.name(),
+                picked.address
+            ),
+            Ok(Report::Ignored | Report::Counted) => {}
+            Err(e) => log::warn!("upstream {}: cannot record a failure: {e}", shared.picker.name()),
         }
-        self.finish();
+        shared.picker.done(&picked);
         Action::Continue
     }
 }

@@ -9,13 +9,12 @@
 //! `refresh_delay` costs few requests, and a change reaches Envoy within a
 //! tick instead of within `refresh_delay`.
 
-use super::now_ms;
 use super::store::HostStore;
+use super::{error, now_ms, request_header, route, send, send_status};
 use crate::sansio::eds::{self, DiscoveryRequest, EdsReply};
-use crate::sansio::status::{self, JsonReply};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
 
 pub const EDS_PATH: &str = "/v3/discovery:endpoints";
@@ -39,31 +38,14 @@ thread_local! {
 
 pub struct ServerStream {
     context_id: u32,
-    active: bool,
     eds_hold_ms: u64,
     awaiting_eds_body: bool,
 }
 
 impl ServerStream {
-    pub fn new(context_id: u32, active: bool, eds_hold_ms: u64) -> Self {
-        ServerStream { context_id, active, eds_hold_ms, awaiting_eds_body: false }
+    pub fn new(context_id: u32, eds_hold_ms: u64) -> Self {
+        ServerStream { context_id, eds_hold_ms, awaiting_eds_body: false }
     }
-}
-
-fn header(name: &str) -> String {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten().unwrap_or_default()
-}
-
-fn send(reply: &JsonReply) {
-    let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-    let headers = if body.is_some() { vec![("content-type", "application/json")] } else { vec![] };
-    if let Err(e) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
-        log::warn!("cannot send a local response: {e:?}");
-    }
-}
-
-fn error(status: u16, message: &str) -> JsonReply {
-    JsonReply { status, body: serde_json::json!({ "error": message }).to_string() }
 }
 
 fn send_eds(reply: &EdsReply) {
@@ -118,19 +100,15 @@ impl Context for ServerStream {
 
 impl HttpContext for ServerStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if !self.active {
-            return Action::Continue;
-        }
-        let path = header(":path");
-        let method = header(":method");
-        let route = path.split('?').next().unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
+        let method = request_header(":method").unwrap_or_default();
+        let route = route(&path);
         if route == STATUS_PATH {
-            let reply = if method == "GET" {
-                status::status_reply(&HostStore, status::upstream_filter(&path))
+            if method == "GET" {
+                send_status(&path);
             } else {
-                error(405, "use GET")
-            };
-            send(&reply);
+                send(&error(405, "use GET"));
+            }
             return Action::Pause;
         }
         if route == EDS_PATH {

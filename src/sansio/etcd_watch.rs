@@ -9,23 +9,10 @@
 //! `WatchResponse` are read (etcd's api/etcdserverpb/rpc.proto).
 
 use super::etcd_v3::prefix_range_end;
+use super::proto::put_bytes;
 
 pub const SERVICE: &str = "etcdserverpb.Watch";
 pub const METHOD: &str = "Watch";
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
 
 /// `WatchRequest{create_request: WatchCreateRequest{key, range_end}}` for
 /// every key under `prefix`.

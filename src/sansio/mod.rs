@@ -18,6 +18,7 @@ pub mod nacos;
 pub mod node;
 pub mod passive;
 pub mod picker;
+mod proto;
 pub mod registry;
 pub mod request;
 pub mod rng;

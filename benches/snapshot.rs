@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use upsync_wasm::sansio::config::PluginConfig;
-use upsync_wasm::sansio::member::{Member, MemberAttrs};
-use upsync_wasm::sansio::member_set::MemberSet;
-use upsync_wasm::sansio::picker::UpstreamPicker;
-use upsync_wasm::sansio::snapshot::{self, Snapshot};
-use upsync_wasm::sansio::store::{MemoryStore, StoreRules};
-use upsync_wasm::sansio::sync::{Source, Update};
+use upsync_wasm::sansio::model::member::{Member, MemberAttrs};
+use upsync_wasm::sansio::model::member_set::MemberSet;
+use upsync_wasm::sansio::model::update::{Published, Source};
+use upsync_wasm::sansio::pick::picker::UpstreamPicker;
+use upsync_wasm::sansio::shared::snapshot::{self, Snapshot};
+use upsync_wasm::sansio::shared::store::{MemoryStore, StoreRules};
 
 struct Counting;
 
@@ -74,7 +74,7 @@ fn main() {
             .collect();
 
         let mut store = MemoryStore::new(StoreRules::NgxWasm);
-        let update = Update { diff: MemberSet::new().diff(&set), members: set, source: Source::Registry };
+        let update = Published { members: set, source: Source::Registry };
         snapshot::publish(&mut store, "web", &update).unwrap();
         let before = LIVE.load(Ordering::Relaxed);
         let mut picker = UpstreamPicker::new(&config.upstreams[0], 1);

@@ -1,10 +1,6 @@
-//! The proxy-wasm glue: the only code that touches the host.
-//!
-//! One module, two roles, chosen by the plugin's `root_id`:
-//! - `upsync_poller`: polls the registries and publishes snapshots
-//!   (on Envoy: an `envoy.bootstrap.wasm` service with `singleton: true`);
-//! - `upsync_eds`: answers REST EDS and the status endpoint from the
-//!   snapshots (on Envoy: an HTTP filter on a loopback listener).
+//! The proxy-wasm glue: the only code that touches the host. It turns host
+//! callbacks into core inputs and core outputs into host calls; every
+//! decision is the core's (the role: [`crate::sansio::config::roles`]).
 //!
 //! Only `proxy_wasm::hostcalls` are used, and every `Result` is handled:
 //! many of the SDK's trait helpers unwrap and would trap the VM.
@@ -15,30 +11,29 @@ mod poller;
 mod server;
 mod store;
 
-use crate::sansio::config::{HostKind, PluginConfig};
-use crate::sansio::node::{Leadership, PollerNode};
-use crate::sansio::status::{self, JsonReply};
+use crate::sansio::config::roles::{role_config, RoleConfig};
+use crate::sansio::config::ServerConfig;
+use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::serve::status::{status_reply, upstream_filter};
+use crate::sansio::sync::poller::Leadership;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
 use store::HostStore;
 
-pub const POLLER_ROOT_ID: &str = "upsync_poller";
-pub const SERVER_ROOT_ID: &str = "upsync_eds";
-pub const PICK_ROOT_ID: &str = "upsync_pick";
-
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, role: Role::Unconfigured }) });
 }}
 
-/// Milliseconds since the Unix epoch, as the host tells it (0 if it cannot).
+/// Time since the Unix epoch, as the host tells it (zero if it cannot).
+fn now() -> Duration {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+}
+
 pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(now().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn request_header(name: &str) -> Option<String> {
@@ -59,21 +54,17 @@ fn send(reply: &JsonReply) {
     }
 }
 
-fn error(status: u16, message: &str) -> JsonReply {
-    JsonReply { status, body: serde_json::json!({ "error": message }).to_string() }
-}
-
 /// Answers the status endpoint; the query of `path` may select one upstream.
 fn send_status(path: &str) {
-    send(&status::status_reply(&HostStore, status::upstream_filter(path)));
+    send(&status_reply(&HostStore, upstream_filter(path)));
 }
 
-fn plugin_configuration(size: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(kind, 0, size) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => Vec::new(),
         Err(e) => {
-            log::error!("cannot read the plugin configuration: {e:?}");
+            log::warn!("cannot read the {kind:?} buffer: {e:?}");
             Vec::new()
         }
     }
@@ -86,10 +77,22 @@ fn root_id() -> Option<String> {
     }
 }
 
+/// A worker's identity for leases: random per process. Context ids repeat
+/// across workers, and nginx's cached clock can give two workers the same
+/// time, so randomness from the host (WASI random_get, through std's
+/// RandomState) is mixed in.
+fn worker_identity(context_id: u32) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now().as_nanos());
+    h.write_u32(context_id);
+    h.finish()
+}
+
 enum Role {
     Unconfigured,
-    Poller(Box<poller::Poller>),
-    Server(crate::sansio::config::ServerConfig),
+    Poller(Box<poller::HostPoller>),
+    Server(ServerConfig),
     /// A picking filter: nginx (with its worker's poller) or Envoy pick mode.
     Pick(Box<pick::PickRoot>),
 }
@@ -100,101 +103,19 @@ struct Root {
 }
 
 impl Root {
-    fn new(context_id: u32) -> Self {
-        Root { context_id, role: Role::Unconfigured }
-    }
-}
-
-impl Root {
-    fn poller(&mut self) -> Option<&mut poller::Poller> {
+    fn poller(&mut self) -> Option<&mut poller::HostPoller> {
         match &mut self.role {
             Role::Poller(p) => Some(p),
             Role::Pick(n) => n.poller.as_mut(),
             _ => None,
         }
     }
-
-    /// The poller roles: Envoy's singleton, or an nginx worker.
-    fn configure_poller(&mut self, config: &[u8], root: &str) -> bool {
-        let cfg = match PluginConfig::parse(config) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                log::error!("invalid configuration: {e}");
-                return false;
-            }
-        };
-        let envoy_pick = cfg.host == HostKind::Envoy && root == PICK_ROOT_ID;
-        if cfg.host == HostKind::Envoy && root != POLLER_ROOT_ID && !envoy_pick {
-            log::error!(
-                "root_id {root:?} is not one of {POLLER_ROOT_ID:?} (registry poller), {SERVER_ROOT_ID:?} (EDS and status server) or {PICK_ROOT_ID:?} (pick mode); for nginx set \"host\": \"nginx\""
-            );
-            return false;
-        }
-        if envoy_pick && cfg.pick.is_none() {
-            log::error!(
-                "invalid configuration: pick: required with root_id {PICK_ROOT_ID:?} (the upstream to pick from)"
-            );
-            return false;
-        }
-        logger::set_level(cfg.log_level);
-        let now = now_ms();
-        // Envoy's pick filter only reads snapshots: the bootstrap singleton
-        // polls. Every other role carries a poller node.
-        let poller = (!envoy_pick).then(|| {
-            let leadership = match cfg.host {
-                HostKind::Envoy => Leadership::Singleton,
-                // Unique per worker. Context ids repeat across workers, and
-                // nginx's cached clock can give two workers the same time,
-                // so mix in randomness from the host (WASI random_get,
-                // through std's RandomState).
-                HostKind::Nginx => {
-                    Leadership::Lease { me: worker_identity(now_ns(), self.context_id), ttl_ms: cfg.lease_ms }
-                }
-            };
-            poller::Poller::new(PollerNode::new(&cfg, leadership, now), cfg.host == HostKind::Nginx)
-        });
-        // Only arm the tick here: on_configure also runs in Envoy's
-        // throwaway validation VM, where nothing else may happen.
-        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(poller::TICK_MS)) {
-            log::error!("cannot set the tick period: {e:?}");
-            return false;
-        }
-        self.role = match (cfg.host, poller) {
-            (HostKind::Envoy, Some(p)) => Role::Poller(Box::new(p)),
-            (_, poller) => match pick::PickRoot::new(&cfg, poller, now) {
-                Some(n) => Role::Pick(Box::new(n)),
-                None => {
-                    log::error!("invalid configuration: pick: no such upstream");
-                    return false;
-                }
-            },
-        };
-        log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
-        true
-    }
-}
-
-/// A worker's identity for leases: random per process.
-fn worker_identity(now_ns: u64, context_id: u32) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ns);
-    h.write_u32(context_id);
-    h.finish()
-}
-
-/// Nanoseconds since the Unix epoch, as the host tells it (0 if it cannot).
-fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _trailers: usize) {
         if let Some(p) = self.poller() {
-            p.on_http_call_response(token, num_headers, body_size);
+            p.on_http_call_response(token, body_size);
         }
     }
 
@@ -213,34 +134,57 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let config = plugin_configuration(plugin_configuration_size);
-        let root = root_id().unwrap_or_default();
-        match root.as_str() {
-            SERVER_ROOT_ID => match crate::sansio::config::parse_server_config(&config) {
-                Ok(server) => {
-                    if server.eds_hold_ms > 0 {
-                        let period = Duration::from_millis(server::HOLD_TICK_MS);
-                        if let Err(e) = hostcalls::set_tick_period(period) {
-                            log::error!("cannot set the tick period: {e:?}");
-                            return false;
-                        }
-                    }
-                    self.role = Role::Server(server);
-                    true
-                }
-                Err(e) => {
-                    log::error!("invalid configuration for root_id {SERVER_ROOT_ID:?}: {e}");
-                    false
-                }
-            },
-            other => self.configure_poller(&config, other),
+        let config = read_buffer(BufferType::PluginConfiguration, plugin_configuration_size);
+        let role = match role_config(&root_id().unwrap_or_default(), &config) {
+            Ok(role) => role,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        // Only arm the tick here: on_configure also runs in Envoy's
+        // throwaway validation VM, where nothing else may happen.
+        let tick_ms = match &role {
+            RoleConfig::Server(s) if s.eds_hold_ms == 0 => None,
+            RoleConfig::Server(_) => Some(server::HOLD_TICK_MS),
+            _ => Some(poller::TICK_MS),
+        };
+        if let Some(ms) = tick_ms {
+            if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(ms)) {
+                log::error!("cannot set the tick period: {e:?}");
+                return false;
+            }
         }
+        let now = now_ms();
+        self.role = match role {
+            RoleConfig::Server(server) => Role::Server(server),
+            RoleConfig::Poller(cfg) => {
+                logger::set_level(cfg.log_level);
+                log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
+                Role::Poller(Box::new(poller::HostPoller::new(&cfg, Leadership::Singleton, now, false)))
+            }
+            RoleConfig::EnvoyPick(cfg) | RoleConfig::NginxWorker(cfg) => {
+                logger::set_level(cfg.log_level);
+                // Envoy's pick filter only reads snapshots: the bootstrap
+                // singleton polls. An nginx worker also polls, under a lease.
+                let lease = Leadership::Lease { me: worker_identity(self.context_id), ttl_ms: cfg.lease_ms };
+                let poller = (cfg.host == crate::sansio::config::HostKind::Nginx)
+                    .then(|| poller::HostPoller::new(&cfg, lease, now, true));
+                let Some(root) = pick::PickRoot::new(&cfg, poller, now) else {
+                    log::error!("invalid configuration: pick: no such upstream");
+                    return false;
+                };
+                log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
+                Role::Pick(Box::new(root))
+            }
+        };
+        true
     }
 
     fn on_tick(&mut self) {
         match &mut self.role {
             Role::Poller(p) => p.on_tick(),
-            Role::Server(_) => server::answer_parked(self.context_id),
+            Role::Server(_) => server::answer_held(self.context_id),
             Role::Pick(n) => n.on_tick(),
             Role::Unconfigured => {}
         }

@@ -1,69 +1,52 @@
 //! Pick mode: the filter picks a member per request from the worker's view
-//! of the published snapshot, and hands it to the proxy. How it hands it
-//! over is the only host difference ([`RouteApplier`]):
-//! - nginx (ngx_wasm_module): the `$upsync_backend` variable, used by
-//!   `proxy_pass http://$upsync_backend;`. Every nginx worker also runs a
-//!   poller node; the workers elect one poller per upstream (lease).
-//! - Envoy: a request header read by the `override_host` load balancing
-//!   policy of the EDS cluster (the filter always overwrites it, so a
-//!   client cannot choose), or the `original_dst_address` filter state of
-//!   an ORIGINAL_DST cluster (clients cannot touch filter state at all).
+//! of the published snapshot ([`UpstreamPicker`]) and hands it to the
+//! proxy's router as [`RouteMode`] says. On nginx every worker's root also
+//! carries a poller; the workers elect one poller per upstream (lease).
 //!
 //! On nginx only host functions ngx_wasm_module implements are called: no
 //! gRPC, no `proxy_get_status`, no resume/continue calls.
 
-use super::poller::Poller;
+use super::poller::HostPoller;
 use super::store::HostStore;
-use super::{error, now_ms, request_header, route, send, send_status};
-use crate::sansio::config::EnvoyRoute;
-use crate::sansio::config::{HashKey, PluginConfig};
-use crate::sansio::picker::{original_dst_state, Picked, Report, UpstreamPicker, ViewSource};
+use super::{now_ms, request_header, route, send, send_status};
+use crate::sansio::config::PluginConfig;
+use crate::sansio::pick::picker::{Picked, Report, UpstreamPicker};
+use crate::sansio::pick::request_key::{hash_key_value, RequestView};
+use crate::sansio::pick::route::{original_dst_state, RouteMode, BACKEND_VARIABLE};
+use crate::sansio::serve::reply::JsonReply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// The nginx variable the filter sets; declare it with `set` at server level.
-pub const BACKEND_VARIABLE: [&str; 2] = ["ngx", "upsync_backend"];
-
-/// How the picked member reaches the proxy's router.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteApplier {
-    NginxVariable,
-    EnvoyHeader(String),
-    EnvoyOriginalDst,
-}
-
-impl RouteApplier {
-    fn apply(&self, address: &str) -> Result<(), String> {
-        match self {
-            RouteApplier::NginxVariable => hostcalls::set_property(BACKEND_VARIABLE.to_vec(), Some(address.as_bytes()))
-                .map_err(|e| format!("{e:?}: declare it with `set $upsync_backend \"\";` at server level")),
-            RouteApplier::EnvoyHeader(name) => {
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(address)).map_err(|e| format!("{e:?}"))
-            }
-            RouteApplier::EnvoyOriginalDst => {
-                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&original_dst_state(address)))
-                    .map(|_| ())
-                    .map_err(|e| format!("{e:?}"))
-            }
+/// Hands the picked member to the router.
+fn apply(mode: &RouteMode, address: &str) -> Result<(), String> {
+    match mode {
+        RouteMode::NginxVariable => hostcalls::set_property(BACKEND_VARIABLE.to_vec(), Some(address.as_bytes()))
+            .map_err(|e| format!("{e:?}: declare it with `set $upsync_backend \"\";` at server level")),
+        RouteMode::EnvoyHeader(name) => {
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(address)).map_err(|e| format!("{e:?}"))
+        }
+        RouteMode::EnvoyOriginalDst => {
+            hostcalls::call_foreign_function("set_envoy_filter_state", Some(&original_dst_state(address)))
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
         }
     }
+}
 
-    /// The client's address, for hashing: host only, no port.
-    fn client_address(&self) -> Option<Vec<u8>> {
-        let path = match self {
-            RouteApplier::NginxVariable => vec!["ngx", "remote_addr"],
-            _ => vec!["source", "address"],
-        };
-        let raw = hostcalls::get_property(path).ok().flatten()?;
-        let text = String::from_utf8(raw).ok()?;
-        let host = match text.parse::<crate::sansio::member::HostPort>() {
-            Ok(hp) => hp.host.bare(),
-            Err(_) => text,
-        };
-        Some(host.into_bytes())
+/// The request being picked for, as the core's hash keys read it.
+struct HostRequest<'a>(&'a RouteMode);
+
+impl RequestView for HostRequest<'_> {
+    fn header(&self, name: &str) -> Option<String> {
+        request_header(name)
+    }
+
+    fn client_address(&self) -> Option<String> {
+        let raw = hostcalls::get_property(self.0.client_address_property().to_vec()).ok().flatten()?;
+        String::from_utf8(raw).ok()
     }
 }
 
@@ -71,7 +54,7 @@ impl RouteApplier {
 pub struct PickShared {
     pub picker: UpstreamPicker,
     pub status_path: Option<String>,
-    pub route: RouteApplier,
+    pub route: RouteMode,
     /// A 503 for "no member" was logged since the last good pick.
     warned_empty: bool,
     /// The view was read at least once (a worker can get a request before
@@ -82,17 +65,13 @@ pub struct PickShared {
 /// The root of a pick-mode filter: on nginx it also carries the worker's
 /// poller node; on Envoy the bootstrap singleton polls.
 pub struct PickRoot {
-    pub poller: Option<Poller>,
+    pub poller: Option<HostPoller>,
     pub shared: Rc<RefCell<PickShared>>,
 }
 
 impl PickRoot {
-    pub fn new(config: &PluginConfig, poller: Option<Poller>, seed: u64) -> Option<PickRoot> {
-        let route = match (config.host, &config.route) {
-            (crate::sansio::config::HostKind::Nginx, _) => RouteApplier::NginxVariable,
-            (_, EnvoyRoute::OverrideHost { header }) => RouteApplier::EnvoyHeader(header.clone()),
-            (_, EnvoyRoute::OriginalDst) => RouteApplier::EnvoyOriginalDst,
-        };
+    pub fn new(config: &PluginConfig, poller: Option<HostPoller>, seed: u64) -> Option<PickRoot> {
+        let route = RouteMode::for_config(config);
         let name = config.pick.as_deref()?;
         let upstream = config.upstreams.iter().find(|u| u.name == name)?;
         let shared = PickShared {
@@ -135,21 +114,6 @@ impl PickStream {
     }
 }
 
-fn cookie(header: &str, name: &str) -> Option<String> {
-    header.split(';').find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
-}
-
-fn hash_key_value(key: &HashKey, route: &RouteApplier) -> Option<Vec<u8>> {
-    match key {
-        HashKey::Header(h) => request_header(h).map(String::into_bytes),
-        HashKey::Cookie(c) => request_header("cookie").and_then(|v| cookie(&v, c)).map(String::into_bytes),
-        HashKey::ClientAddress => route.client_address(),
-    }
-}
-
 impl Context for PickStream {
     fn on_done(&mut self) -> bool {
         self.finish();
@@ -171,29 +135,25 @@ impl HttpContext for PickStream {
             shared.refreshed = true;
             shared.picker.refresh(&HostStore, now_ms());
         }
-        let key = shared.picker.hash_key().and_then(|k| hash_key_value(k, &shared.route));
+        let key = shared.picker.hash_key().and_then(|k| hash_key_value(k, &HostRequest(&shared.route)));
         let Some(picked) = shared.picker.pick(key.as_deref()) else {
             if !shared.warned_empty {
                 shared.warned_empty = true;
-                let why = match shared.picker.source() {
-                    ViewSource::Nothing => "no member list yet and no fallback configured",
-                    _ => "every member is down, drained or out after failures",
-                };
-                log::warn!("upstream {}: answering 503: {why}", shared.picker.name());
+                log::warn!("upstream {}: answering 503: {}", shared.picker.name(), shared.picker.unavailable_reason());
             }
             drop(shared);
-            send(&error(503, "no upstream member available"));
+            send(&JsonReply::error(503, "no upstream member available"));
             return Action::Pause;
         };
         shared.warned_empty = false;
-        if let Err(e) = shared.route.apply(&picked.address) {
+        if let Err(e) = apply(&shared.route, &picked.address) {
             log::error!(
                 "upstream {}: cannot route to the picked member ({:?}): {e}",
                 shared.picker.name(),
                 shared.route
             );
             drop(shared);
-            send(&error(500, "upsync: the picked member could not be handed to the proxy"));
+            send(&JsonReply::error(500, "upsync: the picked member could not be handed to the proxy"));
             return Action::Pause;
         }
         drop(shared);

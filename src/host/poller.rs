@@ -1,22 +1,23 @@
-//! Carries out a [`PollerNode`]'s actions with host calls: registry calls
+//! Carries out a [`Poller`]'s actions with host calls: registry calls
 //! through `dispatch_http_call`, etcd watches through gRPC streams, and
 //! feeds the answers back.
 
 use super::now_ms;
 use super::store::HostStore;
-use crate::sansio::node::{Dispatch, PollerNode};
-use crate::sansio::request::HttpResponse;
+use crate::sansio::config::PluginConfig;
+use crate::sansio::registry::HttpResponse;
+use crate::sansio::sync::poller::{Action, Dispatch, Leadership, OpenWatch, Poller};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// Tick period. The core decides what is due; the tick only bounds how
-/// late a due poll can start.
+/// late a due deadline is served, and costs one comparison when nothing is.
 pub const TICK_MS: u64 = 50;
 
-pub struct Poller {
-    node: PollerNode,
+pub struct HostPoller {
+    poller: Poller,
     /// Host call token → (upstream index, core request id).
     calls: HashMap<u32, (usize, u64)>,
     /// Host gRPC stream token → upstream index.
@@ -25,63 +26,92 @@ pub struct Poller {
     /// instead (nginx: ngx_wasm_module 0.6 crashed the worker, SIGSEGV, when
     /// a dispatch was made from `on_http_call_response`).
     defer_from_responses: bool,
-    deferred: Vec<Dispatch>,
+    deferred: Vec<Action>,
 }
 
-impl Poller {
-    pub fn new(node: PollerNode, defer_from_responses: bool) -> Self {
-        Poller { node, calls: HashMap::new(), streams: HashMap::new(), defer_from_responses, deferred: Vec::new() }
+impl HostPoller {
+    pub fn new(config: &PluginConfig, leadership: Leadership, seed: u64, defer_from_responses: bool) -> Self {
+        HostPoller {
+            poller: Poller::new(config, leadership, seed),
+            calls: HashMap::new(),
+            streams: HashMap::new(),
+            defer_from_responses,
+            deferred: Vec::new(),
+        }
     }
 
     pub fn on_tick(&mut self) {
         let now = now_ms();
-        let mut calls = std::mem::take(&mut self.deferred);
-        calls.extend(self.node.on_tick(&mut HostStore, now));
-        self.dispatch(calls, now);
-        for open in self.node.poll_watch_opens(now) {
-            let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![]).and_then(|token| {
-                hostcalls::send_grpc_stream_message(token, Some(&open.message), false).map(|()| token)
-            });
-            match sent {
-                Ok(token) => {
-                    self.streams.insert(token, open.upstream);
+        if self.poller.poll_timeout().is_some_and(|due| due <= now) {
+            self.poller.handle_timeout(&mut HostStore, now);
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        self.carry_out(deferred, now);
+    }
+
+    /// Carries out `first`, then every action the poller has, until none is left.
+    fn carry_out(&mut self, first: Vec<Action>, now: u64) {
+        let mut queue = first;
+        loop {
+            queue.extend(std::iter::from_fn(|| self.poller.poll_action()));
+            let Some(action) = queue.pop() else {
+                break;
+            };
+            match action {
+                Action::Dispatch(call) => self.dispatch(call, now),
+                Action::OpenWatch(open) => self.open_watch(open, now),
+                Action::CancelWatch { upstream } => {
+                    let tokens: Vec<u32> =
+                        self.streams.iter().filter(|(_, u)| **u == upstream).map(|(t, _)| *t).collect();
+                    for token in tokens {
+                        self.streams.remove(&token);
+                        let _ = hostcalls::cancel_grpc_stream(token);
+                    }
                 }
-                Err(e) => {
-                    log::warn!(
-                        "upstream {}: cannot open the etcd watch on {:?}: {e:?}",
-                        self.node.name(open.upstream),
-                        open.target
-                    );
-                    self.node.on_watch_closed(now, open.upstream);
-                }
+            }
+        }
+        self.poller.flush(&mut HostStore);
+    }
+
+    fn dispatch(&mut self, call: Dispatch, now: u64) {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", call.request.method),
+            (":path", call.request.path.as_str()),
+            (":authority", call.authority.as_str()),
+        ];
+        headers.extend(call.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let body = (!call.request.body.is_empty()).then_some(call.request.body.as_slice());
+        let timeout = Duration::from_millis(call.timeout_ms);
+        match hostcalls::dispatch_http_call(&call.target, headers, body, vec![], timeout) {
+            Ok(token) => {
+                self.calls.insert(token, (call.upstream, call.id));
+            }
+            Err(e) => {
+                let reason = format!("{e:?} (is {:?} a target this proxy can reach?)", call.target);
+                self.poller.handle_dispatch_failed(now, call.upstream, call.id, &reason);
             }
         }
     }
 
-    fn dispatch(&mut self, calls: Vec<Dispatch>, now: u64) {
-        let mut queue = calls;
-        while let Some(call) = queue.pop() {
-            let mut headers: Vec<(&str, &str)> = vec![
-                (":method", call.request.method),
-                (":path", call.request.path.as_str()),
-                (":authority", call.authority.as_str()),
-            ];
-            headers.extend(call.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            let body = (!call.request.body.is_empty()).then_some(call.request.body.as_slice());
-            let timeout = Duration::from_millis(call.timeout_ms);
-            match hostcalls::dispatch_http_call(&call.target, headers, body, vec![], timeout) {
-                Ok(token) => {
-                    self.calls.insert(token, (call.upstream, call.id));
-                }
-                Err(e) => {
-                    let reason = format!("{e:?} (is {:?} a target this proxy can reach?)", call.target);
-                    queue.extend(self.node.on_dispatch_failed(&mut HostStore, now, call.upstream, call.id, &reason));
-                }
+    fn open_watch(&mut self, open: OpenWatch, now: u64) {
+        let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![])
+            .and_then(|token| hostcalls::send_grpc_stream_message(token, Some(&open.message), false).map(|()| token));
+        match sent {
+            Ok(token) => {
+                self.streams.insert(token, open.upstream);
+            }
+            Err(e) => {
+                log::warn!(
+                    "upstream {}: cannot open the etcd watch on {:?}: {e:?}",
+                    self.poller.name(open.upstream),
+                    open.target
+                );
+                self.poller.handle_watch_closed(now, open.upstream);
             }
         }
     }
 
-    pub fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize) {
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
         let Some((i, id)) = self.calls.remove(&token) else {
             log::debug!("answer for unknown call {token} ignored");
             return;
@@ -92,25 +122,17 @@ impl Poller {
         let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
         let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
         // Larger bodies are refused unread.
-        let limit = self.node.max_body_bytes(i);
-        let body = if body_size > 0 && body_size <= limit {
-            match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
-                Ok(Some(b)) => b,
-                Ok(None) => Vec::new(),
-                Err(e) => {
-                    log::warn!("upstream {}: cannot read the registry answer: {e:?}", self.node.name(i));
-                    Vec::new()
-                }
-            }
+        let body = if body_size > 0 && body_size <= self.poller.max_body_bytes(i) {
+            super::read_buffer(BufferType::HttpCallResponseBody, body_size)
         } else {
             Vec::new()
         };
-        let response = HttpResponse { status, headers: &headers, body: &body, body_size };
-        let calls = self.node.on_response(&mut HostStore, now, i, id, response);
+        self.poller.handle_response(now, i, id, HttpResponse { status, headers: &headers, body: &body, body_size });
         if self.defer_from_responses {
-            self.deferred.extend(calls);
+            self.deferred.extend(std::iter::from_fn(|| self.poller.poll_action()));
+            self.poller.flush(&mut HostStore);
         } else {
-            self.dispatch(calls, now);
+            self.carry_out(Vec::new(), now);
         }
     }
 
@@ -119,24 +141,18 @@ impl Poller {
             return;
         };
         let now = now_ms();
-        let message = match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size) {
-            Ok(Some(b)) => b,
-            _ => Vec::new(),
-        };
-        let (calls, closed) = self.node.on_watch_message(&mut HostStore, now, i, &message);
-        if closed {
-            // etcd canceled the watch: let go of the stream, reopen later.
-            self.streams.remove(&token);
-            let _ = hostcalls::cancel_grpc_stream(token);
-        }
-        self.dispatch(calls, now);
+        let message = super::read_buffer(BufferType::GrpcReceiveBuffer, size);
+        self.poller.handle_watch_message(now, i, &message);
+        self.carry_out(Vec::new(), now);
     }
 
     pub fn on_grpc_stream_close(&mut self, token: u32, status_code: u32) {
         let Some(i) = self.streams.remove(&token) else {
             return;
         };
-        log::info!("upstream {}: etcd watch closed (grpc-status {status_code}); reopening later", self.node.name(i));
-        self.node.on_watch_closed(now_ms(), i);
+        log::info!("upstream {}: etcd watch closed (grpc-status {status_code}); reopening later", self.poller.name(i));
+        let now = now_ms();
+        self.poller.handle_watch_closed(now, i);
+        self.carry_out(Vec::new(), now);
     }
 }

@@ -1,17 +1,13 @@
 //! The request-serving role: REST EDS for Envoy and the status endpoint,
-//! both answered locally from shared data.
-//!
-//! With `eds_hold_ms` > 0, an EDS request whose version is already current
-//! is parked instead of answered 304 at once: the root context of the same
-//! worker checks the small version entries on every tick and answers the
-//! parked request as soon as a snapshot changes, or with 304 when the hold
-//! runs out. Envoy's REST EDS then behaves like a long poll: a short
-//! `refresh_delay` costs few requests, and a change reaches Envoy within a
-//! tick instead of within `refresh_delay`.
+//! both answered locally from shared data. Held EDS requests
+//! ([`crate::sansio::serve::eds_hold`]) are answered from the root
+//! context's tick of the same worker.
 
 use super::store::HostStore;
-use super::{error, now_ms, request_header, route, send, send_status};
-use crate::sansio::eds::{self, DiscoveryRequest, EdsReply};
+use super::{now_ms, read_buffer, request_header, route, send, send_status};
+use crate::sansio::serve::eds::{self, EdsReply};
+use crate::sansio::serve::eds_hold::EdsHold;
+use crate::sansio::serve::reply::JsonReply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
@@ -21,19 +17,12 @@ pub const EDS_PATH: &str = "/v3/discovery:endpoints";
 pub const STATUS_PATH: &str = "/upsync/status";
 /// DiscoveryRequests are small; anything larger is refused.
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
-/// How often a worker checks its parked EDS requests.
+/// How often a worker checks its held EDS requests.
 pub const HOLD_TICK_MS: u64 = 10;
 
-/// An EDS request waiting for a change.
-struct Parked {
-    context_id: u32,
-    request: DiscoveryRequest,
-    until: u64,
-}
-
 thread_local! {
-    // One VM per worker thread: the parked requests of this worker's streams.
-    static PARKED: RefCell<Vec<Parked>> = const { RefCell::new(Vec::new()) };
+    // One VM per worker thread: the held requests of this worker's streams.
+    static HELD: RefCell<EdsHold> = RefCell::new(EdsHold::default());
 }
 
 pub struct ServerStream {
@@ -59,41 +48,31 @@ fn send_eds(reply: &EdsReply) {
     send(&reply.to_json_reply());
 }
 
-/// Answers the parked requests whose snapshot changed or whose hold ran
-/// out. Called from the root context's tick; `root_id` is restored as the
-/// effective context afterwards.
-pub fn answer_parked(root_id: u32) {
-    let now = now_ms();
-    let due: Vec<Parked> = PARKED.with(|p| {
-        let mut parked = p.borrow_mut();
-        let (due, waiting): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(|w| {
-            // A parked request for names with no snapshot yet has no version:
-            // it is due as soon as one appears.
-            let current = eds::current_version(&HostStore, &w.request.resource_names);
-            now >= w.until || current.is_some_and(|v| v != w.request.version_info)
-        });
-        *parked = waiting;
-        due
+/// Answers the held requests that are due. Called from the root context's
+/// tick; `root_id` is restored as the effective context afterwards.
+pub fn answer_held(root_id: u32) {
+    let due = HELD.with(|h| {
+        let mut held = h.borrow_mut();
+        if held.is_empty() {
+            return Vec::new();
+        }
+        held.take_due(&HostStore, now_ms())
     });
     if due.is_empty() {
         return;
     }
-    for w in due {
-        if hostcalls::set_effective_context(w.context_id).is_ok() {
-            send_eds(&eds::answer(&HostStore, &w.request));
+    for h in due {
+        if hostcalls::set_effective_context(h.stream).is_ok() {
+            send_eds(&eds::answer(&HostStore, &h.request));
         }
     }
     let _ = hostcalls::set_effective_context(root_id);
 }
 
-fn unpark(context_id: u32) {
-    PARKED.with(|p| p.borrow_mut().retain(|w| w.context_id != context_id));
-}
-
 impl Context for ServerStream {
     fn on_done(&mut self) -> bool {
         // The stream is gone (answered, reset or timed out): never answer it later.
-        unpark(self.context_id);
+        HELD.with(|h| h.borrow_mut().release(self.context_id));
         true
     }
 }
@@ -107,15 +86,15 @@ impl HttpContext for ServerStream {
             if method == "GET" {
                 send_status(&path);
             } else {
-                send(&error(405, "use GET"));
+                send(&JsonReply::error(405, "use GET"));
             }
             return Action::Pause;
         }
         if route == EDS_PATH {
             if method != "POST" {
-                send(&error(405, "use POST with a JSON DiscoveryRequest"));
+                send(&JsonReply::error(405, "use POST with a JSON DiscoveryRequest"));
             } else if end_of_stream {
-                send(&error(400, "a DiscoveryRequest body is required"));
+                send(&JsonReply::error(400, "a DiscoveryRequest body is required"));
             } else {
                 self.awaiting_eds_body = true;
             }
@@ -130,7 +109,7 @@ impl HttpContext for ServerStream {
         }
         if body_size > MAX_REQUEST_BODY {
             self.awaiting_eds_body = false;
-            send(&error(413, "DiscoveryRequest too large"));
+            send(&JsonReply::error(413, "DiscoveryRequest too large"));
             return Action::Pause;
         }
         if !end_of_stream {
@@ -138,11 +117,7 @@ impl HttpContext for ServerStream {
             return Action::Pause;
         }
         self.awaiting_eds_body = false;
-        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-            Ok(Some(b)) => b,
-            _ => Vec::new(),
-        };
-        let request = match eds::parse_request(&body) {
+        let request = match eds::parse_request(&read_buffer(BufferType::HttpRequestBody, body_size)) {
             Ok(r) => r,
             Err(e) => {
                 send_eds(&EdsReply::BadRequest(e));
@@ -150,11 +125,9 @@ impl HttpContext for ServerStream {
             }
         };
         let reply = eds::answer(&HostStore, &request);
-        // "Nothing new" and "nothing yet" both wait for a change.
-        let waits = matches!(reply, EdsReply::NotModified | EdsReply::Unavailable(_));
-        if waits && self.eds_hold_ms > 0 {
+        if reply.waits() && self.eds_hold_ms > 0 {
             let until = now_ms().saturating_add(self.eds_hold_ms);
-            PARKED.with(|p| p.borrow_mut().push(Parked { context_id: self.context_id, request, until }));
+            HELD.with(|h| h.borrow_mut().hold(self.context_id, request, until));
         } else {
             send_eds(&reply);
         }

@@ -1,6 +1,6 @@
 //! Shared data through `proxy_wasm::hostcalls`.
 
-use crate::sansio::store::{Entry, SharedStore, StoreError};
+use crate::sansio::shared::store::{Entry, SharedStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 

@@ -1,8 +1,8 @@
 //! Test support shared by the core's test modules: a scripted etcd v3
 //! JSON gateway.
 
-use crate::sansio::base64;
-use crate::sansio::request::HttpRequest;
+use crate::sansio::registry::HttpRequest;
+use crate::sansio::util::base64;
 use serde_json::{json, Value};
 
 pub const PREFIX: &str = "/upstreams/web/";

@@ -1,0 +1,188 @@
+//! What every registry adapter provides: requests built from the adapter's
+//! own cursor, and answers turned into a [`Poll`]. Adapters are pure: no
+//! I/O, no clock. The sync machine ([`crate::sansio::sync::machine`]) drives them.
+
+pub mod consul;
+pub mod etcd_v2;
+pub mod etcd_v3;
+pub mod etcd_watch;
+pub mod eureka;
+mod http;
+pub mod kv_layout;
+pub mod nacos;
+
+use crate::sansio::model::member::Member;
+use crate::sansio::model::member_set::MemberSet;
+pub use http::{HttpRequest, HttpResponse};
+use serde_json::{Map, Value};
+
+/// A registry entry that was skipped or repaired, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryProblem {
+    /// The registry's name for the entry (a key, a service id, ...).
+    pub key: String,
+    pub problem: String,
+    /// The entry was dropped (not just given default attributes).
+    pub skipped: bool,
+}
+
+/// A complete member list read from the registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberList {
+    pub members: MemberSet,
+    pub problems: Vec<EntryProblem>,
+}
+
+/// One service instance as an adapter read it: `Ok(Some)` a member (with
+/// notes on what was repaired), `Ok(None)` left out on purpose (not a
+/// problem, e.g. a disabled instance), `Err` skipped with the reason.
+pub type Instance = Result<Option<(Member, Vec<String>)>, String>;
+
+/// Builds the member list of a service registry from `(key, instance)`
+/// pairs: repairs and skips become problems, and an address listed twice
+/// keeps its first instance.
+pub fn member_list(instances: impl IntoIterator<Item = (String, Instance)>) -> MemberList {
+    member_list_with(instances, "address registered by more than one instance; the first wins")
+}
+
+/// [`member_list`] with the problem reported for each dropped duplicate
+/// worded by the caller: a key/value layout says "key" where a service
+/// registry says "instance".
+pub fn member_list_with(
+    instances: impl IntoIterator<Item = (String, Instance)>,
+    duplicate_message: &str,
+) -> MemberList {
+    let mut problems = Vec::new();
+    let mut members = Vec::new();
+    for (key, instance) in instances {
+        match instance {
+            Ok(Some((member, notes))) => {
+                problems.extend(notes.into_iter().map(|problem| EntryProblem {
+                    key: key.clone(),
+                    problem,
+                    skipped: false,
+                }));
+                members.push(member);
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(EntryProblem { key, problem, skipped: true }),
+        }
+    }
+    let (members, duplicates) = MemberSet::from_members(members);
+    for d in duplicates {
+        problems.push(EntryProblem { key: d.to_string(), problem: duplicate_message.to_string(), skipped: true });
+    }
+    MemberList { members, problems }
+}
+
+/// A registry's text answer as shown in an error: trimmed, at most 200 characters.
+pub fn short_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).trim().chars().take(200).collect()
+}
+
+/// A registry error message in a JSON answer that is not the expected
+/// list (Spring's error body, Nacos 2's `{"code","message","data"}`), at
+/// most 200 characters.
+pub fn error_text(root: &Map<String, Value>) -> Option<String> {
+    ["message", "error"]
+        .iter()
+        .find_map(|k| root.get(*k).and_then(Value::as_str))
+        .map(|m| m.chars().take(200).collect())
+}
+
+/// `GET path` asking for JSON.
+pub fn get_json(path: String) -> HttpRequest {
+    HttpRequest {
+        method: "GET",
+        path,
+        headers: vec![("accept".to_string(), "application/json".to_string())],
+        body: Vec::new(),
+    }
+}
+
+/// What an answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// Nothing changed since the last list.
+    Unchanged,
+    /// Something changed; the adapter's next request (sent at once) reads it.
+    Changed,
+    /// The full member list.
+    Members(MemberList),
+    /// The prefix or service does not exist (distinct from existing with
+    /// no members, though the sync machine treats both as an empty list).
+    NotFound,
+}
+
+/// A registry protocol.
+pub trait RegistryAdapter {
+    /// The next request, built from the adapter's cursor.
+    fn request(&self) -> HttpRequest;
+
+    /// Reads the answer to the last [`RegistryAdapter::request`].
+    fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Poll, AdapterError>;
+
+    /// Forgets the cursor: the next request is a plain full read.
+    fn reset(&mut self);
+
+    /// How long the registry may hold the next request before answering
+    /// (a blocking query or long poll); 0 for plain polling. The call's
+    /// timeout is `timeout_ms` plus this.
+    fn hold_ms(&self) -> u64 {
+        0
+    }
+
+    /// Long-polling adapters are asked again right after an answer that
+    /// brought news (the registry paces them by holding the next call);
+    /// the others wait `interval_ms` after every answer.
+    fn long_polls(&self) -> bool {
+        false
+    }
+}
+
+/// Why a registry answer could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdapterError {
+    /// The body is not JSON at all.
+    NotJson(String),
+    /// JSON, but not the shape the registry documents.
+    BadShape(String),
+    /// The registry answered with an error of its own.
+    Registry(String),
+    /// An HTTP status the adapter cannot use.
+    Status(u16),
+    /// The host gave no status (an answer cut after its headers).
+    NoStatus,
+}
+
+impl std::fmt::Display for AdapterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterError::NotJson(e) => write!(f, "body is not JSON: {e}"),
+            AdapterError::BadShape(e) => write!(f, "unexpected response shape: {e}"),
+            AdapterError::Registry(e) => write!(f, "registry error: {e}"),
+            AdapterError::Status(s) => write!(f, "registry answered HTTP {s}"),
+            AdapterError::NoStatus => write!(f, "registry answer had no status (cut short?)"),
+        }
+    }
+}
+
+use crate::sansio::config::RegistrySpec;
+use consul::ConsulAdapter;
+use etcd_v2::EtcdV2Adapter;
+use etcd_v3::EtcdV3Adapter;
+use eureka::EurekaAdapter;
+use nacos::NacosAdapter;
+
+/// The adapter for a registry configuration.
+pub fn adapter_for(spec: &RegistrySpec) -> Box<dyn RegistryAdapter> {
+    match spec {
+        RegistrySpec::EtcdV3 { prefix, .. } => Box::new(EtcdV3Adapter::new(prefix)),
+        RegistrySpec::EtcdV2 { prefix, wait_ms } => Box::new(EtcdV2Adapter::new(prefix, *wait_ms)),
+        RegistrySpec::Consul(consul) => Box::new(ConsulAdapter::from_spec(consul)),
+        RegistrySpec::Nacos { service, group, namespace } => {
+            Box::new(NacosAdapter::new(service, group.as_deref(), namespace.as_deref()))
+        }
+        RegistrySpec::Eureka { service } => Box::new(EurekaAdapter::new(service)),
+    }
+}

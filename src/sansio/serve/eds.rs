@@ -1,0 +1,338 @@
+//! REST EDS served from the published snapshots: Envoy `POST`s a JSON
+//! `DiscoveryRequest` to `/v3/discovery:endpoints` and gets a
+//! `DiscoveryResponse` holding one `ClusterLoadAssignment` per requested
+//! cluster (cluster name = upstream name).
+//!
+//! Mapping: weight → `load_balancing_weight`; weight 0 → `DRAINING` (Envoy
+//! weights must be ≥ 1 and draining hosts get no new requests); `down` →
+//! `UNHEALTHY`; `backup` → priority 1, used by Envoy only when priority 0
+//! is not healthy enough. Envoy's EDS takes IP addresses only, so hostname
+//! members are left out (and counted).
+
+use crate::sansio::model::member::Member;
+use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::shared::snapshot::{self, Snapshot};
+use crate::sansio::shared::store::SharedStore;
+use serde_json::{json, Value};
+
+pub const CLA_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The EDS answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdsReply {
+    /// 200 with a DiscoveryResponse.
+    Assignment { version: String, body: String, skipped_hostnames: usize },
+    /// 304: Envoy already has `version_info`.
+    NotModified,
+    /// 503: no snapshot for any requested cluster yet; Envoy keeps what it has.
+    Unavailable(String),
+    /// 400: not a DiscoveryRequest.
+    BadRequest(String),
+}
+
+impl EdsReply {
+    pub fn status(&self) -> u16 {
+        match self {
+            EdsReply::Assignment { .. } => 200,
+            EdsReply::NotModified => 304,
+            EdsReply::Unavailable(_) => 503,
+            EdsReply::BadRequest(_) => 400,
+        }
+    }
+
+    /// "Nothing new" and "nothing yet" both wait for a change when the
+    /// server holds requests ([`crate::sansio::serve::eds_hold`]).
+    pub fn waits(&self) -> bool {
+        matches!(self, EdsReply::NotModified | EdsReply::Unavailable(_))
+    }
+
+    /// Status and body as sent to Envoy.
+    pub fn to_json_reply(&self) -> JsonReply {
+        let status = self.status();
+        match self {
+            EdsReply::Assignment { body, .. } => JsonReply { status, body: body.clone() },
+            EdsReply::NotModified => JsonReply { status, body: String::new() },
+            EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => JsonReply::error(status, e),
+        }
+    }
+}
+
+/// The parts of a DiscoveryRequest the server uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryRequest {
+    /// The version Envoy holds ("" at first).
+    pub version_info: String,
+    pub resource_names: Vec<String>,
+}
+
+pub fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let version_info = match v.get("version_info") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err("version_info is not a string".into()),
+    };
+    if let Some(t) = v.get("type_url").and_then(Value::as_str) {
+        if !t.is_empty() && t != CLA_TYPE_URL {
+            return Err(format!("type_url {t:?} is not {CLA_TYPE_URL}"));
+        }
+    }
+    let names = v
+        .get("resource_names")
+        .and_then(Value::as_array)
+        .ok_or("resource_names must list the clusters")?
+        .iter()
+        .map(|n| n.as_str().map(str::to_string).ok_or("resource_names must be strings"))
+        .collect::<Result<Vec<String>, _>>()?;
+    if names.is_empty() {
+        return Err("resource_names is empty".into());
+    }
+    Ok(DiscoveryRequest { version_info, resource_names: names })
+}
+
+/// The version string of `names` as published now, from the small version
+/// entries only; `None` when none of them has a snapshot yet.
+pub fn current_version(store: &dyn SharedStore, names: &[String]) -> Option<String> {
+    let found: Vec<(&String, u64)> =
+        names.iter().filter_map(|n| snapshot::read_version(store, n).map(|v| (n, v))).collect();
+    match found.as_slice() {
+        [] => None,
+        [(_, only)] => Some(only.to_string()),
+        many => Some(many.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(",")),
+    }
+}
+
+/// Answers a parsed DiscoveryRequest. An unchanged version is detected
+/// without decoding any snapshot: Envoy asks several times a second.
+pub fn answer(store: &dyn SharedStore, request: &DiscoveryRequest) -> EdsReply {
+    if current_version(store, &request.resource_names).as_deref() == Some(request.version_info.as_str()) {
+        return EdsReply::NotModified;
+    }
+    let mut found: Vec<(String, Snapshot)> = Vec::new();
+    for name in &request.resource_names {
+        match snapshot::read(store, name) {
+            Ok(Some(s)) => found.push((name.clone(), s)),
+            Ok(None) => {}
+            Err(e) => log::warn!("EDS: snapshot of {name:?} unreadable: {e}"),
+        }
+    }
+    if found.is_empty() {
+        return EdsReply::Unavailable(format!("no member list yet for {:?}", request.resource_names));
+    }
+    // The versions of the snapshots actually read, so that the version
+    // Envoy records always matches the content it got.
+    let version = match found.as_slice() {
+        [(_, only)] => only.version.to_string(),
+        many => many.iter().map(|(n, s)| format!("{n}={}", s.version)).collect::<Vec<_>>().join(","),
+    };
+    if version == request.version_info {
+        return EdsReply::NotModified;
+    }
+    let mut skipped_hostnames = 0;
+    let resources: Vec<Value> = found
+        .iter()
+        .map(|(name, s)| {
+            let (cla, skipped) = cluster_load_assignment(name, s.members.iter());
+            skipped_hostnames += skipped;
+            cla
+        })
+        .collect();
+    let body = json!({ "version_info": version, "type_url": CLA_TYPE_URL, "resources": resources }).to_string();
+    EdsReply::Assignment { version, body, skipped_hostnames }
+}
+
+/// One ClusterLoadAssignment; returns it and how many hostname members
+/// were left out.
+pub fn cluster_load_assignment<'a>(name: &str, members: impl Iterator<Item = &'a Member>) -> (Value, usize) {
+    let mut primary = Vec::new();
+    let mut backup = Vec::new();
+    let mut skipped = 0;
+    for m in members {
+        if !m.addr.host.is_ip() {
+            skipped += 1;
+            continue;
+        }
+        let health = if m.attrs.down {
+            "UNHEALTHY"
+        } else if m.attrs.weight == 0 {
+            "DRAINING"
+        } else {
+            "HEALTHY"
+        };
+        let endpoint = json!({
+            "endpoint": {"address": {"socket_address": {"address": m.addr.host.bare(), "port_value": m.addr.port}}},
+            "load_balancing_weight": m.attrs.weight.max(1),
+            "health_status": health,
+        });
+        if m.attrs.backup {
+            backup.push(endpoint);
+        } else {
+            primary.push(endpoint);
+        }
+    }
+    let mut localities = vec![json!({"priority": 0, "lb_endpoints": primary})];
+    if !backup.is_empty() {
+        localities.push(json!({"priority": 1, "lb_endpoints": backup}));
+    }
+    let cla = json!({"@type": CLA_TYPE_URL, "cluster_name": name, "endpoints": localities});
+    (cla, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::sansio::model::update::{Published, Source};
+
+    /// What the host does with an EDS body: parse, then answer.
+    fn handle_discovery(store: &dyn SharedStore, body: &[u8]) -> EdsReply {
+        match parse_request(body) {
+            Ok(request) => answer(store, &request),
+            Err(e) => EdsReply::BadRequest(e),
+        }
+    }
+    use crate::sansio::model::member::MemberAttrs;
+    use crate::sansio::model::member_set::MemberSet;
+    use crate::sansio::shared::store::{MemoryStore, StoreRules};
+
+    fn store_with(name: &str, members: &[(&str, MemberAttrs)]) -> MemoryStore {
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        publish(&mut store, name, members);
+        store
+    }
+
+    fn publish(store: &mut MemoryStore, name: &str, members: &[(&str, MemberAttrs)]) {
+        let set = MemberSet::from_members(
+            members.iter().map(|(a, attrs)| Member { addr: a.parse().unwrap(), attrs: *attrs }),
+        )
+        .0;
+        snapshot::publish(store, name, &Published { members: set, source: Source::Registry }).unwrap();
+    }
+
+    fn request(names: &[&str], version: &str) -> Vec<u8> {
+        json!({"version_info": version, "node": {"id": "n", "cluster": "c"}, "resource_names": names, "type_url": CLA_TYPE_URL})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn maps_attributes_to_envoy_fields() {
+        let d = MemberAttrs::default();
+        let store = store_with(
+            "web",
+            &[
+                ("10.0.0.1:80", MemberAttrs { weight: 3, ..d }),
+                ("10.0.0.2:80", MemberAttrs { down: true, ..d }),
+                ("10.0.0.3:80", MemberAttrs { weight: 0, ..d }),
+                ("10.0.0.4:80", MemberAttrs { backup: true, ..d }),
+                ("[::1]:80", d),
+                ("db.internal:80", d),
+            ],
+        );
+        let EdsReply::Assignment { version, body, skipped_hostnames } =
+            handle_discovery(&store, &request(&["web"], ""))
+        else {
+            panic!("expected an assignment")
+        };
+        assert_eq!(version, "1");
+        assert_eq!(skipped_hostnames, 1);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["version_info"], "1");
+        let cla = &v["resources"][0];
+        assert_eq!(cla["@type"], CLA_TYPE_URL);
+        assert_eq!(cla["cluster_name"], "web");
+        let p0 = cla["endpoints"][0]["lb_endpoints"].as_array().unwrap();
+        let summary: Vec<(String, u64, String)> = p0
+            .iter()
+            .map(|e| {
+                (
+                    e["endpoint"]["address"]["socket_address"]["address"].as_str().unwrap().to_string(),
+                    e["load_balancing_weight"].as_u64().unwrap(),
+                    e["health_status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("10.0.0.1".to_string(), 3, "HEALTHY".to_string()),
+                ("10.0.0.2".to_string(), 1, "UNHEALTHY".to_string()),
+                ("10.0.0.3".to_string(), 1, "DRAINING".to_string()),
+                ("::1".to_string(), 1, "HEALTHY".to_string()),
+            ]
+        );
+        assert_eq!(cla["endpoints"][1]["priority"], 1);
+        assert_eq!(cla["endpoints"][1]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 80);
+    }
+
+    #[test]
+    fn current_version_gets_304_and_a_change_gets_a_new_version() {
+        let mut store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
+        assert_eq!(handle_discovery(&store, &request(&["web"], "1")), EdsReply::NotModified);
+        publish(&mut store, "web", &[("10.0.0.2:80", MemberAttrs::default())]);
+        let reply = handle_discovery(&store, &request(&["web"], "1"));
+        assert!(matches!(reply, EdsReply::Assignment { ref version, .. } if version == "2"));
+        assert_eq!(reply.status(), 200);
+    }
+
+    #[test]
+    fn current_version_reads_only_the_version_entries() {
+        let mut store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
+        publish(&mut store, "api", &[("10.0.0.9:80", MemberAttrs::default())]);
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(current_version(&store, &names(&["web"])).as_deref(), Some("1"));
+        assert_eq!(current_version(&store, &names(&["web", "api", "nope"])).as_deref(), Some("web=1,api=1"));
+        assert_eq!(current_version(&store, &names(&["nope"])), None);
+        // A corrupt snapshot behind a current version entry still answers 304
+        // (nothing changed), and a fresh client gets "unavailable", not junk.
+        crate::sansio::shared::store::put(&mut store, &crate::sansio::shared::keys::snapshot_key("web"), b"garbage")
+            .unwrap();
+        assert_eq!(handle_discovery(&store, &request(&["web"], "1")), EdsReply::NotModified);
+        assert!(matches!(handle_discovery(&store, &request(&["web"], "")), EdsReply::Unavailable(_)));
+    }
+
+    #[test]
+    fn several_clusters_share_one_combined_version() {
+        let mut store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
+        publish(&mut store, "api", &[("10.0.0.9:80", MemberAttrs::default())]);
+        publish(&mut store, "api", &[("10.0.0.8:80", MemberAttrs::default())]);
+        let reply = handle_discovery(&store, &request(&["web", "api", "missing"], ""));
+        let EdsReply::Assignment { version, body, .. } = reply else { panic!() };
+        assert_eq!(version, "web=1,api=2");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["resources"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unknown_clusters_and_bad_requests() {
+        let store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
+        let reply = handle_discovery(&store, &request(&["nope"], ""));
+        assert!(matches!(reply, EdsReply::Unavailable(_)));
+        assert_eq!(reply.to_json_reply().status, 503);
+        for bad in [
+            &b"nope"[..],
+            br#"{"resource_names":[]}"#,
+            br#"{"resource_names":[1]}"#,
+            br#"{"version_info":1,"resource_names":["web"]}"#,
+            br#"{"resource_names":["web"],"type_url":"type.googleapis.com/envoy.config.cluster.v3.Cluster"}"#,
+        ] {
+            assert!(
+                matches!(handle_discovery(&store, bad), EdsReply::BadRequest(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn only_backups_leave_priority_zero_empty() {
+        let store = store_with("web", &[("10.0.0.1:80", MemberAttrs { backup: true, ..Default::default() })]);
+        let EdsReply::Assignment { body, .. } = handle_discovery(&store, &request(&["web"], "")) else { panic!() };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["resources"][0]["endpoints"][0]["lb_endpoints"], json!([]));
+        assert_eq!(v["resources"][0]["endpoints"][1]["lb_endpoints"].as_array().unwrap().len(), 1);
+    }
+}

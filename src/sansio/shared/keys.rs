@@ -1,0 +1,34 @@
+//! Every shared-data key the plugin uses. Values carry their own key too:
+//! ngx_wasm_module matches entries by the CRC32 of the key alone, so a
+//! reader checks it got the entry it asked for.
+
+/// All keys of this plugin start with this, so they never meet another
+/// plugin's keys in the same VM.
+pub const KEY_NAMESPACE: &str = "upsync/v1";
+
+pub fn snapshot_key(upstream: &str) -> String {
+    format!("{KEY_NAMESPACE}/snap/{upstream}")
+}
+
+/// A small entry holding only the snapshot's version, so that "has it
+/// changed?" never needs the (possibly large) snapshot decoded.
+pub fn version_key(upstream: &str) -> String {
+    format!("{KEY_NAMESPACE}/ver/{upstream}")
+}
+
+pub fn status_key(upstream: &str) -> String {
+    format!("{KEY_NAMESPACE}/status/{upstream}")
+}
+
+pub fn lease_key(upstream: &str) -> String {
+    format!("{KEY_NAMESPACE}/lease/{upstream}")
+}
+
+pub fn health_key(upstream: &str) -> String {
+    format!("{KEY_NAMESPACE}/health/{upstream}")
+}
+
+/// The list of upstream names the poller serves.
+pub fn index_key() -> String {
+    format!("{KEY_NAMESPACE}/index")
+}

@@ -1,0 +1,331 @@
+//! The versioned member list the poller publishes in shared data, and the
+//! compare-and-swap loop that publishes it.
+//!
+//! Every value carries its own key: ngx_wasm_module matches entries by the
+//! CRC32 of the key alone, so a reader must check it got the entry it asked
+//! for.
+
+use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
+use crate::sansio::model::member_set::MemberSet;
+use crate::sansio::model::update::{Published, Source};
+use crate::sansio::shared::keys::{snapshot_key, version_key};
+use crate::sansio::shared::store::{cas_update, CasStep, Entry, SharedStore, StoreError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A published member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Grows by one with every change of members or source.
+    pub version: u64,
+    pub source: Source,
+    pub members: MemberSet,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotWire {
+    key: String,
+    version: u64,
+    source: String,
+    members: Vec<MemberWire>,
+}
+
+/// One member as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberWire {
+    pub address: String,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: u32,
+    pub down: bool,
+    pub backup: bool,
+}
+
+impl From<&Member> for MemberWire {
+    fn from(m: &Member) -> Self {
+        MemberWire {
+            address: m.addr.to_string(),
+            weight: m.attrs.weight,
+            max_fails: m.attrs.max_fails,
+            fail_timeout: m.attrs.fail_timeout,
+            down: m.attrs.down,
+            backup: m.attrs.backup,
+        }
+    }
+}
+
+/// Why a stored snapshot could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The entry belongs to another key (a CRC32 collision on nginx).
+    OtherKey(String),
+    /// Not a snapshot this version of the plugin can read.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::OtherKey(k) => write!(f, "entry belongs to key {k:?} (hash collision)"),
+            SnapshotError::Corrupt(e) => write!(f, "unreadable snapshot: {e}"),
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn encode(&self, key: &str) -> Vec<u8> {
+        let wire = SnapshotWire {
+            key: key.to_string(),
+            version: self.version,
+            source: self.source.as_str().to_string(),
+            members: self.members.iter().map(MemberWire::from).collect(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let wire: SnapshotWire = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if wire.key != key {
+            return Err(SnapshotError::OtherKey(wire.key));
+        }
+        let source = Source::parse(&wire.source)
+            .ok_or_else(|| SnapshotError::Corrupt(format!("unknown source {:?}", wire.source)))?;
+        let mut members = Vec::with_capacity(wire.members.len());
+        for m in wire.members {
+            let addr: HostPort =
+                m.address.parse().map_err(|e| SnapshotError::Corrupt(format!("member {:?}: {e}", m.address)))?;
+            let attrs = MemberAttrs {
+                weight: m.weight,
+                max_fails: m.max_fails,
+                fail_timeout: m.fail_timeout,
+                down: m.down,
+                backup: m.backup,
+            };
+            members.push(Member { addr, attrs });
+        }
+        Ok(Snapshot { version: wire.version, source, members: MemberSet::from_members(members).0 })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionWire {
+    key: String,
+    version: u64,
+}
+
+/// The published version of `upstream`, from its small version entry.
+pub fn read_version(store: &dyn SharedStore, upstream: &str) -> Option<u64> {
+    let (wire, _) = get_keyed(store, &version_key(upstream), |w: &VersionWire| &w.key).ok()?;
+    wire.map(|w| w.version)
+}
+
+/// Reads the snapshot of `upstream`, if there is a readable one.
+pub fn read(store: &dyn SharedStore, upstream: &str) -> Result<Option<Snapshot>, SnapshotError> {
+    let key = snapshot_key(upstream);
+    match store.get(&key) {
+        Ok(entry) => entry.value.map(|v| Snapshot::decode(&key, &v)).transpose(),
+        Err(e) => Err(SnapshotError::Corrupt(e.to_string())),
+    }
+}
+
+/// Reads the JSON value stored under `key`, and the entry's cas. A value
+/// that is unreadable, or whose `key_of` is another key (keys with the
+/// same CRC32 share one entry on nginx), reads as absent.
+pub fn get_keyed<T: DeserializeOwned>(
+    store: &dyn SharedStore,
+    key: &str,
+    key_of: fn(&T) -> &str,
+) -> Result<(Option<T>, Option<u32>), StoreError> {
+    let entry = store.get(key)?;
+    Ok((keyed_value(&entry, key, key_of), entry.cas))
+}
+
+/// The JSON value of `entry` if it is readable and belongs to `key`.
+pub fn keyed_value<T: DeserializeOwned>(entry: &Entry, key: &str, key_of: fn(&T) -> &str) -> Option<T> {
+    entry.value.as_deref().and_then(|v| serde_json::from_slice::<T>(v).ok()).filter(|v| key_of(v) == key)
+}
+
+/// Writes any serialisable value with [`crate::sansio::shared::store::put`].
+pub fn put_json<T: Serialize>(store: &mut dyn SharedStore, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Host(e.to_string()))?;
+    crate::sansio::shared::store::put(store, key, &bytes)
+}
+
+/// What [`publish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// A new snapshot was written with this version.
+    Written { version: u64 },
+    /// The stored snapshot already held this list: nothing written.
+    Unchanged { version: u64 },
+    /// A fallback list never replaces a stored snapshot.
+    KeptStored { version: u64 },
+}
+
+/// Publishes `update` for `upstream` with a CAS loop: the new version is
+/// one above whatever is stored at the moment of writing, so a concurrent
+/// writer's newer version is never overwritten by a blind set.
+pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) -> Result<PublishOutcome, StoreError> {
+    let key = snapshot_key(upstream);
+    let outcome = cas_update(store, &key, |store, entry| {
+        let stored = match entry.value.as_deref().map(|v| Snapshot::decode(&key, v)) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                log::warn!("upstream {upstream}: stored snapshot replaced: {e}");
+                None
+            }
+            None => None,
+        };
+        let version = match &stored {
+            Some(s) if s.members == update.members && s.source == update.source => {
+                return Ok(CasStep::Keep(PublishOutcome::Unchanged { version: s.version }))
+            }
+            Some(s) if update.source == Source::Fallback => {
+                return Ok(CasStep::Keep(PublishOutcome::KeptStored { version: s.version }))
+            }
+            Some(s) => s.version.saturating_add(1),
+            // Nothing readable stored: continue from the version entry, so a
+            // version never repeats (a repeat could make Envoy keep an old list).
+            None => read_version(store, upstream).map_or(1, |v| v.saturating_add(1)),
+        };
+        let snapshot = Snapshot { version, source: update.source, members: update.members.clone() };
+        Ok(CasStep::Write(snapshot.encode(&key), PublishOutcome::Written { version }))
+    })?;
+    if let PublishOutcome::Written { version } = outcome {
+        // Written after the snapshot, so it is never ahead of it.
+        let vkey = version_key(upstream);
+        put_json(store, &vkey, &VersionWire { key: vkey.clone(), version })?;
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::sansio::shared::store::{MemoryStore, StoreRules};
+
+    fn set_of(addrs: &[&str]) -> MemberSet {
+        MemberSet::from_members(
+            addrs.iter().map(|a| Member { addr: a.parse().unwrap(), attrs: MemberAttrs::default() }),
+        )
+        .0
+    }
+
+    fn update(addrs: &[&str], source: Source) -> Published {
+        Published { members: set_of(addrs), source }
+    }
+
+    #[test]
+    fn encodes_and_decodes_every_address_kind() {
+        let s = Snapshot {
+            version: 7,
+            source: Source::Registry,
+            members: set_of(&["10.0.0.1:80", "[::1]:81", "db.internal:5432"]),
+        };
+        let bytes = s.encode("upsync/v1/snap/web");
+        assert_eq!(Snapshot::decode("upsync/v1/snap/web", &bytes).unwrap(), s);
+        assert_eq!(
+            Snapshot::decode("upsync/v1/snap/api", &bytes),
+            Err(SnapshotError::OtherKey("upsync/v1/snap/web".into()))
+        );
+        assert!(matches!(Snapshot::decode("k", b"{"), Err(SnapshotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn versions_grow_and_unchanged_lists_are_not_rewritten() {
+        for rules in [StoreRules::Envoy, StoreRules::NgxWasm] {
+            let mut store = MemoryStore::new(rules);
+            let u1 = update(&["10.0.0.1:80"], Source::Registry);
+            assert_eq!(publish(&mut store, "web", &u1), Ok(PublishOutcome::Written { version: 1 }));
+            let cas_before = store.get(&snapshot_key("web")).unwrap().cas;
+            assert_eq!(publish(&mut store, "web", &u1), Ok(PublishOutcome::Unchanged { version: 1 }));
+            assert_eq!(store.get(&snapshot_key("web")).unwrap().cas, cas_before, "no write");
+            let u2 = update(&["10.0.0.1:80", "10.0.0.2:80"], Source::Registry);
+            assert_eq!(publish(&mut store, "web", &u2), Ok(PublishOutcome::Written { version: 2 }));
+            let read_back = read(&store, "web").unwrap().unwrap();
+            assert_eq!(read_back.members, u2.members);
+            assert_eq!(read_back.version, 2);
+            assert_eq!(read_version(&store, "web"), Some(2));
+            assert_eq!(read_version(&store, "api"), None);
+        }
+    }
+
+    #[test]
+    fn fallback_never_replaces_a_stored_list() {
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        publish(&mut store, "web", &update(&["10.0.0.1:80"], Source::Registry)).unwrap();
+        let out = publish(&mut store, "web", &update(&["127.0.0.1:9"], Source::Fallback)).unwrap();
+        assert_eq!(out, PublishOutcome::KeptStored { version: 1 });
+        assert_eq!(read(&store, "web").unwrap().unwrap().source, Source::Registry);
+        // On an empty store the fallback is written.
+        let mut empty = MemoryStore::new(StoreRules::NgxWasm);
+        assert_eq!(
+            publish(&mut empty, "web", &update(&["127.0.0.1:9"], Source::Fallback)),
+            Ok(PublishOutcome::Written { version: 1 })
+        );
+    }
+
+    /// A store where another writer slips in a newer version between our
+    /// read and our write, `races` times.
+    struct RacingStore {
+        inner: MemoryStore,
+        races: usize,
+    }
+
+    impl SharedStore for RacingStore {
+        fn get(&self, key: &str) -> Result<crate::sansio::shared::store::Entry, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            if self.races > 0 {
+                self.races -= 1;
+                let current = read(&self.inner, "web").unwrap().map_or(0, |s| s.version);
+                let theirs =
+                    Snapshot { version: current + 10, source: Source::Registry, members: set_of(&["10.9.9.9:80"]) };
+                crate::sansio::shared::store::put(&mut self.inner, key, &theirs.encode(key)).unwrap();
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_concurrent_newer_version_is_never_overwritten_blindly() {
+        for rules in [StoreRules::Envoy, StoreRules::NgxWasm] {
+            // Envoy treats cas 0 as "no check", so a create cannot be guarded
+            // there: the races start once the key exists (Envoy's poller is a
+            // singleton, so only the nginx host has concurrent creators).
+            let mut inner = MemoryStore::new(rules);
+            publish(&mut inner, "web", &update(&["10.0.0.9:80"], Source::Registry)).unwrap();
+            let mut store = RacingStore { inner, races: 2 };
+            let out = publish(&mut store, "web", &update(&["10.0.0.1:80"], Source::Registry)).unwrap();
+            // Two racing writes (versions 11, then 21); ours goes on top.
+            assert_eq!(out, PublishOutcome::Written { version: 22 });
+            let mut always = RacingStore { inner: store.inner.clone(), races: usize::MAX };
+            assert_eq!(
+                publish(&mut always, "web", &update(&["10.0.0.2:80"], Source::Registry)),
+                Err(StoreError::CasMismatch)
+            );
+        }
+    }
+
+    #[test]
+    fn a_crc32_collision_is_detected_on_read() {
+        let mut store = MemoryStore::new(StoreRules::NgxWasm);
+        // Find two upstream names whose snapshot keys collide is costly;
+        // write a foreign value straight into our slot instead.
+        let ours = snapshot_key("web");
+        let foreign = Snapshot { version: 3, source: Source::Registry, members: set_of(&["10.0.0.1:80"]) };
+        store.set(&ours, &foreign.encode("upsync/v1/snap/other"), None).unwrap();
+        assert_eq!(read(&store, "web"), Err(SnapshotError::OtherKey("upsync/v1/snap/other".into())));
+        // Publishing repairs it, with a version above any seen before.
+        put_json(&mut store, &version_key("web"), &VersionWire { key: version_key("web"), version: 7 }).unwrap();
+        assert_eq!(
+            publish(&mut store, "web", &update(&["10.0.0.2:80"], Source::Registry)),
+            Ok(PublishOutcome::Written { version: 8 })
+        );
+    }
+}

@@ -1,0 +1,824 @@
+//! The sync state machine of one upstream, in quinn-proto's shape.
+//!
+//! Call order, on every host event:
+//! 1. feed it: [`SyncMachine::handle_timeout`] when [`SyncMachine::poll_timeout`]
+//!    is due, [`SyncMachine::handle_response`] /
+//!    [`SyncMachine::handle_dispatch_failed`] for a registry call,
+//!    [`SyncMachine::handle_push`] when the registry pushed a change;
+//! 2. drain it: [`SyncMachine::poll_transmit`] until `None` (send each),
+//!    then [`SyncMachine::poll_event`] until `None`.
+//!
+//! `handle_*` return nothing: every output leaves through a `poll_*`.
+//! Every input carries `now` (milliseconds on any monotonic-enough clock);
+//! the machine never reads a clock and draws jitter from a seeded [`Rng`].
+//! Calling `handle_timeout` early, late or twice is harmless, and at most
+//! one registry call is in flight. The registry protocol itself lives in a
+//! [`RegistryAdapter`]; the machine owns pacing, backoff, and what to
+//! accept.
+
+use crate::sansio::config::UpstreamConfig;
+use crate::sansio::model::member_set::{Diff, MemberSet};
+use crate::sansio::model::update::{Published, Source};
+use crate::sansio::registry::{
+    AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, RegistryAdapter,
+};
+use crate::sansio::shared::status::SyncStats;
+use crate::sansio::util::backoff::Backoff;
+use crate::sansio::util::rng::Rng;
+use std::collections::VecDeque;
+
+/// A registry call the host must make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Hand this back with the answer; answers with any other id are ignored.
+    pub id: u64,
+    pub request: HttpRequest,
+    /// Always > 0: a 0 timeout means "never" on some hosts.
+    pub timeout_ms: u64,
+}
+
+/// What happened, for the poller (publishing, failover), the status
+/// record, the logs and metrics: one stream they all read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// The machine hands out a new member list ([`SyncMachine::published`]);
+    /// `diff` is what changed since the previous one.
+    Published { source: Source, diff: Diff },
+    /// A usable answer (including "nothing changed").
+    Synced,
+    /// The registry answers again after this many failed calls.
+    Recovered { failures: u32 },
+    /// A call failed; the next try is in `retry_in_ms`.
+    CallFailed { reason: FailReason, retry_in_ms: u64 },
+    /// A usable member list was not applied; the last good list stays.
+    /// `first` is set on the first refusal of a run of them.
+    Refused { reason: RefuseReason, first: bool },
+    /// Entries of the last full read that were skipped or repaired.
+    BadEntries { problems: Vec<EntryProblem> },
+    /// The registry lists members again after refusals.
+    Accepting,
+}
+
+/// Why a registry call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailReason {
+    /// The host never answered, not even with its own timeout.
+    NoAnswer,
+    /// The host could not send the call.
+    Dispatch(String),
+    /// 429 or 503 with `Retry-After`.
+    RetryAfter { status: u16 },
+    /// The announced body is over `max_body_bytes`; not read.
+    Oversize { size: usize, limit: usize },
+    /// The adapter could not use the answer.
+    Answer(AdapterError),
+}
+
+impl FailReason {
+    /// A short, fixed label (for metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailReason::NoAnswer => "timeout",
+            FailReason::Dispatch(_) => "dispatch",
+            FailReason::RetryAfter { .. } => "retry_after",
+            FailReason::Oversize { .. } => "oversize",
+            FailReason::Answer(AdapterError::NotJson(_)) => "not_json",
+            FailReason::Answer(AdapterError::BadShape(_)) => "bad_shape",
+            FailReason::Answer(AdapterError::Registry(_)) => "registry_error",
+            FailReason::Answer(AdapterError::Status(_)) => "status",
+            FailReason::Answer(AdapterError::NoStatus) => "no_status",
+        }
+    }
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailReason::NoAnswer => write!(f, "registry call timed out with no answer from the host"),
+            FailReason::Dispatch(reason) => write!(f, "dispatch failed: {reason}"),
+            FailReason::RetryAfter { status } => write!(f, "registry answered HTTP {status} with Retry-After"),
+            FailReason::Oversize { size, limit } => {
+                write!(f, "body of {size} bytes is over max_body_bytes ({limit})")
+            }
+            FailReason::Answer(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Why a usable member list was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// No members, and `allow_empty` is false.
+    Empty,
+    /// The prefix or service does not exist, and `allow_empty` is false.
+    NotFound,
+}
+
+impl RefuseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RefuseReason::Empty => "empty",
+            RefuseReason::NotFound => "not_found",
+        }
+    }
+}
+
+impl std::fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self {
+            RefuseReason::Empty => "registry returned no members",
+            RefuseReason::NotFound => "registry returned no members (the prefix or service is not there)",
+        };
+        write!(f, "{what}; last good list kept (allow_empty is false)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Healthy; next call at `until`.
+    Waiting { until: u64 },
+    /// A call sent at `sent` is out; given up at `deadline` if the host
+    /// never answers. `failures` is the run of failed calls before it.
+    InFlight { id: u64, sent: u64, deadline: u64, failures: u32 },
+    /// `failures` calls in a row failed; next try at `until`.
+    Backoff { until: u64, failures: u32 },
+}
+
+impl Phase {
+    fn failures(self) -> u32 {
+        match self {
+            Phase::Waiting { .. } => 0,
+            Phase::InFlight { failures, .. } | Phase::Backoff { failures, .. } => failures,
+        }
+    }
+}
+
+/// What the machine does with the registry's member lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acceptance {
+    Accepting,
+    /// The last full read was refused; the last good list stays.
+    Refusing(RefuseReason),
+}
+
+/// Timing and policy knobs, taken from [`UpstreamConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub name: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_body_bytes: usize,
+    pub allow_empty: bool,
+    pub fallback: MemberSet,
+    /// Headers added to every registry call (authentication); never logged.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl From<&UpstreamConfig> for SyncConfig {
+    fn from(u: &UpstreamConfig) -> Self {
+        SyncConfig {
+            name: u.name.clone(),
+            interval_ms: u.interval_ms,
+            timeout_ms: u.timeout_ms.max(1),
+            backoff_max_ms: u.backoff_max_ms,
+            max_body_bytes: u.max_body_bytes,
+            allow_empty: u.allow_empty,
+            fallback: MemberSet::from_members(u.fallback.iter().cloned()).0,
+            extra_headers: u.registry.auth_headers(),
+        }
+    }
+}
+
+/// Extra time past the host's own timeout before the machine gives a call up.
+const DEADLINE_GRACE_MS: u64 = 1_000;
+/// The longest `Retry-After` honoured; a registry asking for more is retried then.
+const MAX_RETRY_AFTER_MS: u64 = 600_000;
+
+/// The sync state of one upstream.
+pub struct SyncMachine {
+    config: SyncConfig,
+    adapter: Box<dyn RegistryAdapter>,
+    phase: Phase,
+    acceptance: Acceptance,
+    next_id: u64,
+    rng: Rng,
+    backoff: Backoff,
+    /// What this machine hands out, if anything.
+    published: Option<Published>,
+    events: VecDeque<SyncEvent>,
+    stats: SyncStats,
+}
+
+impl SyncMachine {
+    pub fn new(config: SyncConfig, adapter: Box<dyn RegistryAdapter>, seed: u64) -> Self {
+        let backoff = Backoff { base_ms: config.interval_ms, max_ms: config.backoff_max_ms };
+        SyncMachine {
+            config,
+            adapter,
+            phase: Phase::Waiting { until: 0 },
+            acceptance: Acceptance::Accepting,
+            next_id: 1,
+            rng: Rng::new(seed),
+            backoff,
+            published: None,
+            events: VecDeque::new(),
+            stats: SyncStats::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Counters and last outcomes, for the status record.
+    pub fn stats(&self) -> SyncStats {
+        SyncStats { consecutive_failures: self.phase.failures(), ..self.stats.clone() }
+    }
+
+    /// The phase as a word for the status endpoint.
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Waiting { .. } => "waiting",
+            Phase::InFlight { .. } => "in_flight",
+            Phase::Backoff { .. } => "backoff",
+        }
+    }
+
+    /// The largest body the host should read; larger ones are refused unread.
+    pub fn max_body_bytes(&self) -> usize {
+        self.config.max_body_bytes
+    }
+
+    /// The member list this machine hands out, if any.
+    pub fn published(&self) -> Option<&Published> {
+        self.published.as_ref()
+    }
+
+    /// When the machine next wants [`SyncMachine::handle_timeout`] (or has a
+    /// call to send): never `None`, a machine always waits for something.
+    #[must_use]
+    pub fn poll_timeout(&self) -> u64 {
+        match self.phase {
+            Phase::Waiting { until } | Phase::Backoff { until, .. } => until,
+            Phase::InFlight { deadline, .. } => deadline,
+        }
+    }
+
+    /// Gives up a call the host never answered.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if let Phase::InFlight { deadline, .. } = self.phase {
+            if now >= deadline {
+                self.fail(now, FailReason::NoAnswer, 0);
+            }
+        }
+    }
+
+    /// The registry pushed "something changed": poll at once, unless a
+    /// call is in flight or the registry is backing off.
+    pub fn handle_push(&mut self, now: u64) {
+        if let Phase::Waiting { until } = self.phase {
+            self.phase = Phase::Waiting { until: until.min(now) };
+        }
+    }
+
+    /// The next registry call, when one is due.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: u64) -> Option<Outgoing> {
+        let failures = match self.phase {
+            Phase::Waiting { until } | Phase::Backoff { until, .. } if now >= until => self.phase.failures(),
+            _ => return None,
+        };
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let timeout_ms = self.config.timeout_ms.saturating_add(self.adapter.hold_ms());
+        self.phase = Phase::InFlight {
+            id,
+            sent: now,
+            deadline: now.saturating_add(timeout_ms).saturating_add(DEADLINE_GRACE_MS),
+            failures,
+        };
+        let mut request = self.adapter.request();
+        request.headers.extend(self.config.extra_headers.iter().cloned());
+        Some(Outgoing { id, request, timeout_ms })
+    }
+
+    /// The next thing that happened.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<SyncEvent> {
+        self.events.pop_front()
+    }
+
+    /// The host could not send call `id`.
+    pub fn handle_dispatch_failed(&mut self, now: u64, id: u64, reason: &str) {
+        if self.in_flight(id).is_some() {
+            self.fail(now, FailReason::Dispatch(reason.to_string()), 0);
+        }
+    }
+
+    /// An answer to call `id`. Late, duplicate or unknown answers (for a
+    /// call already given up) are ignored.
+    pub fn handle_response(&mut self, now: u64, id: u64, response: HttpResponse<'_>) {
+        let Some(sent) = self.in_flight(id) else {
+            return;
+        };
+        if let Some(status @ (429 | 503)) = response.status {
+            if let Some(ms) = response.header("retry-after").and_then(retry_after_ms) {
+                self.fail(now, FailReason::RetryAfter { status }, ms);
+                return;
+            }
+        }
+        if response.body_size > self.config.max_body_bytes {
+            let reason = FailReason::Oversize { size: response.body_size, limit: self.config.max_body_bytes };
+            self.fail(now, reason, 0);
+            return;
+        }
+        // Plain pollers pause `interval_ms` after each answer. Long pollers
+        // ask again at once after news; after "unchanged" they wait until
+        // `interval_ms` after the previous send, so a registry that answers
+        // blocking queries at once cannot make the plugin spin.
+        let long_polls = self.adapter.long_polls();
+        let unchanged_pace = if long_polls {
+            sent.saturating_add(self.config.interval_ms).saturating_sub(now)
+        } else {
+            self.config.interval_ms
+        };
+        let after_news = if long_polls { 0 } else { self.config.interval_ms };
+        let poll = match self.adapter.parse(&response) {
+            Ok(poll) => poll,
+            Err(e) => return self.fail(now, FailReason::Answer(e), 0),
+        };
+        let failures = self.phase.failures();
+        if failures > 0 {
+            self.events.push_back(SyncEvent::Recovered { failures });
+        }
+        match poll {
+            Poll::Unchanged => {
+                self.succeed(now);
+                self.wait(now, unchanged_pace);
+            }
+            Poll::Changed => {
+                self.succeed(now);
+                self.wait(now, 0);
+            }
+            Poll::Members(list) => {
+                self.apply(now, list, RefuseReason::Empty);
+                self.wait(now, after_news);
+            }
+            Poll::NotFound => {
+                self.apply(now, MemberList::default(), RefuseReason::NotFound);
+                self.wait(now, after_news);
+            }
+        }
+    }
+
+    /// A full read. An empty one is refused (as `empty_reason`) unless
+    /// `allow_empty`.
+    fn apply(&mut self, now: u64, list: MemberList, empty_reason: RefuseReason) {
+        self.stats.bad_entries = u64::try_from(list.problems.len()).unwrap_or(u64::MAX);
+        if !list.problems.is_empty() {
+            self.events.push_back(SyncEvent::BadEntries { problems: list.problems });
+        }
+        if list.members.is_empty() && !self.config.allow_empty {
+            // The adapter keeps its cursor: the refusal depends only on the
+            // data, so the list is read again when the registry says it
+            // changed (a probe, a watch, a blocking query), never in a loop.
+            self.stats.updates_refused += 1;
+            let first = self.acceptance == Acceptance::Accepting;
+            self.acceptance = Acceptance::Refusing(empty_reason);
+            self.note_error(now, empty_reason.to_string());
+            self.events.push_back(SyncEvent::Refused { reason: empty_reason, first });
+            if self.published.is_none() {
+                self.offer_fallback();
+            }
+        } else {
+            if matches!(self.acceptance, Acceptance::Refusing(_)) {
+                self.acceptance = Acceptance::Accepting;
+                self.events.push_back(SyncEvent::Accepting);
+            }
+            self.succeed(now);
+            self.offer(list.members, Source::Registry);
+        }
+    }
+
+    /// The send time of call `id`, if it is the one in flight.
+    fn in_flight(&self, id: u64) -> Option<u64> {
+        match self.phase {
+            Phase::InFlight { id: current, sent, .. } if current == id => Some(sent),
+            _ => None,
+        }
+    }
+
+    fn wait(&mut self, now: u64, delay: u64) {
+        self.phase = Phase::Waiting { until: now.saturating_add(delay) };
+    }
+
+    fn succeed(&mut self, now: u64) {
+        self.stats.syncs_ok += 1;
+        self.stats.last_sync_ms = Some(now);
+        self.events.push_back(SyncEvent::Synced);
+    }
+
+    fn note_error(&mut self, now: u64, reason: String) {
+        self.stats.last_error = Some(reason);
+        self.stats.last_error_ms = Some(now);
+    }
+
+    /// Counts a failed call and backs off, for at least `at_least_ms`.
+    fn fail(&mut self, now: u64, reason: FailReason, at_least_ms: u64) {
+        self.stats.syncs_failed += 1;
+        let failures = self.phase.failures().saturating_add(1);
+        let delay = self.backoff.jittered(failures, &mut self.rng).max(at_least_ms.min(MAX_RETRY_AFTER_MS));
+        self.note_error(now, format!("{reason}; keeping the last good list, next try in {delay} ms"));
+        self.phase = Phase::Backoff { until: now.saturating_add(delay), failures };
+        self.events.push_back(SyncEvent::CallFailed { reason, retry_in_ms: delay });
+        if self.published.is_none() {
+            self.offer_fallback();
+        }
+    }
+
+    fn offer_fallback(&mut self) {
+        if !self.config.fallback.is_empty() {
+            self.offer(self.config.fallback.clone(), Source::Fallback);
+        }
+    }
+
+    fn offer(&mut self, members: MemberSet, source: Source) {
+        let diff = match &self.published {
+            Some(old) if old.members == members && old.source == source => return,
+            Some(old) => old.members.diff(&members),
+            None => MemberSet::new().diff(&members),
+        };
+        self.stats.updates_applied += 1;
+        self.published = Some(Published { members, source });
+        self.events.push_back(SyncEvent::Published { source, diff });
+    }
+}
+
+/// `Retry-After` in delta-seconds (the HTTP-date form is not used by registries).
+fn retry_after_ms(value: &str) -> Option<u64> {
+    value.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::sansio::model::member_set::Diff;
+
+    #[derive(Debug, PartialEq, Eq)]
+    struct Update {
+        members: MemberSet,
+        source: Source,
+        diff: Diff,
+    }
+
+    /// Drains the events; the last member list published among them.
+    fn poll_update(m: &mut SyncMachine) -> Option<Update> {
+        let mut out = None;
+        while let Some(e) = m.poll_event() {
+            if let SyncEvent::Published { source, diff } = e {
+                out = Some(Update { members: m.published().unwrap().members.clone(), source, diff });
+            }
+        }
+        out
+    }
+    use crate::sansio::registry::etcd_v3::EtcdV3Adapter;
+    use crate::sansio::tests::testkit::{EtcdScript as Registry, PREFIX};
+
+    fn config() -> SyncConfig {
+        SyncConfig {
+            name: "web".into(),
+            interval_ms: 1000,
+            timeout_ms: 3000,
+            backoff_max_ms: 8000,
+            max_body_bytes: 64 * 1024,
+            allow_empty: false,
+            fallback: MemberSet::new(),
+            extra_headers: Vec::new(),
+        }
+    }
+
+    fn machine(config: SyncConfig) -> SyncMachine {
+        SyncMachine::new(config, Box::new(EtcdV3Adapter::new(PREFIX)), 42)
+    }
+
+    fn ok(body: &[u8]) -> HttpResponse<'_> {
+        HttpResponse { status: Some(200), headers: &[], body, body_size: body.len() }
+    }
+
+    /// Runs one poll at `now`: returns the request kind sent (by body) and
+    /// the update, if any.
+    fn poll_once(m: &mut SyncMachine, r: &Registry, now: u64) -> (Option<&'static str>, Option<Update>) {
+        m.handle_timeout(now);
+        let mut kind = None;
+        while let Some(out) = m.poll_transmit(now) {
+            let body = r.answer(&out.request);
+            let is_probe = String::from_utf8_lossy(&out.request.body).contains("sort_target");
+            kind = Some(match (kind, is_probe) {
+                (None, true) => "probe",
+                (None, false) => "fetch",
+                (Some(_), _) => "probe+fetch",
+            });
+            m.handle_response(now, out.id, ok(&body));
+        }
+        (kind, poll_update(m))
+    }
+
+    fn addrs(u: &Update) -> Vec<String> {
+        u.members.iter().map(|m| m.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn first_poll_reads_everything_then_probes_each_interval() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        r.put("10.0.0.2:80", r#"{"weight":3}"#);
+        let mut m = machine(config());
+        let (kind, update) = poll_once(&mut m, &r, 0);
+        assert_eq!(kind, Some("fetch"));
+        let update = update.unwrap();
+        assert_eq!(addrs(&update), ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(update.source, Source::Registry);
+        assert_eq!(update.diff.added.len(), 2);
+        assert_eq!(m.poll_timeout(), 1000);
+
+        // Nothing due before the interval, however often the host ticks.
+        assert_eq!(poll_once(&mut m, &r, 500), (None, None));
+        // Unrelated writes move the cluster revision, not our cursor.
+        r.touch_elsewhere();
+        assert_eq!(poll_once(&mut m, &r, 1000), (Some("probe"), None));
+        assert_eq!(m.stats().syncs_ok, 2);
+    }
+
+    #[test]
+    fn a_change_is_fetched_right_after_the_probe_sees_it() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0);
+
+        r.put("10.0.0.2:80", "{}");
+        let (kind, update) = poll_once(&mut m, &r, 1000);
+        assert_eq!(kind, Some("probe+fetch"));
+        assert_eq!(addrs(&update.unwrap()), ["10.0.0.1:80", "10.0.0.2:80"]);
+
+        r.put("10.0.0.1:80", r#"{"down":1}"#);
+        let update = poll_once(&mut m, &r, 2000).1.unwrap();
+        assert_eq!(update.diff.changed.len(), 1);
+        assert!(update.members.get(&"10.0.0.1:80".parse().unwrap()).unwrap().down);
+
+        // A delete alone lowers the count: seen too.
+        r.delete("10.0.0.2:80");
+        let update = poll_once(&mut m, &r, 3000).1.unwrap();
+        assert_eq!(addrs(&update), ["10.0.0.1:80"]);
+        assert_eq!(update.diff.removed.len(), 1);
+
+        // A delete plus a put of another key: count equal, revision higher.
+        r.delete("10.0.0.1:80");
+        r.put("10.0.0.3:80", "{}");
+        let update = poll_once(&mut m, &r, 4000).1.unwrap();
+        assert_eq!(addrs(&update), ["10.0.0.3:80"]);
+    }
+
+    #[test]
+    fn rewriting_the_same_value_publishes_nothing() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0);
+        r.put("10.0.0.1:80", "{}");
+        assert_eq!(poll_once(&mut m, &r, 1000), (Some("probe+fetch"), None));
+        assert_eq!(m.stats().updates_applied, 1);
+    }
+
+    #[test]
+    fn errors_keep_the_last_good_list_and_back_off_exponentially() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0).1.unwrap();
+
+        let mut now = 1000;
+        let mut delays = Vec::new();
+        let failures: [HttpResponse<'_>; 6] = [
+            HttpResponse { status: Some(503), headers: &[], body: b"", body_size: 0 },
+            HttpResponse { status: Some(200), headers: &[], body: b"garbage", body_size: 7 },
+            HttpResponse { status: None, headers: &[], body: b"", body_size: 0 },
+            HttpResponse { status: Some(404), headers: &[], body: b"{}", body_size: 2 },
+            HttpResponse { status: Some(200), headers: &[], body: b"{\"header\":{},\"kvs\":[{", body_size: 21 },
+            HttpResponse { status: Some(500), headers: &[], body: b"", body_size: 0 },
+        ];
+        for failure in failures {
+            let out = m.poll_transmit(now).expect("due");
+            m.handle_response(now, out.id, failure);
+            assert_eq!(poll_update(&mut m), None, "nothing published on error");
+            assert_eq!(m.phase_name(), "backoff");
+            let next = m.poll_timeout();
+            delays.push(next - now);
+            assert_eq!(m.poll_transmit(next - 1), None, "no call before the backoff ends");
+            now = next;
+        }
+        // Equal jitter: each delay in [full/2, full], full doubling to the cap.
+        for (i, d) in delays.iter().enumerate() {
+            let full = (1000u64 << i).min(8000);
+            assert!((full / 2..=full).contains(d), "delay {i} = {d}, full {full}");
+        }
+        assert_eq!(m.stats().syncs_failed, 6);
+        assert_eq!(m.stats().consecutive_failures, 6);
+        assert!(m.stats().last_error.as_deref().unwrap().contains("HTTP 500"));
+
+        // Recovery: the first good answer resets the backoff.
+        r.put("10.0.0.2:80", "{}");
+        let (kind, update) = poll_once(&mut m, &r, now);
+        assert_eq!(kind, Some("probe+fetch"));
+        assert_eq!(addrs(&update.unwrap()), ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(m.stats().consecutive_failures, 0);
+        assert_eq!(m.poll_timeout(), now + 1000);
+    }
+
+    #[test]
+    fn an_empty_list_is_refused_unless_allowed() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0).1.unwrap();
+        r.delete("10.0.0.1:80");
+        assert_eq!(poll_once(&mut m, &r, 1000), (Some("probe+fetch"), None));
+        assert_eq!(m.stats().updates_refused, 1);
+        assert!(m.stats().last_error.as_deref().unwrap().contains("no members"));
+        // Still empty: the probe sees no change, nothing is read or refused again.
+        assert_eq!(poll_once(&mut m, &r, 2000), (Some("probe"), None));
+        assert_eq!(m.stats().updates_refused, 1);
+        r.put("10.0.0.5:80", "{}");
+        assert_eq!(addrs(&poll_once(&mut m, &r, 3000).1.unwrap()), ["10.0.0.5:80"]);
+
+        let mut allowed = machine(SyncConfig { allow_empty: true, ..config() });
+        poll_once(&mut allowed, &r, 0).1.unwrap();
+        r.delete("10.0.0.5:80");
+        let update = poll_once(&mut allowed, &r, 1000).1.unwrap();
+        assert!(update.members.is_empty());
+    }
+
+    #[test]
+    fn fallback_serves_until_the_registry_answers_and_never_after() {
+        let fallback = MemberSet::from_members(vec![crate::sansio::model::member::Member {
+            addr: "127.0.0.1:9009".parse().unwrap(),
+            attrs: Default::default(),
+        }])
+        .0;
+        let mut m = machine(SyncConfig { fallback, ..config() });
+        let out = m.poll_transmit(0).unwrap();
+        m.handle_dispatch_failed(0, out.id, "cluster not found");
+        let update = poll_update(&mut m).unwrap();
+        assert_eq!(update.source, Source::Fallback);
+        assert_eq!(addrs(&update), ["127.0.0.1:9009"]);
+        // Further failures do not republish it.
+        let next = m.poll_timeout();
+        let out = m.poll_transmit(next).unwrap();
+        m.handle_response(next, out.id, HttpResponse { status: Some(503), headers: &[], body: b"", body_size: 0 });
+        assert_eq!(poll_update(&mut m), None);
+
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let now = m.poll_timeout();
+        let update = poll_once(&mut m, &r, now).1.unwrap();
+        assert_eq!(update.source, Source::Registry);
+        assert_eq!(update.diff.removed.len(), 1);
+
+        // Registry gone again: the registry list stays, no fallback.
+        let now = m.poll_timeout();
+        let out = m.poll_transmit(now).unwrap();
+        m.handle_dispatch_failed(now, out.id, "down");
+        assert_eq!(poll_update(&mut m), None);
+    }
+
+    #[test]
+    fn one_call_in_flight_and_stale_answers_are_ignored() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        let first = m.poll_transmit(0).unwrap();
+        assert_eq!(m.poll_transmit(0), None);
+        assert_eq!(m.poll_transmit(100), None, "ticks while in flight send nothing");
+        m.handle_response(0, first.id + 1, ok(b"{}"));
+        assert_eq!(m.phase_name(), "in_flight", "unknown id ignored");
+        assert_eq!(m.poll_event(), None);
+
+        // The host never answers: given up after timeout + grace.
+        m.handle_timeout(first.timeout_ms);
+        assert_eq!(m.phase_name(), "in_flight");
+        m.handle_timeout(first.timeout_ms + DEADLINE_GRACE_MS);
+        assert_eq!(m.phase_name(), "backoff");
+        assert_eq!(m.stats().syncs_failed, 1);
+        m.handle_timeout(first.timeout_ms + DEADLINE_GRACE_MS);
+        assert_eq!(m.stats().syncs_failed, 1, "a second timeout event is harmless");
+
+        // The late answer arrives: ignored, counters unchanged.
+        let body = r.answer(&first.request);
+        m.handle_response(5000, first.id, ok(&body));
+        assert_eq!(m.phase_name(), "backoff", "the late answer is ignored");
+        assert_eq!(poll_update(&mut m), None);
+        assert_eq!(m.stats().syncs_ok, 0);
+        assert!(first.timeout_ms > 0);
+    }
+
+    #[test]
+    fn an_oversize_body_is_refused_unread() {
+        let mut m = machine(SyncConfig { max_body_bytes: 1024, ..config() });
+        let out = m.poll_transmit(0).unwrap();
+        m.handle_response(0, out.id, HttpResponse { status: Some(200), headers: &[], body: b"", body_size: 5 << 20 });
+        assert_eq!(m.stats().syncs_failed, 1);
+        assert!(m.stats().last_error.as_deref().unwrap().contains("max_body_bytes"));
+        assert_eq!(m.max_body_bytes(), 1024);
+    }
+
+    #[test]
+    fn bad_entries_are_counted_per_read() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "not json");
+        r.put("garbage", "{}");
+        let mut m = machine(config());
+        let out = m.poll_transmit(0).unwrap();
+        m.handle_response(0, out.id, ok(&r.answer(&out.request)));
+        let events: Vec<SyncEvent> = std::iter::from_fn(|| m.poll_event()).collect();
+        let problems = events.iter().find_map(|e| match e {
+            SyncEvent::BadEntries { problems } => Some(problems.len()),
+            _ => None,
+        });
+        assert_eq!(problems, Some(2), "{events:?}");
+        assert!(events.iter().any(|e| matches!(e, SyncEvent::Published { source: Source::Registry, .. })));
+        let members: Vec<String> = m.published().unwrap().members.iter().map(|m| m.addr.to_string()).collect();
+        assert_eq!(members, ["10.0.0.1:80"]);
+        assert_eq!(m.stats().bad_entries, 2);
+        assert_eq!(m.poll_event(), None, "each event once");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429() {
+        let mut m = machine(config());
+        let out = m.poll_transmit(0).unwrap();
+        let headers = [("Retry-After".to_string(), "7".to_string())];
+        m.handle_response(0, out.id, HttpResponse { status: Some(429), headers: &headers, body: b"", body_size: 0 });
+        assert_eq!(m.phase_name(), "backoff");
+        assert!(m.poll_timeout() >= 7000, "next try at {}", m.poll_timeout());
+        assert!(m.stats().last_error.as_deref().unwrap().contains("429"));
+        // Without Retry-After a 429 is an ordinary failure.
+        let mut m = machine(config());
+        let out = m.poll_transmit(0).unwrap();
+        m.handle_response(0, out.id, HttpResponse { status: Some(429), headers: &[], body: b"", body_size: 0 });
+        assert!(m.poll_timeout() <= 1000);
+    }
+
+    /// A long-polling adapter that always says "unchanged".
+    struct Blocking;
+
+    impl RegistryAdapter for Blocking {
+        fn request(&self) -> HttpRequest {
+            HttpRequest { method: "GET", path: "/watch".into(), headers: vec![], body: vec![] }
+        }
+        fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Poll, crate::sansio::registry::AdapterError> {
+            response.expect_ok().map(|_| Poll::Unchanged)
+        }
+        fn reset(&mut self) {}
+        fn hold_ms(&self) -> u64 {
+            30_000
+        }
+        fn long_polls(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn long_polls_go_again_at_once_but_never_spin() {
+        let cfg =
+            SyncConfig { extra_headers: vec![("x-consul-token".into(), "t".into())], interval_ms: 100, ..config() };
+        let mut m = SyncMachine::new(cfg, Box::new(Blocking), 1);
+        let out = m.poll_transmit(0).unwrap();
+        assert_eq!(out.timeout_ms, 3000 + 30_000, "the hold is added to the timeout");
+        assert_eq!(out.request.headers, [("x-consul-token".to_string(), "t".to_string())]);
+        // Held 30 s, then answered: the next call goes at once.
+        m.handle_response(30_000, out.id, ok(b""));
+        let out = m.poll_transmit(30_000).expect("asked again at once");
+        // Answered at once (a registry ignoring the wait): paced by interval_ms.
+        m.handle_response(30_001, out.id, ok(b""));
+        assert_eq!(m.poll_transmit(30_050), None);
+        assert!(m.poll_transmit(30_100).is_some());
+    }
+
+    #[test]
+    fn poll_now_brings_a_waiting_poll_forward_only() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0);
+        assert_eq!(m.poll_transmit(10), None);
+        m.handle_push(10);
+        assert!(m.poll_transmit(10).is_some());
+        m.handle_push(20);
+        assert_eq!(m.poll_transmit(20), None, "one call in flight at most");
+    }
+}

@@ -1,0 +1,664 @@
+//! The poller: every upstream's [`SyncMachine`] on one [`TimerTable`], who
+//! may poll (leadership), which registry address to use (failover), etcd
+//! watch streams, and what gets written to shared data.
+//!
+//! - Envoy runs one poller per process ([`Leadership::Singleton`]).
+//! - nginx runs one per worker; the workers elect one leader per upstream
+//!   through a lease in shared data ([`Leadership::Lease`]), so the
+//!   registry sees one poller per nginx instance, not one per worker.
+//!
+//! Call order, like [`SyncMachine`]'s: feed an input (`handle_*`), then
+//! drain [`Poller::poll_action`] (carry each out), then [`Poller::flush`]
+//! (the only place snapshots and status records are written). A host
+//! ticks on a fixed period and calls [`Poller::handle_timeout`] only when
+//! [`Poller::poll_timeout`] is due: an idle tick costs one comparison, and
+//! a due one touches only the upstreams whose deadlines passed.
+
+use crate::sansio::config::{HostKind, PluginConfig, RegistryConfig};
+use crate::sansio::model::update::Source;
+use crate::sansio::registry::etcd_watch;
+use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse};
+use crate::sansio::shared::lease::{self, Role};
+use crate::sansio::shared::snapshot::{self, PublishOutcome};
+use crate::sansio::shared::status::{self, StatusRecord};
+use crate::sansio::shared::store::SharedStore;
+use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
+use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
+use crate::sansio::sync::watch::WatchStream;
+use std::collections::VecDeque;
+
+/// Who polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// This poller is the only one (Envoy's bootstrap singleton).
+    Singleton,
+    /// Workers compete for a lease per upstream; `me` must be unique.
+    Lease { me: u64, ttl_ms: u64 },
+}
+
+/// A registry call for the host to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    pub upstream: usize,
+    pub id: u64,
+    /// Envoy cluster name, or an nginx `ip:port` / `unix:` address.
+    pub target: String,
+    pub authority: String,
+    pub request: HttpRequest,
+    pub timeout_ms: u64,
+}
+
+/// An etcd Watch stream for the host to open (gRPC hosts only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenWatch {
+    pub upstream: usize,
+    pub target: String,
+    pub service: &'static str,
+    pub method: &'static str,
+    pub message: Vec<u8>,
+}
+
+/// What the host must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Dispatch(Dispatch),
+    OpenWatch(OpenWatch),
+    /// Let go of `upstream`'s watch stream (etcd canceled it).
+    CancelWatch {
+        upstream: usize,
+    },
+}
+
+/// This worker's part in an upstream's polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Leading,
+    Following,
+}
+
+/// When a lease is unreadable, how soon to look again.
+const LEASE_RETRY_MS: u64 = 100;
+
+struct Upstream {
+    registry: RegistryConfig,
+    machine: SyncMachine,
+    watch: Option<WatchStream>,
+    /// Index into `registry.targets` of the address in use.
+    target: usize,
+    part: Part,
+    /// A new member list waits for [`Poller::flush`].
+    unpublished: bool,
+    /// The status record waits for [`Poller::flush`].
+    status_stale: bool,
+}
+
+pub struct Poller {
+    upstreams: Vec<Upstream>,
+    leadership: Leadership,
+    host: HostKind,
+    timers: TimerTable,
+    actions: VecDeque<Action>,
+    /// Upstreams with something for [`Poller::flush`], each once.
+    dirty: Vec<usize>,
+    index_written: bool,
+}
+
+impl Poller {
+    pub fn new(config: &PluginConfig, leadership: Leadership, seed: u64) -> Self {
+        let part = if leadership == Leadership::Singleton { Part::Leading } else { Part::Following };
+        let upstreams = config
+            .upstreams
+            .iter()
+            .zip(0u64..)
+            .map(|(u, i)| Upstream {
+                watch: u.registry.spec.grpc_target().map(|_| WatchStream::new(u.backoff_max_ms)),
+                registry: u.registry.clone(),
+                machine: SyncMachine::new(
+                    SyncConfig::from(u),
+                    adapter_for(&u.registry.spec),
+                    seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
+                target: 0,
+                part,
+                unpublished: false,
+                // Every upstream shows up in status from the first flush.
+                status_stale: true,
+            })
+            .collect();
+        let mut poller = Poller {
+            upstreams,
+            leadership,
+            host: config.host,
+            timers: TimerTable::default(),
+            actions: VecDeque::new(),
+            dirty: (0..config.upstreams.len()).collect(),
+            index_written: false,
+        };
+        for i in 0..poller.upstreams.len() {
+            let kind = if leadership == Leadership::Singleton { TimerKind::Sync } else { TimerKind::Lease };
+            poller.timers.set(Timer { upstream: i, kind }, Some(0));
+            if poller.upstreams.get(i).is_some_and(|u| u.watch.is_some()) {
+                poller.timers.set(Timer { upstream: i, kind: TimerKind::Watch }, Some(0));
+            }
+        }
+        poller
+    }
+
+    pub fn name(&self, upstream: usize) -> &str {
+        self.upstreams.get(upstream).map_or("", |u| u.machine.name())
+    }
+
+    /// The largest registry body to read for `upstream`.
+    pub fn max_body_bytes(&self, upstream: usize) -> usize {
+        self.upstreams.get(upstream).map_or(0, |u| u.machine.max_body_bytes())
+    }
+
+    /// The earliest deadline; `handle_timeout` before it does nothing.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.next()
+    }
+
+    /// How many deadlines are armed (for tests and benchmarks).
+    pub fn armed_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Fires the deadlines due at `now`: elections, given-up calls, due
+    /// polls, watch reopens. Elections read and write the lease in `store`.
+    pub fn handle_timeout(&mut self, store: &mut dyn SharedStore, now: u64) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            let i = timer.upstream;
+            match timer.kind {
+                TimerKind::Lease => self.elect(store, i, now),
+                TimerKind::Sync => {
+                    if let Some(u) = self.upstreams.get_mut(i) {
+                        u.machine.handle_timeout(now);
+                    }
+                }
+                TimerKind::Watch => {}
+            }
+            self.drive(i, now);
+        }
+    }
+
+    /// An answer to call `id` of `upstream`.
+    pub fn handle_response(&mut self, now: u64, upstream: usize, id: u64, response: HttpResponse<'_>) {
+        if let Some(u) = self.upstreams.get_mut(upstream) {
+            // A worker that lost the lease meanwhile leaves the answer to the new leader.
+            if u.part == Part::Leading {
+                u.machine.handle_response(now, id, response);
+            }
+        }
+        self.drive(upstream, now);
+    }
+
+    /// The host could not send call `id` of `upstream`.
+    pub fn handle_dispatch_failed(&mut self, now: u64, upstream: usize, id: u64, reason: &str) {
+        if let Some(u) = self.upstreams.get_mut(upstream) {
+            u.machine.handle_dispatch_failed(now, id, reason);
+        }
+        self.drive(upstream, now);
+    }
+
+    /// A message on `upstream`'s watch stream.
+    pub fn handle_watch_message(&mut self, now: u64, upstream: usize, message: &[u8]) {
+        let Some(u) = self.upstreams.get_mut(upstream) else {
+            return;
+        };
+        let Some(watch) = u.watch.as_mut() else {
+            return;
+        };
+        let poll = watch.handle_message(now, message);
+        if !watch.is_open() {
+            self.actions.push_back(Action::CancelWatch { upstream });
+        }
+        if poll {
+            u.machine.handle_push(now);
+        }
+        self.drive(upstream, now);
+    }
+
+    /// `upstream`'s watch stream closed, or could not be opened.
+    pub fn handle_watch_closed(&mut self, now: u64, upstream: usize) {
+        if let Some(w) = self.upstreams.get_mut(upstream).and_then(|u| u.watch.as_mut()) {
+            w.handle_closed(now);
+        }
+        self.drive(upstream, now);
+    }
+
+    /// The next thing for the host to do.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Writes what changed to shared data: per upstream, the snapshot
+    /// first, then the status record (the status endpoint relies on that
+    /// order), and the upstream index once.
+    pub fn flush(&mut self, store: &mut dyn SharedStore) {
+        if !self.index_written {
+            let names: Vec<String> = self.upstreams.iter().map(|u| u.machine.name().to_string()).collect();
+            match status::write_index(store, &names) {
+                Ok(()) => self.index_written = true,
+                Err(e) => log::warn!("cannot write the upstream index: {e}"),
+            }
+        }
+        for i in std::mem::take(&mut self.dirty) {
+            let Some(u) = self.upstreams.get_mut(i) else {
+                continue;
+            };
+            if std::mem::take(&mut u.unpublished) {
+                if let Some(published) = u.machine.published() {
+                    let name = u.machine.name();
+                    match snapshot::publish(store, name, published) {
+                        Ok(PublishOutcome::Written { version }) => log::info!(
+                            "upstream {name}: published version {version} ({} members)",
+                            published.members.len()
+                        ),
+                        Ok(PublishOutcome::Unchanged { version }) => {
+                            log::debug!("upstream {name}: version {version} already current")
+                        }
+                        Ok(PublishOutcome::KeptStored { version }) => {
+                            log::info!("upstream {name}: kept stored version {version} rather than the fallback list")
+                        }
+                        Err(e) => log::error!("upstream {name}: cannot publish: {e}; will retry on the next change"),
+                    }
+                }
+            }
+            // Followers leave the record to the leader.
+            if u.part == Part::Leading && std::mem::take(&mut u.status_stale) {
+                let record =
+                    StatusRecord::new(u.machine.name(), &u.registry, u.machine.phase_name(), u.machine.stats());
+                if let Err(e) = record.write(store) {
+                    log::warn!("upstream {}: cannot write status: {e}", u.machine.name());
+                }
+            }
+        }
+    }
+
+    fn elect(&mut self, store: &mut dyn SharedStore, i: usize, now: u64) {
+        let Leadership::Lease { me, ttl_ms } = self.leadership else {
+            return;
+        };
+        let Some(u) = self.upstreams.get_mut(i) else {
+            return;
+        };
+        let (part, check_at) = match lease::elect(store, u.machine.name(), me, now, ttl_ms) {
+            // Renew once half the lease is gone.
+            Ok(Role::Leader { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
+            // Look again the moment the holder's lease could run out.
+            Ok(Role::Follower { expires_ms, .. }) => (Part::Following, expires_ms.max(now + LEASE_RETRY_MS)),
+            Err(e) => {
+                log::warn!("upstream {}: lease unreadable ({e}); not polling this round", u.machine.name());
+                (Part::Following, now + LEASE_RETRY_MS)
+            }
+        };
+        self.timers.set(Timer { upstream: i, kind: TimerKind::Lease }, Some(check_at));
+        if part != u.part {
+            log::info!(
+                "upstream {}: this worker {} the registry poller",
+                u.machine.name(),
+                if part == Part::Leading { "becomes" } else { "is no longer" }
+            );
+            u.part = part;
+            if part == Part::Leading {
+                // Catch up at once: the previous leader may have died mid-poll.
+                u.machine.handle_push(now);
+            }
+        }
+    }
+
+    /// Drains `i`'s machine and watch into actions, reacts to its events,
+    /// and re-arms its timers.
+    fn drive(&mut self, i: usize, now: u64) {
+        let Some(u) = self.upstreams.get_mut(i) else {
+            return;
+        };
+        let leading = u.part == Part::Leading;
+        let mut dirty = false;
+        if leading {
+            while let Some(event) = u.machine.poll_event() {
+                dirty = true;
+                u.react(&event, self.host);
+            }
+            while let Some(call) = u.machine.poll_transmit(now) {
+                self.actions.push_back(Action::Dispatch(Dispatch {
+                    upstream: i,
+                    id: call.id,
+                    target: u.registry.targets.get(u.target).cloned().unwrap_or_default(),
+                    authority: u.registry.authority.clone(),
+                    request: call.request,
+                    timeout_ms: call.timeout_ms,
+                }));
+            }
+            if let (Some(watch), Some(target)) = (u.watch.as_mut(), u.registry.spec.grpc_target()) {
+                if watch.poll_open(now) {
+                    self.actions.push_back(Action::OpenWatch(OpenWatch {
+                        upstream: i,
+                        target: target.to_string(),
+                        service: etcd_watch::SERVICE,
+                        method: etcd_watch::METHOD,
+                        message: etcd_watch::create_request(u.registry.spec.prefix().unwrap_or_default()),
+                    }));
+                }
+            }
+        }
+        if dirty {
+            u.status_stale = true;
+            if !self.dirty.contains(&i) {
+                self.dirty.push(i);
+            }
+        }
+        let sync_at = leading.then(|| u.machine.poll_timeout());
+        let watch_at = if leading { u.watch.as_ref().and_then(WatchStream::poll_timeout) } else { None };
+        self.timers.set(Timer { upstream: i, kind: TimerKind::Sync }, sync_at);
+        self.timers.set(Timer { upstream: i, kind: TimerKind::Watch }, watch_at);
+    }
+}
+
+impl Upstream {
+    /// What the poller does with one event of this upstream's machine:
+    /// logs it, marks what `flush` must write, fails over.
+    fn react(&mut self, event: &SyncEvent, host: HostKind) {
+        let name = self.machine.name();
+        match event {
+            SyncEvent::Published { source, diff } => {
+                let members = self.machine.published().map_or(0, |p| p.members.len());
+                log::info!("upstream {name}: {members} members from the {} ({diff})", source.as_str());
+                if *source == Source::Fallback {
+                    log::warn!("upstream {name}: no member list yet; serving the {members} fallback members");
+                }
+                let hostnames =
+                    self.machine.published().map_or(0, |p| p.members.iter().filter(|m| !m.addr.host.is_ip()).count());
+                if hostnames > 0 && host == HostKind::Envoy {
+                    log::warn!(
+                        "upstream {name}: {hostnames} member(s) given by hostname; Envoy's EDS routes IP members only"
+                    );
+                }
+                self.unpublished = true;
+            }
+            SyncEvent::CallFailed { reason, retry_in_ms } => {
+                log::warn!("upstream {name}: {reason}; keeping the last good list, next try in {retry_in_ms} ms");
+                // A dead registry node costs one backoff, not every call until it returns.
+                let n = self.registry.targets.len();
+                if n > 1 {
+                    self.target = (self.target + 1) % n;
+                    log::info!(
+                        "upstream {name}: next registry call goes to {}",
+                        self.registry.targets.get(self.target).map_or("?", String::as_str)
+                    );
+                }
+            }
+            SyncEvent::Recovered { failures } => {
+                log::info!("upstream {name}: registry answers again after {failures} failed calls")
+            }
+            SyncEvent::Refused { reason, first } => {
+                // Logged once per run of refusals, not every interval.
+                if *first {
+                    log::warn!("upstream {name}: {reason}");
+                }
+            }
+            SyncEvent::Accepting => log::info!("upstream {name}: registry lists members again"),
+            SyncEvent::BadEntries { problems } => {
+                for p in problems {
+                    let effect = if p.skipped { "; entry skipped" } else { "" };
+                    log::warn!("upstream {name}: registry entry {:?}: {}{effect}", p.key, p.problem);
+                }
+            }
+            SyncEvent::Synced => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::sansio::shared::snapshot;
+    use crate::sansio::shared::status::read_index;
+    use crate::sansio::shared::store::{Entry, MemoryStore, StoreError, StoreRules};
+    use crate::sansio::tests::testkit::EtcdScript;
+    use std::cell::Cell;
+
+    fn config(json: &str) -> PluginConfig {
+        PluginConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    fn envoy(upstreams: usize, extra: &str) -> PluginConfig {
+        let ups: Vec<String> = (0..upstreams)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"u{i}","registry":{{"type":"etcd_v3","target":"etcd","prefix":"/upstreams/web/"{extra}}},"interval_ms":1000}}"#
+                )
+            })
+            .collect();
+        config(&format!(r#"{{"upstreams":[{}]}}"#, ups.join(",")))
+    }
+
+    fn ok(body: &[u8]) -> HttpResponse<'_> {
+        HttpResponse::new(Some(200), &[], body)
+    }
+
+    fn dispatches(p: &mut Poller) -> Vec<Dispatch> {
+        std::iter::from_fn(|| p.poll_action())
+            .map(|a| match a {
+                Action::Dispatch(d) => d,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Answers every call from `etcd` until none is left.
+    fn answer_all(p: &mut Poller, etcd: &EtcdScript, now: u64) -> usize {
+        let mut n = 0;
+        loop {
+            let calls = dispatches(p);
+            if calls.is_empty() {
+                return n;
+            }
+            for call in calls {
+                n += 1;
+                let body = etcd.answer(&call.request);
+                p.handle_response(now, call.upstream, call.id, ok(&body));
+            }
+        }
+    }
+
+    #[test]
+    fn a_singleton_polls_at_once_publishes_and_writes_status_in_flush() {
+        let mut etcd = EtcdScript::new();
+        etcd.put("10.0.0.1:80", "{}");
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        let mut p = Poller::new(&envoy(1, ""), Leadership::Singleton, 1);
+        assert_eq!(p.poll_timeout(), Some(0), "the first poll is due at once");
+        p.handle_timeout(&mut store, 0);
+        assert_eq!(answer_all(&mut p, &etcd, 0), 1);
+        assert!(snapshot::read(&store, "u0").unwrap().is_none(), "nothing is written before flush");
+        p.flush(&mut store);
+        let snap = snapshot::read(&store, "u0").unwrap().unwrap();
+        assert_eq!(snap.members.len(), 1);
+        assert_eq!(read_index(&store), ["u0"]);
+        let record = StatusRecord::read(&store, "u0").unwrap();
+        assert_eq!((record.sync.stats.syncs_ok, record.sync.state.as_str()), (1, "waiting"));
+        assert_eq!(p.poll_timeout(), Some(1000), "next probe after interval_ms");
+    }
+
+    #[test]
+    fn a_timeout_before_the_deadline_does_nothing() {
+        let etcd = EtcdScript::new();
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        let mut p = Poller::new(&envoy(3, ""), Leadership::Singleton, 1);
+        p.handle_timeout(&mut store, 0);
+        answer_all(&mut p, &etcd, 0);
+        let due = p.poll_timeout().unwrap();
+        for early in [1, due / 2, due - 1] {
+            p.handle_timeout(&mut store, early);
+            assert_eq!(p.poll_action(), None, "nothing due at {early}");
+        }
+        p.handle_timeout(&mut store, due);
+        assert_eq!(dispatches(&mut p).len(), 3);
+    }
+
+    #[test]
+    fn a_tick_touches_only_the_upstreams_that_are_due() {
+        // 200 upstreams whose first answers arrive 1 ms apart: each later
+        // deadline fires exactly the upstream it belongs to.
+        let etcd = EtcdScript::new();
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        let mut p = Poller::new(&envoy(200, ""), Leadership::Singleton, 1);
+        p.handle_timeout(&mut store, 0);
+        let calls = dispatches(&mut p);
+        assert_eq!(calls.len(), 200);
+        for call in calls {
+            let body = etcd.answer(&call.request);
+            p.handle_response(call.upstream as u64, call.upstream, call.id, ok(&body));
+        }
+        assert_eq!(p.armed_timers(), 200);
+        for i in 0..200u64 {
+            let due = p.poll_timeout().unwrap();
+            assert_eq!(due, 1000 + i);
+            p.handle_timeout(&mut store, due);
+            let fired = dispatches(&mut p);
+            assert_eq!(fired.iter().map(|d| d.upstream as u64).collect::<Vec<_>>(), [i]);
+        }
+    }
+
+    /// Counts reads, to see which shared-data work a timeout does.
+    struct Counting {
+        inner: MemoryStore,
+        reads: Cell<usize>,
+    }
+
+    impl SharedStore for Counting {
+        fn get(&self, key: &str) -> Result<Entry, StoreError> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    fn nginx(targets: &str, upstreams: usize) -> PluginConfig {
+        let ups: Vec<String> = (0..upstreams)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"u{i}","registry":{{"type":"etcd_v3","target":{targets},"prefix":"/upstreams/web/"}},"interval_ms":200,"backoff_max_ms":1000}}"#
+                )
+            })
+            .collect();
+        config(&format!(r#"{{"host":"nginx","lease_ms":3000,"pick":"u0","upstreams":[{}]}}"#, ups.join(",")))
+    }
+
+    #[test]
+    fn leases_are_read_when_their_renewal_is_due_not_on_every_poll() {
+        let etcd = EtcdScript::new();
+        let mut store = Counting { inner: MemoryStore::new(StoreRules::NgxWasm), reads: Cell::new(0) };
+        let mut p = Poller::new(&nginx(r#""127.0.0.1:2379""#, 50), Leadership::Lease { me: 7, ttl_ms: 3000 }, 1);
+        p.handle_timeout(&mut store, 0);
+        answer_all(&mut p, &etcd, 0);
+        p.flush(&mut store);
+        // Polls every 200 ms until the first renewal at 1500 ms: no lease reads.
+        let mut now = 0;
+        while now < 1400 {
+            now = p.poll_timeout().unwrap();
+            let before = store.reads.get();
+            p.handle_timeout(&mut store, now);
+            assert_eq!(store.reads.get(), before, "a lease read at {now}");
+            answer_all(&mut p, &etcd, now);
+        }
+        // The renewal: one read per upstream's lease.
+        let renew_at = p.poll_timeout().unwrap();
+        assert_eq!(renew_at, 1500);
+        let before = store.reads.get();
+        p.handle_timeout(&mut store, renew_at);
+        assert!(store.reads.get() - before >= 50, "every lease renewed at half its life");
+    }
+
+    #[test]
+    fn a_failed_call_moves_the_next_one_to_the_next_registry_address() {
+        let mut etcd = EtcdScript::new();
+        etcd.put("10.0.0.1:80", "{}");
+        let targets = r#"["127.0.0.1:2379","127.0.0.2:2379","127.0.0.3:2379"]"#;
+        let mut store = MemoryStore::new(StoreRules::NgxWasm);
+        let mut p = Poller::new(&nginx(targets, 1), Leadership::Lease { me: 1, ttl_ms: 3000 }, 1);
+        // Steps to the deadlines until a call comes out (lease renewals come due too).
+        let mut now = 0;
+        let mut next_call = |p: &mut Poller, store: &mut MemoryStore, now: &mut u64| loop {
+            if let Some(call) = dispatches(p).pop() {
+                return call;
+            }
+            *now = p.poll_timeout().unwrap();
+            p.handle_timeout(store, *now);
+        };
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let call = next_call(&mut p, &mut store, &mut now);
+            seen.push(call.target.clone());
+            p.handle_dispatch_failed(now, call.upstream, call.id, "connection refused");
+        }
+        assert_eq!(seen, ["127.0.0.1:2379", "127.0.0.2:2379", "127.0.0.3:2379", "127.0.0.1:2379"]);
+        // A refused answer (HTTP 503) is a failure too; then success stays put.
+        let call = next_call(&mut p, &mut store, &mut now);
+        assert_eq!(call.target, "127.0.0.2:2379");
+        p.handle_response(now, call.upstream, call.id, HttpResponse::new(Some(503), &[], b""));
+        let call = next_call(&mut p, &mut store, &mut now);
+        assert_eq!(call.target, "127.0.0.3:2379");
+        let body = etcd.answer(&call.request);
+        p.handle_response(now, call.upstream, call.id, ok(&body));
+        p.flush(&mut store);
+        assert_eq!(next_call(&mut p, &mut store, &mut now).target, "127.0.0.3:2379", "a good address is kept");
+        let record = StatusRecord::read(&store, "u0").unwrap();
+        assert_eq!(record.sync.stats.syncs_failed, 5);
+        assert_eq!(record.sync.registry.target, "127.0.0.1:2379,127.0.0.2:2379,127.0.0.3:2379");
+    }
+
+    #[test]
+    fn a_watch_opens_at_once_pushes_a_poll_and_is_canceled_when_etcd_ends_it() {
+        let etcd = EtcdScript::new();
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        let mut p = Poller::new(&envoy(1, r#","grpc_target":"etcd_grpc""#), Leadership::Singleton, 1);
+        p.handle_timeout(&mut store, 0);
+        let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
+        assert!(actions.iter().any(|a| matches!(a, Action::OpenWatch(w) if w.target == "etcd_grpc")), "{actions:?}");
+        let Some(Action::Dispatch(first)) = actions.iter().find(|a| matches!(a, Action::Dispatch(_))).cloned() else {
+            panic!("{actions:?}")
+        };
+        let body = etcd.answer(&first.request);
+        p.handle_response(0, 0, first.id, ok(&body));
+        assert_eq!(p.poll_action(), None);
+        // An event (WatchResponse with one event): a probe at once, not after interval_ms.
+        p.handle_watch_message(10, 0, &[0x5a, 0x00]);
+        assert_eq!(dispatches(&mut p).len(), 1);
+        // etcd cancels the watch: the host lets go of the stream; it reopens later.
+        p.handle_watch_message(20, 0, &[0x20, 0x01]);
+        let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
+        assert!(actions.contains(&Action::CancelWatch { upstream: 0 }), "{actions:?}");
+        p.handle_watch_closed(20, 0);
+        let reopen = p.poll_timeout().unwrap();
+        assert!(reopen >= 500, "reopened after a backoff, at {reopen}");
+    }
+
+    #[test]
+    fn followers_leave_status_and_snapshots_to_the_leader() {
+        let mut etcd = EtcdScript::new();
+        etcd.put("10.0.0.1:80", "{}");
+        let mut store = MemoryStore::new(StoreRules::NgxWasm);
+        let cfg = nginx(r#""127.0.0.1:2379""#, 1);
+        let mut leader = Poller::new(&cfg, Leadership::Lease { me: 1, ttl_ms: 3000 }, 1);
+        let mut follower = Poller::new(&cfg, Leadership::Lease { me: 2, ttl_ms: 3000 }, 2);
+        leader.handle_timeout(&mut store, 0);
+        answer_all(&mut leader, &etcd, 0);
+        leader.flush(&mut store);
+        follower.handle_timeout(&mut store, 0);
+        assert_eq!(follower.poll_action(), None, "the follower does not poll");
+        follower.flush(&mut store);
+        let record = StatusRecord::read(&store, "u0").unwrap();
+        assert_eq!(record.sync.stats.syncs_ok, 1, "the leader's record stands");
+        assert_eq!(follower.poll_timeout(), Some(3000), "the follower looks again when the lease could expire");
+    }
+}

@@ -1,0 +1,117 @@
+//! The life of an etcd Watch stream used as a push trigger ("something
+//! under the prefix changed"), for hosts with gRPC streams (Envoy). Each
+//! event makes the sync machine poll at once; the poll reads what changed.
+//! Polling stays on as the safety net, so a lost stream costs freshness,
+//! never correctness.
+
+use crate::sansio::registry::etcd_watch::{decode_response, WatchMessage};
+use crate::sansio::util::backoff::Backoff;
+
+/// The life of the watch stream: open it, and reopen it with backoff when
+/// it closes (etcd down, compaction, proxy restart of the cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchStream {
+    phase: WatchPhase,
+    failures: u32,
+    backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchPhase {
+    Closed { retry_at: u64 },
+    Open,
+}
+
+/// First reopen delay; doubles per consecutive failure up to `backoff_max_ms`.
+const REOPEN_MS: u64 = 500;
+
+impl WatchStream {
+    pub fn new(backoff_max_ms: u64) -> Self {
+        WatchStream { phase: WatchPhase::Closed { retry_at: 0 }, failures: 0, backoff_max_ms }
+    }
+
+    /// `true` when the host should open the stream now (it is then counted open).
+    #[must_use]
+    pub fn poll_open(&mut self, now: u64) -> bool {
+        match self.phase {
+            WatchPhase::Closed { retry_at } if now >= retry_at => {
+                self.phase = WatchPhase::Open;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When a closed stream may be opened again; `None` while open.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.phase {
+            WatchPhase::Closed { retry_at } => Some(retry_at),
+            WatchPhase::Open => None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.phase == WatchPhase::Open
+    }
+
+    /// A message arrived. Returns `true` when the sync machine should poll
+    /// now: on events, and once when the watch is created (to catch
+    /// changes made while the stream was down).
+    pub fn handle_message(&mut self, now: u64, bytes: &[u8]) -> bool {
+        match decode_response(bytes) {
+            Ok(WatchMessage::Created) => {
+                self.failures = 0;
+                true
+            }
+            Ok(WatchMessage::Events(_)) => true,
+            Ok(WatchMessage::Other) => false,
+            Ok(WatchMessage::Canceled(reason)) => {
+                log::info!("etcd watch canceled ({reason}); reopening");
+                self.handle_closed(now);
+                true
+            }
+            Err(e) => {
+                log::warn!("etcd watch: undecodable message ({e}); polling");
+                true
+            }
+        }
+    }
+
+    /// The stream closed or could not be opened.
+    pub fn handle_closed(&mut self, now: u64) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = Backoff { base_ms: REOPEN_MS, max_ms: self.backoff_max_ms }.full(self.failures);
+        self.phase = WatchPhase::Closed { retry_at: now.saturating_add(delay) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn stream_reopens_with_backoff() {
+        let mut w = WatchStream::new(4000);
+        assert!(w.poll_open(0));
+        assert!(!w.poll_open(1), "already open");
+        assert!(w.handle_message(5, &[0x18, 0x01]), "created: poll once");
+        w.handle_closed(10);
+        assert!(!w.is_open());
+        assert!(!w.poll_open(509));
+        assert!(w.poll_open(510));
+        w.handle_closed(600);
+        assert!(!w.poll_open(1599));
+        assert!(w.poll_open(1600), "second failure: 1 s");
+        for _ in 0..10 {
+            w.handle_closed(0);
+        }
+        assert!(w.poll_open(4000), "capped at backoff_max_ms");
+        assert!(w.handle_message(4001, &[0x20, 0x01]), "canceled: poll and reopen later");
+        assert!(!w.is_open());
+        assert!(!w.handle_message(4002, &[0x10, 0x01]), "progress only: nothing to do");
+    }
+}

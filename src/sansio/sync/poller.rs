@@ -588,7 +588,7 @@ mod tests {
         let mut p = Poller::new(&nginx(targets, 1), Leadership::Lease { me: 1, ttl_ms: 3000 }, 1);
         // Steps to the deadlines until a call comes out (lease renewals come due too).
         let mut now = 0;
-        let mut next_call = |p: &mut Poller, store: &mut MemoryStore, now: &mut u64| loop {
+        let next_call = |p: &mut Poller, store: &mut MemoryStore, now: &mut u64| loop {
             if let Some(call) = dispatches(p).pop() {
                 return call;
             }

@@ -70,6 +70,7 @@ lint:
 	$(CARGO) clippy --release --target $(WASM_TARGET) --lib -- -D warnings
 	@! grep -rn --include='*.rs' -E 'use proxy_wasm|proxy_wasm::' src/sansio \
 	  || { echo "src/sansio must not touch proxy-wasm (sans-IO core)"; exit 1; }
+	python3 scripts/check_layers.py
 
 test-unit:
 	$(CARGO) test

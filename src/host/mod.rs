@@ -144,12 +144,7 @@ impl RootContext for Root {
         };
         // Only arm the tick here: on_configure also runs in Envoy's
         // throwaway validation VM, where nothing else may happen.
-        let tick_ms = match &role {
-            RoleConfig::Server(s) if s.eds_hold_ms == 0 => None,
-            RoleConfig::Server(_) => Some(server::HOLD_TICK_MS),
-            _ => Some(poller::TICK_MS),
-        };
-        if let Some(ms) = tick_ms {
+        if let Some(ms) = role.tick_ms() {
             if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(ms)) {
                 log::error!("cannot set the tick period: {e:?}");
                 return false;
@@ -197,7 +192,7 @@ impl RootContext for Root {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always a context: the SDK panics on None.
         match &self.role {
-            Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.shared.clone()))),
+            Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.filter.clone()))),
             Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, c.eds_hold_ms))),
             Role::Poller(_) | Role::Unconfigured => Some(Box::new(PassThrough)),
         }

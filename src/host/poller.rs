@@ -12,16 +12,12 @@ use proxy_wasm::types::{BufferType, MapType};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Tick period. The core decides what is due; the tick only bounds how
-/// late a due deadline is served, and costs one comparison when nothing is.
-pub const TICK_MS: u64 = 50;
-
 pub struct HostPoller {
     poller: Poller,
     /// Host call token → (upstream index, core request id).
     calls: HashMap<u32, (usize, u64)>,
-    /// Host gRPC stream token → upstream index.
-    streams: HashMap<u32, usize>,
+    /// Open gRPC streams: (host token, upstream index). A few at most.
+    streams: Vec<(u32, usize)>,
     /// Calls made from inside a call's response are sent on the next tick
     /// instead (nginx: ngx_wasm_module 0.6 crashed the worker, SIGSEGV, when
     /// a dispatch was made from `on_http_call_response`).
@@ -34,7 +30,7 @@ impl HostPoller {
         HostPoller {
             poller: Poller::new(config, leadership, seed),
             calls: HashMap::new(),
-            streams: HashMap::new(),
+            streams: Vec::new(),
             defer_from_responses,
             deferred: Vec::new(),
         }
@@ -52,19 +48,13 @@ impl HostPoller {
     /// Carries out `first`, then every action the poller has, until none is left.
     fn carry_out(&mut self, first: Vec<Action>, now: u64) {
         let mut queue = first;
-        loop {
-            queue.extend(std::iter::from_fn(|| self.poller.poll_action()));
-            let Some(action) = queue.pop() else {
-                break;
-            };
+        while let Some(action) = self.poller.poll_action().or_else(|| queue.pop()) {
             match action {
                 Action::Dispatch(call) => self.dispatch(call, now),
                 Action::OpenWatch(open) => self.open_watch(open, now),
                 Action::CancelWatch { upstream } => {
-                    let tokens: Vec<u32> =
-                        self.streams.iter().filter(|(_, u)| **u == upstream).map(|(t, _)| *t).collect();
-                    for token in tokens {
-                        self.streams.remove(&token);
+                    while let Some(at) = self.streams.iter().position(|(_, u)| *u == upstream) {
+                        let (token, _) = self.streams.swap_remove(at);
                         let _ = hostcalls::cancel_grpc_stream(token);
                     }
                 }
@@ -98,7 +88,7 @@ impl HostPoller {
             .and_then(|token| hostcalls::send_grpc_stream_message(token, Some(&open.message), false).map(|()| token));
         match sent {
             Ok(token) => {
-                self.streams.insert(token, open.upstream);
+                self.streams.push((token, open.upstream));
             }
             Err(e) => {
                 log::warn!(
@@ -129,7 +119,9 @@ impl HostPoller {
         };
         self.poller.handle_response(now, i, id, HttpResponse { status, headers: &headers, body: &body, body_size });
         if self.defer_from_responses {
-            self.deferred.extend(std::iter::from_fn(|| self.poller.poll_action()));
+            while let Some(action) = self.poller.poll_action() {
+                self.deferred.push(action);
+            }
             self.poller.flush(&mut HostStore);
         } else {
             self.carry_out(Vec::new(), now);
@@ -137,7 +129,7 @@ impl HostPoller {
     }
 
     pub fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
-        let Some(&i) = self.streams.get(&token) else {
+        let Some(&(_, i)) = self.streams.iter().find(|(t, _)| *t == token) else {
             return;
         };
         let now = now_ms();
@@ -147,9 +139,10 @@ impl HostPoller {
     }
 
     pub fn on_grpc_stream_close(&mut self, token: u32, status_code: u32) {
-        let Some(i) = self.streams.remove(&token) else {
+        let Some(at) = self.streams.iter().position(|(t, _)| *t == token) else {
             return;
         };
+        let (_, i) = self.streams.swap_remove(at);
         log::info!("upstream {}: etcd watch closed (grpc-status {status_code}); reopening later", self.poller.name(i));
         let now = now_ms();
         self.poller.handle_watch_closed(now, i);

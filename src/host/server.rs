@@ -4,21 +4,14 @@
 //! context's tick of the same worker.
 
 use super::store::HostStore;
-use super::{now_ms, read_buffer, request_header, route, send, send_status};
+use super::{now_ms, read_buffer, request_header, send, send_status};
 use crate::sansio::serve::eds::{self, EdsReply};
 use crate::sansio::serve::eds_hold::EdsHold;
-use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
-
-pub const EDS_PATH: &str = "/v3/discovery:endpoints";
-pub const STATUS_PATH: &str = "/upsync/status";
-/// DiscoveryRequests are small; anything larger is refused.
-const MAX_REQUEST_BODY: usize = 1024 * 1024;
-/// How often a worker checks its held EDS requests.
-pub const HOLD_TICK_MS: u64 = 10;
 
 thread_local! {
     // One VM per worker thread: the held requests of this worker's streams.
@@ -81,35 +74,22 @@ impl HttpContext for ServerStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let path = request_header(":path").unwrap_or_default();
         let method = request_header(":method").unwrap_or_default();
-        let route = route(&path);
-        if route == STATUS_PATH {
-            if method == "GET" {
-                send_status(&path);
-            } else {
-                send(&JsonReply::error(405, "use GET"));
-            }
-            return Action::Pause;
+        match endpoint(&method, &path, end_of_stream) {
+            Endpoint::Status => send_status(&path),
+            Endpoint::Eds => self.awaiting_eds_body = true,
+            Endpoint::Reply(reply) => send(&reply),
+            Endpoint::Other => return Action::Continue,
         }
-        if route == EDS_PATH {
-            if method != "POST" {
-                send(&JsonReply::error(405, "use POST with a JSON DiscoveryRequest"));
-            } else if end_of_stream {
-                send(&JsonReply::error(400, "a DiscoveryRequest body is required"));
-            } else {
-                self.awaiting_eds_body = true;
-            }
-            return Action::Pause;
-        }
-        Action::Continue
+        Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.awaiting_eds_body {
             return Action::Continue;
         }
-        if body_size > MAX_REQUEST_BODY {
+        if let Some(reply) = body_too_large(body_size) {
             self.awaiting_eds_body = false;
-            send(&JsonReply::error(413, "DiscoveryRequest too large"));
+            send(&reply);
             return Action::Pause;
         }
         if !end_of_stream {

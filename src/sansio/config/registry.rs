@@ -134,13 +134,11 @@ impl RegistrySpec {
 impl RegistryConfig {
     /// The headers added to every registry call: `auth`, and Consul's token.
     pub fn auth_headers(&self) -> Vec<(String, String)> {
-        let token = match &self.spec {
-            RegistrySpec::Consul(ConsulSpec { token: Some(t), .. }) => {
-                Some(("x-consul-token".to_string(), t.0.clone()))
-            }
-            _ => None,
-        };
-        self.auth.iter().flat_map(Auth::headers).chain(token).collect()
+        let mut headers = self.auth.as_ref().map(Auth::headers).unwrap_or_default();
+        if let RegistrySpec::Consul(ConsulSpec { token: Some(t), .. }) = &self.spec {
+            headers.push(("x-consul-token".to_string(), t.0.clone()));
+        }
+        headers
     }
 
     pub(crate) fn parse(path: &str, v: &Value, host: HostKind) -> Result<RegistryConfig, ConfigError> {

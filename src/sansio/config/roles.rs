@@ -28,6 +28,23 @@ pub enum RoleConfig {
     NginxWorker(PluginConfig),
 }
 
+/// The tick period of a poller or picker: the core decides what is due;
+/// the tick only bounds how late a due deadline is served.
+pub const POLL_TICK_MS: u64 = 50;
+/// How often an EDS server with `eds_hold_ms` checks its held requests.
+pub const HOLD_TICK_MS: u64 = 10;
+
+impl RoleConfig {
+    /// The tick period this role needs, if any.
+    pub fn tick_ms(&self) -> Option<u64> {
+        match self {
+            RoleConfig::Server(s) if s.eds_hold_ms == 0 => None,
+            RoleConfig::Server(_) => Some(HOLD_TICK_MS),
+            _ => Some(POLL_TICK_MS),
+        }
+    }
+}
+
 /// The role for `root_id` with `config`, or the error to log.
 pub fn role_config(root_id: &str, config: &[u8]) -> Result<RoleConfig, String> {
     if root_id == SERVER_ROOT_ID {
@@ -76,6 +93,9 @@ mod tests {
         assert!(matches!(role(PICK_ROOT_ID, &pick), Ok(RoleConfig::EnvoyPick(_))));
         let nginx = format!(r#"{{"host":"nginx","upstreams":[{}]}}"#, UP.replace("\"etcd\"", "\"127.0.0.1:2379\""));
         let Ok(RoleConfig::NginxWorker(cfg)) = role("anything", &nginx) else { panic!() };
+        assert_eq!(RoleConfig::NginxWorker(cfg.clone()).tick_ms(), Some(POLL_TICK_MS));
+        assert_eq!(RoleConfig::Server(ServerConfig { eds_hold_ms: 0 }).tick_ms(), None);
+        assert_eq!(RoleConfig::Server(ServerConfig { eds_hold_ms: 9 }).tick_ms(), Some(HOLD_TICK_MS));
         assert_eq!(cfg.pick.as_deref(), Some("web"), "nginx picks its only upstream by default");
     }
 

@@ -3,6 +3,7 @@
 //! pick reaches the proxy's router.
 
 pub mod balance;
+pub mod filter;
 pub mod picker;
 pub mod request_key;
 pub mod route;

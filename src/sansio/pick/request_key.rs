@@ -30,7 +30,7 @@ pub trait RequestView {
 }
 
 /// The bytes to hash for `key`, if the request has them.
-pub fn hash_key_value(key: &HashKey, request: &dyn RequestView) -> Option<Vec<u8>> {
+pub fn hash_key_value(key: &HashKey, request: &impl RequestView) -> Option<Vec<u8>> {
     match key {
         HashKey::Header(h) => request.header(h).map(String::into_bytes),
         HashKey::Cookie(c) => request.header("cookie").and_then(|v| cookie(&v, c).map(|s| s.as_bytes().to_vec())),

@@ -3,5 +3,6 @@
 
 pub mod eds;
 pub mod eds_hold;
+pub mod local;
 pub mod reply;
 pub mod status;

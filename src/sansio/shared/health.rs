@@ -50,7 +50,9 @@ pub fn report_failure(
     }
     let key = health_key(upstream);
     let window = u64::from(fail_timeout_s) * 1000;
-    cas_update(store, &key, |_, entry| {
+    let mut newly_out = false;
+    cas_update(store, &key, &mut |_, entry| {
+        newly_out = false;
         let mut wire = snapshot::keyed_value(&entry, &key, |w: &HealthWire| &w.key)
             .unwrap_or_else(|| HealthWire { key: key.clone(), members: Vec::new() });
         // Forget members that are healthy again, so the record stays small.
@@ -63,22 +65,23 @@ pub fn report_failure(
             }
         };
         let Some(m) = wire.members.get_mut(pos) else {
-            return Ok(CasStep::Keep(false));
+            return Ok(CasStep::Keep);
         };
         if m.out_until > now {
             // Already out: failures of requests sent before it went out.
-            return Ok(CasStep::Keep(false));
+            return Ok(CasStep::Keep);
         }
         m.fails.retain(|&t| t + window > now);
         m.fails.push(now);
-        let newly_out = m.fails.len() >= max_fails as usize;
+        newly_out = m.fails.len() >= max_fails as usize;
         if newly_out {
             m.fails.clear();
             m.out_until = now + window.max(1);
         }
         let bytes = serde_json::to_vec(&wire).map_err(|e| StoreError::Host(e.to_string()))?;
-        Ok(CasStep::Write(bytes, newly_out))
-    })
+        Ok(CasStep::Write(bytes))
+    })?;
+    Ok(newly_out)
 }
 
 /// The members of `upstream` out of rotation at `now`.

@@ -167,7 +167,8 @@ pub enum PublishOutcome {
 /// writer's newer version is never overwritten by a blind set.
 pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) -> Result<PublishOutcome, StoreError> {
     let key = snapshot_key(upstream);
-    let outcome = cas_update(store, &key, |store, entry| {
+    let mut outcome = PublishOutcome::Unchanged { version: 0 };
+    cas_update(store, &key, &mut |store, entry| {
         let stored = match entry.value.as_deref().map(|v| Snapshot::decode(&key, v)) {
             Some(Ok(s)) => Some(s),
             Some(Err(e)) => {
@@ -178,10 +179,12 @@ pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) 
         };
         let version = match &stored {
             Some(s) if s.members == update.members && s.source == update.source => {
-                return Ok(CasStep::Keep(PublishOutcome::Unchanged { version: s.version }))
+                outcome = PublishOutcome::Unchanged { version: s.version };
+                return Ok(CasStep::Keep);
             }
             Some(s) if update.source == Source::Fallback => {
-                return Ok(CasStep::Keep(PublishOutcome::KeptStored { version: s.version }))
+                outcome = PublishOutcome::KeptStored { version: s.version };
+                return Ok(CasStep::Keep);
             }
             Some(s) => s.version.saturating_add(1),
             // Nothing readable stored: continue from the version entry, so a
@@ -189,7 +192,8 @@ pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) 
             None => read_version(store, upstream).map_or(1, |v| v.saturating_add(1)),
         };
         let snapshot = Snapshot { version, source: update.source, members: update.members.clone() };
-        Ok(CasStep::Write(snapshot.encode(&key), PublishOutcome::Written { version }))
+        outcome = PublishOutcome::Written { version };
+        Ok(CasStep::Write(snapshot.encode(&key)))
     })?;
     if let PublishOutcome::Written { version } = outcome {
         // Written after the snapshot, so it is never ahead of it.

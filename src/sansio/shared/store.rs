@@ -45,28 +45,30 @@ pub trait SharedStore {
 pub const CAS_ATTEMPTS: usize = 8;
 
 /// What a [`cas_update`] step decided from the entry it read.
-pub enum CasStep<T> {
-    /// Write these bytes with the cas just read, then return `T`.
-    Write(Vec<u8>, T),
-    /// Write nothing; return `T`.
-    Keep(T),
+pub enum CasStep {
+    /// Write these bytes with the cas just read.
+    Write(Vec<u8>),
+    /// Write nothing.
+    Keep,
 }
 
 /// The one compare-and-swap loop: read `key`, let `decide` choose from
 /// what is stored (it may read other keys), write with the cas read, and
-/// start over when another writer got in between.
-pub fn cas_update<T>(
+/// start over when another writer got in between. `decide` reports what
+/// it decided through what it captures; it is a trait object so that
+/// every caller shares one copy of the loop in the module.
+pub fn cas_update(
     store: &mut dyn SharedStore,
     key: &str,
-    mut decide: impl FnMut(&dyn SharedStore, Entry) -> Result<CasStep<T>, StoreError>,
-) -> Result<T, StoreError> {
+    decide: &mut dyn FnMut(&dyn SharedStore, Entry) -> Result<CasStep, StoreError>,
+) -> Result<(), StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let entry = store.get(key)?;
         let cas = entry.cas;
         match decide(&*store, entry)? {
-            CasStep::Keep(out) => return Ok(out),
-            CasStep::Write(bytes, out) => match store.set(key, &bytes, cas) {
-                Ok(()) => return Ok(out),
+            CasStep::Keep => return Ok(()),
+            CasStep::Write(bytes) => match store.set(key, &bytes, cas) {
+                Ok(()) => return Ok(()),
                 Err(StoreError::CasMismatch) => {}
                 Err(e) => return Err(e),
             },
@@ -78,7 +80,7 @@ pub fn cas_update<T>(
 /// Writes `value` whatever is stored, the way every host accepts: read the
 /// cas, set with it, retry on a race.
 pub fn put(store: &mut dyn SharedStore, key: &str, value: &[u8]) -> Result<(), StoreError> {
-    cas_update(store, key, |_, _| Ok(CasStep::Write(value.to_vec(), ())))
+    cas_update(store, key, &mut |_, _| Ok(CasStep::Write(value.to_vec())))
 }
 
 /// Which host's rules a [`MemoryStore`] follows.

@@ -25,7 +25,6 @@ use crate::sansio::registry::{
 use crate::sansio::shared::status::SyncStats;
 use crate::sansio::util::backoff::Backoff;
 use crate::sansio::util::rng::Rng;
-use std::collections::VecDeque;
 
 /// A registry call the host must make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +205,8 @@ pub struct SyncMachine {
     backoff: Backoff,
     /// What this machine hands out, if anything.
     published: Option<Published>,
-    events: VecDeque<SyncEvent>,
+    /// In the order they happened; a handful at a time.
+    events: Vec<SyncEvent>,
     stats: SyncStats,
 }
 
@@ -222,7 +222,7 @@ impl SyncMachine {
             rng: Rng::new(seed),
             backoff,
             published: None,
-            events: VecDeque::new(),
+            events: Vec::new(),
             stats: SyncStats::default(),
         }
     }
@@ -306,7 +306,7 @@ impl SyncMachine {
     /// The next thing that happened.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<SyncEvent> {
-        self.events.pop_front()
+        (!self.events.is_empty()).then(|| self.events.remove(0))
     }
 
     /// The host could not send call `id`.
@@ -350,7 +350,7 @@ impl SyncMachine {
         };
         let failures = self.phase.failures();
         if failures > 0 {
-            self.events.push_back(SyncEvent::Recovered { failures });
+            self.events.push(SyncEvent::Recovered { failures });
         }
         match poll {
             Poll::Unchanged => {
@@ -377,7 +377,7 @@ impl SyncMachine {
     fn apply(&mut self, now: u64, list: MemberList, empty_reason: RefuseReason) {
         self.stats.bad_entries = u64::try_from(list.problems.len()).unwrap_or(u64::MAX);
         if !list.problems.is_empty() {
-            self.events.push_back(SyncEvent::BadEntries { problems: list.problems });
+            self.events.push(SyncEvent::BadEntries { problems: list.problems });
         }
         if list.members.is_empty() && !self.config.allow_empty {
             // The adapter keeps its cursor: the refusal depends only on the
@@ -387,14 +387,14 @@ impl SyncMachine {
             let first = self.acceptance == Acceptance::Accepting;
             self.acceptance = Acceptance::Refusing(empty_reason);
             self.note_error(now, empty_reason.to_string());
-            self.events.push_back(SyncEvent::Refused { reason: empty_reason, first });
+            self.events.push(SyncEvent::Refused { reason: empty_reason, first });
             if self.published.is_none() {
                 self.offer_fallback();
             }
         } else {
             if matches!(self.acceptance, Acceptance::Refusing(_)) {
                 self.acceptance = Acceptance::Accepting;
-                self.events.push_back(SyncEvent::Accepting);
+                self.events.push(SyncEvent::Accepting);
             }
             self.succeed(now);
             self.offer(list.members, Source::Registry);
@@ -416,7 +416,7 @@ impl SyncMachine {
     fn succeed(&mut self, now: u64) {
         self.stats.syncs_ok += 1;
         self.stats.last_sync_ms = Some(now);
-        self.events.push_back(SyncEvent::Synced);
+        self.events.push(SyncEvent::Synced);
     }
 
     fn note_error(&mut self, now: u64, reason: String) {
@@ -431,7 +431,7 @@ impl SyncMachine {
         let delay = self.backoff.jittered(failures, &mut self.rng).max(at_least_ms.min(MAX_RETRY_AFTER_MS));
         self.note_error(now, format!("{reason}; keeping the last good list, next try in {delay} ms"));
         self.phase = Phase::Backoff { until: now.saturating_add(delay), failures };
-        self.events.push_back(SyncEvent::CallFailed { reason, retry_in_ms: delay });
+        self.events.push(SyncEvent::CallFailed { reason, retry_in_ms: delay });
         if self.published.is_none() {
             self.offer_fallback();
         }
@@ -451,7 +451,7 @@ impl SyncMachine {
         };
         self.stats.updates_applied += 1;
         self.published = Some(Published { members, source });
-        self.events.push_back(SyncEvent::Published { source, diff });
+        self.events.push(SyncEvent::Published { source, diff });
     }
 }
 

@@ -25,7 +25,6 @@ use crate::sansio::shared::store::SharedStore;
 use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
 use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
 use crate::sansio::sync::watch::WatchStream;
-use std::collections::VecDeque;
 
 /// Who polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +96,8 @@ pub struct Poller {
     leadership: Leadership,
     host: HostKind,
     timers: TimerTable,
-    actions: VecDeque<Action>,
+    /// Carried out in any order: each stands alone.
+    actions: Vec<Action>,
     /// Upstreams with something for [`Poller::flush`], each once.
     dirty: Vec<usize>,
     index_written: bool,
@@ -130,7 +130,7 @@ impl Poller {
             leadership,
             host: config.host,
             timers: TimerTable::default(),
-            actions: VecDeque::new(),
+            actions: Vec::new(),
             dirty: (0..config.upstreams.len()).collect(),
             index_written: false,
         };
@@ -211,7 +211,7 @@ impl Poller {
         };
         let poll = watch.handle_message(now, message);
         if !watch.is_open() {
-            self.actions.push_back(Action::CancelWatch { upstream });
+            self.actions.push(Action::CancelWatch { upstream });
         }
         if poll {
             u.machine.handle_push(now);
@@ -230,7 +230,7 @@ impl Poller {
     /// The next thing for the host to do.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.actions.pop()
     }
 
     /// Writes what changed to shared data: per upstream, the snapshot
@@ -323,7 +323,7 @@ impl Poller {
                 u.react(&event, self.host);
             }
             while let Some(call) = u.machine.poll_transmit(now) {
-                self.actions.push_back(Action::Dispatch(Dispatch {
+                self.actions.push(Action::Dispatch(Dispatch {
                     upstream: i,
                     id: call.id,
                     target: u.registry.targets.get(u.target).cloned().unwrap_or_default(),
@@ -334,7 +334,7 @@ impl Poller {
             }
             if let (Some(watch), Some(target)) = (u.watch.as_mut(), u.registry.spec.grpc_target()) {
                 if watch.poll_open(now) {
-                    self.actions.push_back(Action::OpenWatch(OpenWatch {
+                    self.actions.push(Action::OpenWatch(OpenWatch {
                         upstream: i,
                         target: target.to_string(),
                         service: etcd_watch::SERVICE,

@@ -34,6 +34,10 @@ pub struct TimerTable {
     live: usize,
 }
 
+fn live_in(armed: &[[Option<u64>; 3]], at: u64, timer: Timer) -> bool {
+    armed.get(timer.upstream).and_then(|a| a.get(timer.kind as usize)).is_some_and(|d| *d == Some(at))
+}
+
 impl TimerTable {
     fn slot(&mut self, timer: Timer) -> Option<&mut Option<u64>> {
         if self.armed.len() <= timer.upstream {
@@ -43,7 +47,7 @@ impl TimerTable {
     }
 
     fn is_live(&self, at: u64, timer: Timer) -> bool {
-        self.armed.get(timer.upstream).and_then(|a| a.get(timer.kind as usize)).is_some_and(|d| *d == Some(at))
+        live_in(&self.armed, at, timer)
     }
 
     /// Drops stale entries from the top, and compacts the heap when stale
@@ -56,10 +60,8 @@ impl TimerTable {
             self.heap.pop();
         }
         if self.heap.len() > 2 * self.live + 64 {
-            let entries = std::mem::take(&mut self.heap).into_vec();
-            let live: Vec<Reverse<(u64, Timer)>> =
-                entries.into_iter().filter(|Reverse((at, t))| self.is_live(*at, *t)).collect();
-            self.heap = BinaryHeap::from(live);
+            let armed = &self.armed;
+            self.heap.retain(|Reverse((at, timer))| live_in(armed, *at, *timer));
         }
     }
 

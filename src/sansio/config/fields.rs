@@ -63,6 +63,17 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A number in `min..=max` (a JSON integer or fraction).
+    pub(crate) fn fraction(&self, name: &str, default: f64, min: f64, max: f64) -> Result<f64, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| err(&self.path(name), format!("must be a number in {min}..={max}, got {v}"))),
+        }
+    }
+
     pub(crate) fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name) {
             None => Ok(default),

@@ -42,7 +42,7 @@ pub enum LogLevel {
 }
 
 /// The poller's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
     pub host: HostKind,
     pub upstreams: Vec<UpstreamConfig>,
@@ -85,7 +85,7 @@ pub enum HostKind {
 pub const DEFAULT_LEASE_MS: u64 = 3_000;
 
 /// One upstream kept in sync.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     pub registry: RegistryConfig,
@@ -97,10 +97,14 @@ pub struct UpstreamConfig {
     pub backoff_max_ms: u64,
     pub max_body_bytes: usize,
     pub allow_empty: bool,
+    /// An update removing more than this share of the members is held
+    /// until a later read confirms it (1 holds nothing).
+    pub max_removal_share: f64,
     pub fallback: Vec<Member>,
 }
 
 pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_MAX_REMOVAL_SHARE: f64 = 0.5;
 pub const DEFAULT_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
@@ -207,6 +211,7 @@ impl UpstreamConfig {
                 "backoff_max_ms",
                 "max_body_bytes",
                 "allow_empty",
+                "max_removal_share",
                 "fallback",
                 "balance",
                 "passive_health",
@@ -234,6 +239,7 @@ impl UpstreamConfig {
         }
         let max_body_bytes = f.uint("max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1024, 256 * 1024 * 1024)?;
         let allow_empty = f.bool("allow_empty", false)?;
+        let max_removal_share = f.fraction("max_removal_share", DEFAULT_MAX_REMOVAL_SHARE, 0.0, 1.0)?;
         let fallback = match f.get("fallback") {
             None => Vec::new(),
             Some(Value::Array(items)) => {
@@ -242,6 +248,9 @@ impl UpstreamConfig {
                     let item_path = format!("{}[{i}]", f.path("fallback"));
                     let s = item.as_str().ok_or_else(|| err(&item_path, "must be a \"host:port\" string"))?;
                     let addr: HostPort = s.parse().map_err(|e| err(&item_path, format!("{s:?}: {e}")))?;
+                    if let Some(why) = addr.not_a_member() {
+                        return Err(err(&item_path, format!("{s:?} is {why}, not a member address")));
+                    }
                     out.push(Member { addr, attrs: MemberAttrs::default() });
                 }
                 out
@@ -264,6 +273,7 @@ impl UpstreamConfig {
             // Bounded to 256 MiB above, so this fits in usize on 32-bit wasm.
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             allow_empty,
+            max_removal_share,
             fallback,
         })
     }

@@ -16,7 +16,7 @@ pub const SERVER_ROOT_ID: &str = "upsync_eds";
 pub const PICK_ROOT_ID: &str = "upsync_pick";
 
 /// A root context's role with its validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RoleConfig {
     /// Envoy's registry poller.
     Poller(PluginConfig),

@@ -92,6 +92,21 @@ impl std::str::FromStr for HostPort {
 }
 
 impl HostPort {
+    /// Why this address can never be a member, if it cannot: traffic to it
+    /// would reach whatever listens locally (unspecified, which services
+    /// often register as their bind address), every host of a subnet
+    /// (broadcast) or a group (multicast).
+    pub fn not_a_member(&self) -> Option<&'static str> {
+        match &self.host {
+            Host::Ipv4(ip) if ip.is_unspecified() => Some("the unspecified address 0.0.0.0"),
+            Host::Ipv4(ip) if ip.is_broadcast() => Some("the broadcast address 255.255.255.255"),
+            Host::Ipv4(ip) if ip.is_multicast() => Some("a multicast address (224.0.0.0/4)"),
+            Host::Ipv6(ip) if ip.is_unspecified() => Some("the unspecified address ::"),
+            Host::Ipv6(ip) if ip.is_multicast() => Some("a multicast address (ff00::/8)"),
+            _ => None,
+        }
+    }
+
     /// A registry's separate host and port fields: the host may be an IPv4
     /// address, an IPv6 address with or without brackets, or a DNS name.
     pub fn from_parts(host: &str, port: u16) -> Result<HostPort, String> {

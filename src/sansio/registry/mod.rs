@@ -57,6 +57,11 @@ pub fn member_list_with(
     for (key, instance) in instances {
         match instance {
             Ok(Some((member, notes))) => {
+                if let Some(why) = member.addr.not_a_member() {
+                    let problem = format!("{} is {why}: not a member", member.addr);
+                    problems.push(EntryProblem { key, problem, skipped: true });
+                    continue;
+                }
                 problems.extend(notes.into_iter().map(|problem| EntryProblem {
                     key: key.clone(),
                     problem,

@@ -25,6 +25,53 @@ pub struct SyncStats {
     pub last_sync_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// Updates held by the mass-deletion guard (`max_removal_share`).
+    #[serde(default)]
+    pub updates_held: u64,
+    /// An update is held now, waiting for a confirming read.
+    #[serde(default)]
+    pub held: bool,
+    /// Failed calls by reason label (`timeout`, `status`, `not_json`, ...).
+    #[serde(default)]
+    pub failures_by_reason: Vec<(String, u64)>,
+    /// Refused updates by reason label (`empty`, `not_found`).
+    #[serde(default)]
+    pub refused_by_reason: Vec<(String, u64)>,
+    /// Registry call latency (answered calls; long polls include their hold).
+    #[serde(default)]
+    pub call_latency: LatencyHistogram,
+}
+
+/// Adds one to the count of `label` in a small label → count list.
+pub fn count_label(counts: &mut Vec<(String, u64)>, label: &str) {
+    match counts.iter_mut().find(|(l, _)| l == label) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((label.to_string(), 1)),
+    }
+}
+
+/// Upper bounds (ms) of the latency buckets, Prometheus-style `le`.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+
+/// A latency histogram: per bucket the calls that took at most its bound
+/// (and more than the previous one); slower calls count only in `count`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub buckets: [u64; 11],
+    pub count: u64,
+    pub sum_ms: u64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, ms: u64) {
+        if let Some(i) = LATENCY_BOUNDS_MS.iter().position(|b| ms <= *b) {
+            if let Some(n) = self.buckets.get_mut(i) {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::sansio::model::update::{Published, Source};
 use crate::sansio::registry::{
     AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, RegistryAdapter,
 };
-use crate::sansio::shared::status::SyncStats;
+use crate::sansio::shared::status::{count_label, SyncStats};
 use crate::sansio::util::backoff::Backoff;
 use crate::sansio::util::rng::Rng;
 
@@ -52,8 +52,17 @@ pub enum SyncEvent {
     /// A usable member list was not applied; the last good list stays.
     /// `first` is set on the first refusal of a run of them.
     Refused { reason: RefuseReason, first: bool },
-    /// Entries of the last full read that were skipped or repaired.
+    /// Entries of the last full read that were skipped or repaired, and
+    /// were not already so in the read before (each is reported once per
+    /// change of it, not on every read).
     BadEntries { problems: Vec<EntryProblem> },
+    /// A read would remove `removed` of the `of` members (more than
+    /// `max_removal_share`): held until a later read confirms it.
+    Held { removed: usize, of: usize },
+    /// A later read confirmed the held removal: it is applied.
+    Confirmed,
+    /// The registry lists the members again before confirming: nothing lost.
+    HoldReleased,
     /// The registry lists members again after refusals.
     Accepting,
 }
@@ -158,10 +167,15 @@ enum Acceptance {
     Accepting,
     /// The last full read was refused; the last good list stays.
     Refusing(RefuseReason),
+    /// A read at `since` would have removed more than `max_removal_share`
+    /// of the members; a read at least `interval_ms` later decides.
+    Holding {
+        since: u64,
+    },
 }
 
 /// Timing and policy knobs, taken from [`UpstreamConfig`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
     pub name: String,
     pub interval_ms: u64,
@@ -169,6 +183,8 @@ pub struct SyncConfig {
     pub backoff_max_ms: u64,
     pub max_body_bytes: usize,
     pub allow_empty: bool,
+    /// See [`UpstreamConfig::max_removal_share`].
+    pub max_removal_share: f64,
     pub fallback: MemberSet,
     /// Headers added to every registry call (authentication); never logged.
     pub extra_headers: Vec<(String, String)>,
@@ -183,6 +199,7 @@ impl From<&UpstreamConfig> for SyncConfig {
             backoff_max_ms: u.backoff_max_ms,
             max_body_bytes: u.max_body_bytes,
             allow_empty: u.allow_empty,
+            max_removal_share: u.max_removal_share,
             fallback: MemberSet::from_members(u.fallback.iter().cloned()).0,
             extra_headers: u.registry.auth_headers(),
         }
@@ -191,8 +208,6 @@ impl From<&UpstreamConfig> for SyncConfig {
 
 /// Extra time past the host's own timeout before the machine gives a call up.
 const DEADLINE_GRACE_MS: u64 = 1_000;
-/// The longest `Retry-After` honoured; a registry asking for more is retried then.
-const MAX_RETRY_AFTER_MS: u64 = 600_000;
 
 /// The sync state of one upstream.
 pub struct SyncMachine {
@@ -208,6 +223,8 @@ pub struct SyncMachine {
     /// In the order they happened; a handful at a time.
     events: Vec<SyncEvent>,
     stats: SyncStats,
+    /// Fingerprints of the entry problems of the last full read, sorted.
+    known_problems: Vec<u64>,
 }
 
 impl SyncMachine {
@@ -224,6 +241,7 @@ impl SyncMachine {
             published: None,
             events: Vec::new(),
             stats: SyncStats::default(),
+            known_problems: Vec::new(),
         }
     }
 
@@ -233,7 +251,11 @@ impl SyncMachine {
 
     /// Counters and last outcomes, for the status record.
     pub fn stats(&self) -> SyncStats {
-        SyncStats { consecutive_failures: self.phase.failures(), ..self.stats.clone() }
+        SyncStats {
+            consecutive_failures: self.phase.failures(),
+            held: matches!(self.acceptance, Acceptance::Holding { .. }),
+            ..self.stats.clone()
+        }
     }
 
     /// The phase as a word for the status endpoint.
@@ -243,6 +265,10 @@ impl SyncMachine {
             Phase::InFlight { .. } => "in_flight",
             Phase::Backoff { .. } => "backoff",
         }
+    }
+
+    pub fn interval_ms(&self) -> u64 {
+        self.config.interval_ms
     }
 
     /// The largest body the host should read; larger ones are refused unread.
@@ -275,10 +301,14 @@ impl SyncMachine {
     }
 
     /// The registry pushed "something changed": poll at once, unless a
-    /// call is in flight or the registry is backing off.
+    /// call is in flight. A push also ends a backoff (the registry is
+    /// evidently there); the failure count stays, so a failure right after
+    /// backs off further.
     pub fn handle_push(&mut self, now: u64) {
-        if let Phase::Waiting { until } = self.phase {
-            self.phase = Phase::Waiting { until: until.min(now) };
+        match self.phase {
+            Phase::Waiting { until } => self.phase = Phase::Waiting { until: until.min(now) },
+            Phase::Backoff { until, failures } => self.phase = Phase::Backoff { until: until.min(now), failures },
+            Phase::InFlight { .. } => {}
         }
     }
 
@@ -322,6 +352,7 @@ impl SyncMachine {
         let Some(sent) = self.in_flight(id) else {
             return;
         };
+        self.stats.call_latency.record(now.saturating_sub(sent));
         if let Some(status @ (429 | 503)) = response.status {
             if let Some(ms) = response.header("retry-after").and_then(retry_after_ms) {
                 self.fail(now, FailReason::RetryAfter { status }, ms);
@@ -362,42 +393,95 @@ impl SyncMachine {
                 self.wait(now, 0);
             }
             Poll::Members(list) => {
-                self.apply(now, list, RefuseReason::Empty);
-                self.wait(now, after_news);
+                let pause = self.apply(now, list, RefuseReason::Empty);
+                self.wait(now, pause.unwrap_or(after_news));
             }
             Poll::NotFound => {
-                self.apply(now, MemberList::default(), RefuseReason::NotFound);
-                self.wait(now, after_news);
+                let pause = self.apply(now, MemberList::default(), RefuseReason::NotFound);
+                self.wait(now, pause.unwrap_or(after_news));
             }
         }
     }
 
     /// A full read. An empty one is refused (as `empty_reason`) unless
-    /// `allow_empty`.
-    fn apply(&mut self, now: u64, list: MemberList, empty_reason: RefuseReason) {
+    /// `allow_empty`; one removing more than `max_removal_share` of the
+    /// members is held until a read `interval_ms` later confirms it.
+    /// Returns the pause before the next call when the hold decides it.
+    fn apply(&mut self, now: u64, list: MemberList, empty_reason: RefuseReason) -> Option<u64> {
         self.stats.bad_entries = u64::try_from(list.problems.len()).unwrap_or(u64::MAX);
-        if !list.problems.is_empty() {
-            self.events.push(SyncEvent::BadEntries { problems: list.problems });
-        }
+        self.report_new_problems(list.problems);
         if list.members.is_empty() && !self.config.allow_empty {
             // The adapter keeps its cursor: the refusal depends only on the
             // data, so the list is read again when the registry says it
             // changed (a probe, a watch, a blocking query), never in a loop.
             self.stats.updates_refused += 1;
-            let first = self.acceptance == Acceptance::Accepting;
+            count_label(&mut self.stats.refused_by_reason, empty_reason.label());
+            let first = !matches!(self.acceptance, Acceptance::Refusing(_));
             self.acceptance = Acceptance::Refusing(empty_reason);
             self.note_error(now, empty_reason.to_string());
             self.events.push(SyncEvent::Refused { reason: empty_reason, first });
             if self.published.is_none() {
                 self.offer_fallback();
             }
-        } else {
-            if matches!(self.acceptance, Acceptance::Refusing(_)) {
-                self.acceptance = Acceptance::Accepting;
-                self.events.push(SyncEvent::Accepting);
+            return None;
+        }
+        let removed = self.removal(&list.members);
+        match (self.acceptance, removed) {
+            (Acceptance::Holding { since }, Some(_)) if now >= since.saturating_add(self.config.interval_ms) => {
+                self.events.push(SyncEvent::Confirmed);
             }
-            self.succeed(now);
-            self.offer(list.members, Source::Registry);
+            (Acceptance::Holding { since }, Some(_)) => {
+                // Too early to confirm (a watch fired at once): read again
+                // when the hold has lasted interval_ms.
+                self.adapter.reset();
+                self.succeed(now);
+                return Some(since.saturating_add(self.config.interval_ms).saturating_sub(now));
+            }
+            (Acceptance::Holding { .. }, None) => self.events.push(SyncEvent::HoldReleased),
+            (_, Some((removed, of))) => {
+                self.stats.updates_held += 1;
+                self.acceptance = Acceptance::Holding { since: now };
+                self.events.push(SyncEvent::Held { removed, of });
+                // The confirming read must be a full one, whatever the cursor says.
+                self.adapter.reset();
+                self.succeed(now);
+                return Some(self.config.interval_ms);
+            }
+            (Acceptance::Refusing(_), None) => self.events.push(SyncEvent::Accepting),
+            (Acceptance::Accepting, None) => {}
+        }
+        self.acceptance = Acceptance::Accepting;
+        self.succeed(now);
+        self.offer(list.members, Source::Registry);
+        None
+    }
+
+    /// `(removed, of)` when `next` would remove more than
+    /// `max_removal_share` of the registry members handed out now.
+    fn removal(&self, next: &MemberSet) -> Option<(usize, usize)> {
+        let current = self.published.as_ref().filter(|p| p.source == Source::Registry)?;
+        let of = current.members.len();
+        let removed = current.members.iter().filter(|m| next.get(&m.addr).is_none()).count();
+        #[allow(clippy::cast_precision_loss)] // member counts are far below 2^52
+        let over = of > 0 && removed as f64 > self.config.max_removal_share * of as f64;
+        over.then_some((removed, of))
+    }
+
+    /// Emits the entry problems that the previous full read did not have.
+    fn report_new_problems(&mut self, problems: Vec<EntryProblem>) {
+        use std::hash::{Hash, Hasher};
+        let fingerprint = |p: &EntryProblem| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&p.key, &p.problem).hash(&mut h);
+            h.finish()
+        };
+        let mut seen: Vec<u64> = problems.iter().map(fingerprint).collect();
+        let new: Vec<EntryProblem> =
+            problems.into_iter().filter(|p| self.known_problems.binary_search(&fingerprint(p)).is_err()).collect();
+        seen.sort_unstable();
+        self.known_problems = seen;
+        if !new.is_empty() {
+            self.events.push(SyncEvent::BadEntries { problems: new });
         }
     }
 
@@ -424,11 +508,20 @@ impl SyncMachine {
         self.stats.last_error_ms = Some(now);
     }
 
-    /// Counts a failed call and backs off, for at least `at_least_ms`.
+    /// Counts a failed call and backs off, for at least `at_least_ms` (a
+    /// `Retry-After`, capped at `backoff_max_ms`). The first failure of a
+    /// run is tried again at once: a registry target with several
+    /// endpoints (an Envoy cluster, an nginx address list) then reaches
+    /// another one before any backoff.
     fn fail(&mut self, now: u64, reason: FailReason, at_least_ms: u64) {
         self.stats.syncs_failed += 1;
+        count_label(&mut self.stats.failures_by_reason, reason.label());
         let failures = self.phase.failures().saturating_add(1);
-        let delay = self.backoff.jittered(failures, &mut self.rng).max(at_least_ms.min(MAX_RETRY_AFTER_MS));
+        let backoff = match failures {
+            1 => 0,
+            n => self.backoff.jittered(n - 1, &mut self.rng),
+        };
+        let delay = backoff.max(at_least_ms.min(self.config.backoff_max_ms));
         self.note_error(now, format!("{reason}; keeping the last good list, next try in {delay} ms"));
         self.phase = Phase::Backoff { until: now.saturating_add(delay), failures };
         self.events.push(SyncEvent::CallFailed { reason, retry_in_ms: delay });
@@ -497,6 +590,7 @@ mod tests {
             backoff_max_ms: 8000,
             max_body_bytes: 64 * 1024,
             allow_empty: false,
+            max_removal_share: 1.0,
             fallback: MemberSet::new(),
             extra_headers: Vec::new(),
         }
@@ -619,12 +713,17 @@ mod tests {
             assert_eq!(m.phase_name(), "backoff");
             let next = m.poll_timeout();
             delays.push(next - now);
-            assert_eq!(m.poll_transmit(next - 1), None, "no call before the backoff ends");
+            if next > now {
+                assert_eq!(m.poll_transmit(next - 1), None, "no call before the backoff ends");
+            }
             now = next;
         }
-        // Equal jitter: each delay in [full/2, full], full doubling to the cap.
-        for (i, d) in delays.iter().enumerate() {
-            let full = (1000u64 << i).min(8000);
+        // The first failure of a run is tried again at once (another
+        // endpoint of the target may answer); then equal jitter: each delay
+        // in [full/2, full], full doubling to the cap.
+        assert_eq!(delays[0], 0, "{delays:?}");
+        for (i, d) in delays.iter().enumerate().skip(1) {
+            let full = (1000u64 << (i - 1)).min(8000);
             assert!((full / 2..=full).contains(d), "delay {i} = {d}, full {full}");
         }
         assert_eq!(m.stats().syncs_failed, 6);
@@ -820,5 +919,142 @@ mod tests {
         assert!(m.poll_transmit(10).is_some());
         m.handle_push(20);
         assert_eq!(m.poll_transmit(20), None, "one call in flight at most");
+    }
+
+    /// Events of the last handle, drained.
+    fn events(m: &mut SyncMachine) -> Vec<SyncEvent> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    fn guarded() -> SyncConfig {
+        SyncConfig { max_removal_share: 0.5, ..config() }
+    }
+
+    fn registry_of(n: usize) -> Registry {
+        let mut r = Registry::new();
+        for i in 1..=n {
+            r.put(&format!("10.0.0.{i}:80"), "{}");
+        }
+        r
+    }
+
+    #[test]
+    fn a_mass_deletion_is_held_until_a_later_read_confirms_it() {
+        let mut r = registry_of(10);
+        let mut m = machine(guarded());
+        poll_once(&mut m, &r, 0).1.unwrap();
+        for i in 1..=8 {
+            r.delete(&format!("10.0.0.{i}:80"));
+        }
+        // 8 of 10 gone: held, nothing published, counted, shown.
+        let (kind, update) = poll_once(&mut m, &r, 1000);
+        assert_eq!((kind, update), (Some("probe+fetch"), None));
+        assert!(m.stats().held && m.stats().updates_held == 1, "{:?}", m.stats());
+        assert_eq!(m.published().unwrap().members.len(), 10);
+        // The confirming read is a full read interval_ms later, even with no news.
+        assert_eq!(m.poll_timeout(), 2000);
+        let (kind, update) = poll_once(&mut m, &r, 2000);
+        assert_eq!(kind, Some("fetch"), "a full read, not a probe");
+        let update = update.expect("confirmed: applied");
+        assert_eq!(update.members.len(), 2);
+        assert_eq!(update.diff.removed.len(), 8);
+        assert!(!m.stats().held);
+    }
+
+    #[test]
+    fn a_deletion_restored_before_confirmation_loses_nothing() {
+        let mut r = registry_of(10);
+        let mut m = machine(guarded());
+        poll_once(&mut m, &r, 0).1.unwrap();
+        for i in 1..=8 {
+            r.delete(&format!("10.0.0.{i}:80"));
+        }
+        m.handle_timeout(1000);
+        let out = m.poll_transmit(1000).unwrap();
+        m.handle_response(1000, out.id, ok(&r.answer(&out.request)));
+        let out = m.poll_transmit(1000).unwrap();
+        m.handle_response(1000, out.id, ok(&r.answer(&out.request)));
+        assert!(events(&mut m).iter().any(|e| matches!(e, SyncEvent::Held { removed: 8, of: 10 })));
+        for i in 1..=8 {
+            r.put(&format!("10.0.0.{i}:80"), "{}");
+        }
+        let (kind, update) = poll_once(&mut m, &r, 2000);
+        assert_eq!((kind, update), (Some("fetch"), None), "the same 10 members: nothing to publish");
+        assert!(!m.stats().held);
+        assert_eq!(m.published().unwrap().members.len(), 10);
+    }
+
+    #[test]
+    fn a_read_sooner_than_interval_ms_does_not_confirm() {
+        let mut r = registry_of(4);
+        let mut m = machine(guarded());
+        poll_once(&mut m, &r, 0).1.unwrap();
+        for i in 1..=3 {
+            r.delete(&format!("10.0.0.{i}:80"));
+        }
+        assert_eq!(poll_once(&mut m, &r, 1000).1, None, "held");
+        // A watch event makes the machine read again at once: not yet a confirmation.
+        m.handle_push(1200);
+        assert_eq!(poll_once(&mut m, &r, 1200), (Some("fetch"), None));
+        assert!(m.stats().held);
+        assert_eq!(m.poll_timeout(), 2000, "the hold lasts interval_ms from the first read");
+        let (_, update) = poll_once(&mut m, &r, 2000);
+        assert_eq!(update.unwrap().members.len(), 1);
+        // Removals within the share apply at once; so does a first list.
+        let mut small = registry_of(4);
+        let mut m = machine(guarded());
+        poll_once(&mut m, &small, 0).1.unwrap();
+        small.delete("10.0.0.1:80");
+        assert_eq!(poll_once(&mut m, &small, 1000).1.unwrap().members.len(), 3);
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_backoff_max_ms_and_a_push_ends_a_backoff() {
+        let mut m = machine(SyncConfig { backoff_max_ms: 2000, ..config() });
+        let out = m.poll_transmit(0).unwrap();
+        let headers = [("retry-after".to_string(), "20".to_string())];
+        m.handle_response(0, out.id, HttpResponse::new(Some(503), &headers, b""));
+        assert_eq!(m.poll_timeout(), 2000, "Retry-After 20 s capped at backoff_max_ms");
+        m.handle_push(500);
+        assert!(m.poll_transmit(500).is_some(), "a watch event ends the backoff");
+    }
+
+    #[test]
+    fn a_bad_entry_is_reported_once_per_change_not_per_read() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        r.put_key(&format!("{PREFIX}{}", "x".repeat(2000)), "{}");
+        let mut m = machine(config());
+        let reported = |m: &mut SyncMachine| {
+            events(m)
+                .into_iter()
+                .filter_map(|e| match e {
+                    SyncEvent::BadEntries { problems } => Some(problems.len()),
+                    _ => None,
+                })
+                .sum::<usize>()
+        };
+        let out = m.poll_transmit(0).unwrap();
+        m.handle_response(0, out.id, ok(&r.answer(&out.request)));
+        assert_eq!(reported(&mut m), 1);
+        // Two changes of another member: full reads, the bad key is not reported again.
+        for (t, w) in [(1000, 2), (2000, 3)] {
+            r.put("10.0.0.1:80", &format!(r#"{{"weight":{w}}}"#));
+            m.handle_timeout(t);
+            while let Some(out) = m.poll_transmit(t) {
+                m.handle_response(t, out.id, ok(&r.answer(&out.request)));
+            }
+            assert_eq!(reported(&mut m), 0, "read at {t}");
+            assert_eq!(m.stats().bad_entries, 1, "still counted");
+        }
+        // A new bad entry is.
+        r.put("0.0.0.0:80", "{}");
+        m.handle_timeout(3000);
+        while let Some(out) = m.poll_transmit(3000) {
+            m.handle_response(3000, out.id, ok(&r.answer(&out.request)));
+        }
+        assert_eq!(reported(&mut m), 1);
+        assert_eq!(m.stats().bad_entries, 2);
+        assert_eq!(m.published().unwrap().members.len(), 1, "0.0.0.0 is not a member");
     }
 }

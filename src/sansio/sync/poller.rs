@@ -25,6 +25,7 @@ use crate::sansio::shared::store::SharedStore;
 use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
 use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
 use crate::sansio::sync::watch::WatchStream;
+use crate::sansio::util::text::clip;
 
 /// Who polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +359,10 @@ impl Poller {
 }
 
 impl Upstream {
+    fn machine_interval(&self) -> u64 {
+        self.machine.interval_ms()
+    }
+
     /// What the poller does with one event of this upstream's machine:
     /// logs it, marks what `flush` must write, fails over.
     fn react(&mut self, event: &SyncEvent, host: HostKind) {
@@ -403,8 +408,17 @@ impl Upstream {
             SyncEvent::BadEntries { problems } => {
                 for p in problems {
                     let effect = if p.skipped { "; entry skipped" } else { "" };
-                    log::warn!("upstream {name}: registry entry {:?}: {}{effect}", p.key, p.problem);
+                    log::warn!("upstream {name}: registry entry {:?}: {}{effect}", clip(&p.key), clip(&p.problem));
                 }
+            }
+            SyncEvent::Held { removed, of } => log::warn!(
+                "upstream {name}: the registry would remove {removed} of {of} members (over max_removal_share); \
+                 held until a read {} ms from now confirms it",
+                self.machine_interval()
+            ),
+            SyncEvent::Confirmed => log::warn!("upstream {name}: a later read confirms the removal; applied"),
+            SyncEvent::HoldReleased => {
+                log::info!("upstream {name}: the registry lists the members again; the held removal is dropped")
             }
             SyncEvent::Synced => {}
         }

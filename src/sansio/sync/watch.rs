@@ -18,12 +18,20 @@ pub struct WatchStream {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WatchPhase {
-    Closed { retry_at: u64 },
-    Open,
+    Closed {
+        retry_at: u64,
+    },
+    /// Open since `since`.
+    Open {
+        since: u64,
+    },
 }
 
-/// First reopen delay; doubles per consecutive failure up to `backoff_max_ms`.
+/// The first reopen after a failed one waits this long; doubles per
+/// consecutive failure up to `backoff_max_ms`.
 const REOPEN_MS: u64 = 500;
+/// A stream open this long closed for a reason of the moment: reopen at once.
+const STABLE_MS: u64 = 1_000;
 
 impl WatchStream {
     pub fn new(backoff_max_ms: u64) -> Self {
@@ -35,7 +43,7 @@ impl WatchStream {
     pub fn poll_open(&mut self, now: u64) -> bool {
         match self.phase {
             WatchPhase::Closed { retry_at } if now >= retry_at => {
-                self.phase = WatchPhase::Open;
+                self.phase = WatchPhase::Open { since: now };
                 true
             }
             _ => false,
@@ -46,12 +54,12 @@ impl WatchStream {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
             WatchPhase::Closed { retry_at } => Some(retry_at),
-            WatchPhase::Open => None,
+            WatchPhase::Open { .. } => None,
         }
     }
 
     pub fn is_open(&self) -> bool {
-        self.phase == WatchPhase::Open
+        matches!(self.phase, WatchPhase::Open { .. })
     }
 
     /// A message arrived. Returns `true` when the sync machine should poll
@@ -59,10 +67,7 @@ impl WatchStream {
     /// changes made while the stream was down).
     pub fn handle_message(&mut self, now: u64, bytes: &[u8]) -> bool {
         match decode_response(bytes) {
-            Ok(WatchMessage::Created) => {
-                self.failures = 0;
-                true
-            }
+            Ok(WatchMessage::Created) => true,
             Ok(WatchMessage::Events(_)) => true,
             Ok(WatchMessage::Other) => false,
             Ok(WatchMessage::Canceled(reason)) => {
@@ -77,10 +82,20 @@ impl WatchStream {
         }
     }
 
-    /// The stream closed or could not be opened.
+    /// The stream closed or could not be opened. A stream that had lived
+    /// for a while is reopened at once (etcd lost a member: another one
+    /// takes it); one that keeps closing backs off.
     pub fn handle_closed(&mut self, now: u64) {
+        if let WatchPhase::Open { since } = self.phase {
+            if now.saturating_sub(since) >= STABLE_MS {
+                self.failures = 0;
+            }
+        }
         self.failures = self.failures.saturating_add(1);
-        let delay = Backoff { base_ms: REOPEN_MS, max_ms: self.backoff_max_ms }.full(self.failures);
+        let delay = match self.failures {
+            1 => 0,
+            n => Backoff { base_ms: REOPEN_MS, max_ms: self.backoff_max_ms }.full(n - 1),
+        };
         self.phase = WatchPhase::Closed { retry_at: now.saturating_add(delay) };
     }
 }
@@ -94,24 +109,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_reopens_with_backoff() {
+    fn stream_reopens_at_once_then_with_backoff() {
         let mut w = WatchStream::new(4000);
         assert!(w.poll_open(0));
         assert!(!w.poll_open(1), "already open");
+        assert_eq!(w.poll_timeout(), None);
         assert!(w.handle_message(5, &[0x18, 0x01]), "created: poll once");
         w.handle_closed(10);
         assert!(!w.is_open());
-        assert!(!w.poll_open(509));
-        assert!(w.poll_open(510));
+        assert!(w.poll_open(10), "the first close reopens at once");
+        w.handle_closed(20);
+        assert_eq!(w.poll_timeout(), Some(520), "closed again within a second: 500 ms");
+        assert!(!w.poll_open(519));
+        assert!(w.poll_open(520));
         w.handle_closed(600);
         assert!(!w.poll_open(1599));
-        assert!(w.poll_open(1600), "second failure: 1 s");
+        assert!(w.poll_open(1600), "third failure: 1 s");
         for _ in 0..10 {
-            w.handle_closed(0);
+            w.handle_closed(1601);
         }
-        assert!(w.poll_open(4000), "capped at backoff_max_ms");
-        assert!(w.handle_message(4001, &[0x20, 0x01]), "canceled: poll and reopen later");
+        assert_eq!(w.poll_timeout(), Some(1601 + 4000), "capped at backoff_max_ms");
+        assert!(w.poll_open(5601));
+        // Open for more than a second: a close is news, not a failure run.
+        w.handle_closed(7000);
+        assert!(w.poll_open(7000), "a stable stream reopens at once");
+        assert!(w.handle_message(7001, &[0x20, 0x01]), "canceled: poll and reopen later");
         assert!(!w.is_open());
-        assert!(!w.handle_message(4002, &[0x10, 0x01]), "progress only: nothing to do");
+        assert!(!w.handle_message(7002, &[0x10, 0x01]), "progress only: nothing to do");
     }
 }

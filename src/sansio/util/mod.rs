@@ -5,4 +5,5 @@ pub mod backoff;
 pub mod base64;
 pub(crate) mod proto;
 pub mod rng;
+pub mod text;
 pub mod url;

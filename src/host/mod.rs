@@ -6,6 +6,7 @@
 //! many of the SDK's trait helpers unwrap and would trap the VM.
 
 mod logger;
+mod metrics;
 mod pick;
 mod poller;
 mod server;
@@ -13,7 +14,8 @@ mod store;
 
 use crate::sansio::config::roles::{role_config, RoleConfig};
 use crate::sansio::config::ServerConfig;
-use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::serve::metrics::metrics_reply;
+use crate::sansio::serve::reply::LocalReply;
 use crate::sansio::serve::status::{status_reply, upstream_filter};
 use crate::sansio::sync::poller::Leadership;
 use proxy_wasm::hostcalls;
@@ -46,9 +48,9 @@ fn route(path: &str) -> &str {
 }
 
 /// Answers the request with `reply` (a 304 has no body, so no content type).
-fn send(reply: &JsonReply) {
+fn send(reply: &LocalReply) {
     let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-    let headers = if body.is_some() { vec![("content-type", "application/json")] } else { vec![] };
+    let headers = if body.is_some() { vec![("content-type", reply.content_type)] } else { vec![] };
     if let Err(e) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
         log::warn!("cannot send a local response: {e:?}");
     }
@@ -57,6 +59,10 @@ fn send(reply: &JsonReply) {
 /// Answers the status endpoint; the query of `path` may select one upstream.
 fn send_status(path: &str) {
     send(&status_reply(&HostStore, upstream_filter(path)));
+}
+
+fn send_metrics() {
+    send(&metrics_reply(&HostStore, now_ms()));
 }
 
 fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
@@ -92,7 +98,7 @@ fn worker_identity(context_id: u32) -> u64 {
 enum Role {
     Unconfigured,
     Poller(Box<poller::HostPoller>),
-    Server(ServerConfig),
+    Server(std::rc::Rc<ServerConfig>),
     /// A picking filter: nginx (with its worker's poller) or Envoy pick mode.
     Pick(Box<pick::PickRoot>),
 }
@@ -152,7 +158,7 @@ impl RootContext for Root {
         }
         let now = now_ms();
         self.role = match role {
-            RoleConfig::Server(server) => Role::Server(server),
+            RoleConfig::Server(server) => Role::Server(std::rc::Rc::new(server)),
             RoleConfig::Poller(cfg) => {
                 logger::set_level(cfg.log_level);
                 log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
@@ -193,7 +199,7 @@ impl RootContext for Root {
         // Always a context: the SDK panics on None.
         match &self.role {
             Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.filter.clone()))),
-            Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, c.eds_hold_ms))),
+            Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, c.clone()))),
             Role::Poller(_) | Role::Unconfigured => Some(Box::new(PassThrough)),
         }
     }

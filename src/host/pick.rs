@@ -8,13 +8,13 @@
 
 use super::poller::HostPoller;
 use super::store::HostStore;
-use super::{now_ms, request_header, route, send, send_status};
+use super::{now_ms, request_header, route, send, send_metrics, send_status};
 use crate::sansio::config::PluginConfig;
 use crate::sansio::pick::filter::{Decision, PickFilter};
 use crate::sansio::pick::picker::Picked;
 use crate::sansio::pick::request_key::RequestView;
 use crate::sansio::pick::route::{original_dst_state, RouteMode, BACKEND_VARIABLE};
-use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::serve::reply::LocalReply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -105,7 +105,12 @@ impl HttpContext for PickStream {
                 send_status(&path);
                 return Action::Pause;
             }
-            Decision::Refuse { status, message } => JsonReply::error(status, message),
+            Decision::Metrics => {
+                drop(filter);
+                send_metrics();
+                return Action::Pause;
+            }
+            Decision::Refuse { status, message } => LocalReply::error(status, message),
             Decision::Route(picked) => match apply(filter.route_mode(), &picked.address) {
                 Ok(()) => {
                     self.picked = Some(picked);
@@ -113,7 +118,7 @@ impl HttpContext for PickStream {
                 }
                 Err(e) => {
                     let (status, message) = filter.on_route_failed(&picked, &e);
-                    JsonReply::error(status, message)
+                    LocalReply::error(status, message)
                 }
             },
         };

@@ -2,9 +2,10 @@
 //! through `dispatch_http_call`, etcd watches through gRPC streams, and
 //! feeds the answers back.
 
+use super::metrics::EnvoyStats;
 use super::now_ms;
 use super::store::HostStore;
-use crate::sansio::config::PluginConfig;
+use crate::sansio::config::{HostKind, PluginConfig};
 use crate::sansio::registry::HttpResponse;
 use crate::sansio::sync::poller::{Action, Dispatch, Leadership, OpenWatch, Poller};
 use proxy_wasm::hostcalls;
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 pub struct HostPoller {
     poller: Poller,
+    /// Envoy only: the counters as Envoy stats too.
+    envoy_stats: Option<EnvoyStats>,
     /// Host call token → (upstream index, core request id).
     calls: HashMap<u32, (usize, u64)>,
     /// Open gRPC streams: (host token, upstream index). A few at most.
@@ -29,6 +32,7 @@ impl HostPoller {
     pub fn new(config: &PluginConfig, leadership: Leadership, seed: u64, defer_from_responses: bool) -> Self {
         HostPoller {
             poller: Poller::new(config, leadership, seed),
+            envoy_stats: (config.host == HostKind::Envoy).then(EnvoyStats::default),
             calls: HashMap::new(),
             streams: Vec::new(),
             defer_from_responses,
@@ -60,7 +64,18 @@ impl HostPoller {
                 }
             }
         }
-        self.poller.flush(&mut HostStore);
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let written = self.poller.flush(&mut HostStore);
+        if let Some(envoy) = self.envoy_stats.as_mut() {
+            for i in written {
+                if let Some(stats) = self.poller.stats(i) {
+                    envoy.report(i, self.poller.name(i), &stats);
+                }
+            }
+        }
     }
 
     fn dispatch(&mut self, call: Dispatch, now: u64) {
@@ -122,7 +137,7 @@ impl HostPoller {
             while let Some(action) = self.poller.poll_action() {
                 self.deferred.push(action);
             }
-            self.poller.flush(&mut HostStore);
+            self.flush();
         } else {
             self.carry_out(Vec::new(), now);
         }

@@ -4,7 +4,8 @@
 //! context's tick of the same worker.
 
 use super::store::HostStore;
-use super::{now_ms, read_buffer, request_header, send, send_status};
+use super::{now_ms, read_buffer, request_header, send, send_metrics, send_status};
+use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::eds::{self, EdsReply};
 use crate::sansio::serve::eds_hold::EdsHold;
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
@@ -12,6 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
+use std::rc::Rc;
 
 thread_local! {
     // One VM per worker thread: the held requests of this worker's streams.
@@ -20,13 +22,13 @@ thread_local! {
 
 pub struct ServerStream {
     context_id: u32,
-    eds_hold_ms: u64,
+    config: Rc<ServerConfig>,
     awaiting_eds_body: bool,
 }
 
 impl ServerStream {
-    pub fn new(context_id: u32, eds_hold_ms: u64) -> Self {
-        ServerStream { context_id, eds_hold_ms, awaiting_eds_body: false }
+    pub fn new(context_id: u32, config: Rc<ServerConfig>) -> Self {
+        ServerStream { context_id, config, awaiting_eds_body: false }
     }
 }
 
@@ -74,8 +76,11 @@ impl HttpContext for ServerStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let path = request_header(":path").unwrap_or_default();
         let method = request_header(":method").unwrap_or_default();
-        match endpoint(&method, &path, end_of_stream) {
+        let authorization = request_header("authorization");
+        let token = self.config.status_token.as_ref();
+        match endpoint(&method, &path, end_of_stream, authorization.as_deref(), token) {
             Endpoint::Status => send_status(&path),
+            Endpoint::Metrics => send_metrics(),
             Endpoint::Eds => self.awaiting_eds_body = true,
             Endpoint::Reply(reply) => send(&reply),
             Endpoint::Other => return Action::Continue,
@@ -105,8 +110,8 @@ impl HttpContext for ServerStream {
             }
         };
         let reply = eds::answer(&HostStore, &request);
-        if reply.waits() && self.eds_hold_ms > 0 {
-            let until = now_ms().saturating_add(self.eds_hold_ms);
+        if reply.waits() && self.config.eds_hold_ms > 0 {
+            let until = now_ms().saturating_add(self.config.eds_hold_ms);
             HELD.with(|h| h.borrow_mut().hold(self.context_id, request, until));
         } else {
             send_eds(&reply);

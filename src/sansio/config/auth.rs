@@ -27,6 +27,24 @@ pub enum Auth {
     Header { name: String, value: Secret },
 }
 
+/// Why a status or metrics request without the token is refused.
+pub const UNAUTHORIZED: &str = "status and metrics need the status_token as an Authorization: Bearer header";
+
+/// `authorization` carries `token` (or no token is set), compared in
+/// constant time so that timing tells nothing about a guess.
+pub fn authorized(token: Option<&Secret>, authorization: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let given = authorization.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or_default().as_bytes();
+    let want = token.0.as_bytes();
+    let mut diff = u8::from(given.len() != want.len());
+    for (i, w) in want.iter().enumerate() {
+        diff |= w ^ given.get(i).copied().unwrap_or(!w);
+    }
+    diff == 0
+}
+
 impl Auth {
     /// The headers that carry these credentials.
     pub fn headers(&self) -> Vec<(String, String)> {

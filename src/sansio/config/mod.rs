@@ -8,7 +8,7 @@ mod fields;
 mod registry;
 pub mod roles;
 
-pub use auth::{Auth, Secret};
+pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
 pub use balance::{BalancePolicy, HashKey};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
 
@@ -53,6 +53,10 @@ pub struct PluginConfig {
     pub pick: Option<String>,
     /// nginx: a request path the filter answers with the status JSON.
     pub status_path: Option<String>,
+    /// nginx: a request path the filter answers with Prometheus metrics.
+    pub metrics_path: Option<String>,
+    /// A bearer token the status and metrics paths require.
+    pub status_token: Option<Secret>,
     /// Envoy pick mode: how the picked member reaches Envoy's router.
     pub route: EnvoyRoute,
 }
@@ -118,14 +122,25 @@ impl PluginConfig {
         let f = Fields::new(
             "",
             &root,
-            &["host", "upstreams", "log_level", "lease_ms", "pick", "status_path", "route", "override_header"],
+            &[
+                "host",
+                "upstreams",
+                "log_level",
+                "lease_ms",
+                "pick",
+                "status_path",
+                "metrics_path",
+                "status_token",
+                "route",
+                "override_header",
+            ],
         )?;
         let host = match f.string("host")? {
             None | Some("envoy") => HostKind::Envoy,
             Some("nginx") => HostKind::Nginx,
             Some(other) => return Err(err("host", format!("must be \"envoy\" or \"nginx\", got {other:?}"))),
         };
-        for nginx_only in ["lease_ms", "status_path"] {
+        for nginx_only in ["lease_ms", "status_path", "metrics_path", "status_token"] {
             if host != HostKind::Nginx && f.get(nginx_only).is_some() {
                 return Err(err(nginx_only, "is only used with \"host\": \"nginx\""));
             }
@@ -188,13 +203,13 @@ impl PluginConfig {
             }
             None => None,
         };
-        let status_path = f.string("status_path")?.map(str::to_string);
-        if let Some(p) = &status_path {
-            if !p.starts_with('/') || p.contains('?') {
-                return Err(err("status_path", format!("must be a path starting with '/', got {p:?}")));
-            }
+        let status_path = local_path(&f, "status_path")?;
+        let metrics_path = local_path(&f, "metrics_path")?;
+        let status_token = status_token(&f)?;
+        if status_token.is_some() && status_path.is_none() && metrics_path.is_none() {
+            return Err(err("status_token", "guards status_path and metrics_path: set one of them"));
         }
-        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path, route })
+        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path, metrics_path, status_token, route })
     }
 }
 
@@ -280,24 +295,47 @@ impl UpstreamConfig {
 }
 
 /// The configuration of the request-serving role (EDS and status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServerConfig {
     /// How long an EDS request whose version is current is held before the
     /// 304, waiting for a change (a long poll); 0 answers at once.
     pub eds_hold_ms: u64,
+    /// A bearer token the status and metrics endpoints require.
+    pub status_token: Option<Secret>,
 }
 
 /// Parses the request-serving role's configuration: empty, `{}`, or
 /// `{"eds_hold_ms": N}`. A poller configuration given to this role is
 /// refused, so the mix-up does not pass silently.
+/// A local request path (`status_path`, `metrics_path`).
+fn local_path(f: &Fields<'_>, name: &str) -> Result<Option<String>, ConfigError> {
+    let path = f.string(name)?.map(str::to_string);
+    if let Some(p) = &path {
+        if !p.starts_with('/') || p.contains('?') {
+            return Err(err(name, format!("must be a path starting with '/', got {p:?}")));
+        }
+    }
+    Ok(path)
+}
+
+/// `status_token`: at least 16 visible ASCII characters, so that a guess
+/// is not practical and it fits an `Authorization: Bearer` header.
+fn status_token(f: &Fields<'_>) -> Result<Option<Secret>, ConfigError> {
+    match f.string("status_token")? {
+        None => Ok(None),
+        Some(t) if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(Secret(t.to_string()))),
+        Some(_) => Err(err("status_token", "must be at least 16 visible ASCII characters (no spaces)")),
+    }
+}
+
 pub fn parse_server_config(bytes: &[u8]) -> Result<ServerConfig, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(ServerConfig::default());
     }
     let root: Value =
         serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
-    let f = Fields::new("", &root, &["eds_hold_ms"])?;
-    Ok(ServerConfig { eds_hold_ms: f.uint("eds_hold_ms", 0, 0, 60_000)? })
+    let f = Fields::new("", &root, &["eds_hold_ms", "status_token"])?;
+    Ok(ServerConfig { eds_hold_ms: f.uint("eds_hold_ms", 0, 0, 60_000)?, status_token: status_token(&f)? })
 }
 
 #[cfg(test)]
@@ -625,11 +663,31 @@ mod tests {
 
     #[test]
     fn server_config_is_empty_or_an_empty_object() {
-        assert_eq!(parse_server_config(b""), Ok(ServerConfig { eds_hold_ms: 0 }));
-        assert_eq!(parse_server_config(b" {} "), Ok(ServerConfig { eds_hold_ms: 0 }));
-        assert_eq!(parse_server_config(br#"{"eds_hold_ms":400}"#), Ok(ServerConfig { eds_hold_ms: 400 }));
+        assert_eq!(parse_server_config(b""), Ok(ServerConfig { eds_hold_ms: 0, status_token: None }));
+        assert_eq!(parse_server_config(b" {} "), Ok(ServerConfig { eds_hold_ms: 0, status_token: None }));
+        assert_eq!(
+            parse_server_config(br#"{"eds_hold_ms":400}"#),
+            Ok(ServerConfig { eds_hold_ms: 400, status_token: None })
+        );
         assert_eq!(parse_server_config(br#"{"eds_hold_ms":-1}"#).unwrap_err().field, "eds_hold_ms");
         assert_eq!(parse_server_config(MINIMAL.as_bytes()).unwrap_err().field, "upstreams");
         assert!(parse_server_config(b"nope").is_err());
+        let guarded = parse_server_config(br#"{"status_token":"0123456789abcdef"}"#).unwrap();
+        assert_eq!(guarded.status_token, Some(Secret("0123456789abcdef".into())));
+        assert_eq!(parse_server_config(br#"{"status_token":"short"}"#).unwrap_err().field, "status_token");
+    }
+
+    #[test]
+    fn nginx_status_and_metrics_paths_and_their_token() {
+        let up = r#"{"name":"web","registry":{"type":"etcd_v3","target":"127.0.0.1:2379","prefix":"/p/"}}"#;
+        let parse =
+            |extra: &str| PluginConfig::parse(format!(r#"{{"host":"nginx",{extra}"upstreams":[{up}]}}"#).as_bytes());
+        let c = parse(r#""status_path":"/s","metrics_path":"/m","status_token":"0123456789abcdef","#).unwrap();
+        assert_eq!((c.status_path.as_deref(), c.metrics_path.as_deref()), (Some("/s"), Some("/m")));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "the token stays out of Debug output");
+        assert_eq!(parse(r#""status_token":"0123456789abcdef","#).unwrap_err().field, "status_token");
+        assert_eq!(parse(r#""metrics_path":"m","#).unwrap_err().field, "metrics_path");
+        let envoy = format!(r#"{{"metrics_path":"/m","upstreams":[{up}]}}"#).replace("127.0.0.1:2379", "etcd");
+        assert_eq!(PluginConfig::parse(envoy.as_bytes()).unwrap_err().field, "metrics_path");
     }
 }

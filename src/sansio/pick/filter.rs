@@ -3,7 +3,7 @@
 //! response (passive health). The host only reads the request, applies the
 //! [`RouteMode`] and sends the replies this returns.
 
-use crate::sansio::config::PluginConfig;
+use crate::sansio::config::{authorized, PluginConfig, Secret, UNAUTHORIZED};
 use crate::sansio::pick::picker::{Picked, Report, UpstreamPicker};
 use crate::sansio::pick::request_key::{hash_key_value, RequestView};
 use crate::sansio::pick::route::RouteMode;
@@ -14,6 +14,8 @@ use crate::sansio::shared::store::SharedStore;
 pub enum Decision {
     /// Answer it with the status JSON (its path is the `status_path`).
     Status,
+    /// Answer it with Prometheus metrics (its path is the `metrics_path`).
+    Metrics,
     /// Hand `Picked::address` to the router ([`PickFilter::route_mode`]).
     Route(Picked),
     /// Answer it with this status and error message: no member is available.
@@ -23,6 +25,8 @@ pub enum Decision {
 pub struct PickFilter {
     picker: UpstreamPicker,
     status_path: Option<String>,
+    metrics_path: Option<String>,
+    status_token: Option<Secret>,
     route: RouteMode,
     /// A 503 for "no member" was logged since the last good pick.
     warned_empty: bool,
@@ -39,6 +43,8 @@ impl PickFilter {
         Some(PickFilter {
             picker: UpstreamPicker::new(upstream, seed),
             status_path: config.status_path.clone(),
+            metrics_path: config.metrics_path.clone(),
+            status_token: config.status_token.clone(),
             route: RouteMode::for_config(config),
             warned_empty: false,
             refreshed: false,
@@ -69,8 +75,19 @@ impl PickFilter {
         store: &dyn SharedStore,
         now: u64,
     ) -> Decision {
-        if self.status_path.as_deref() == Some(path) {
-            return Decision::Status;
+        let local = if self.status_path.as_deref() == Some(path) {
+            Some(Decision::Status)
+        } else if self.metrics_path.as_deref() == Some(path) {
+            Some(Decision::Metrics)
+        } else {
+            None
+        };
+        if let Some(local) = local {
+            let authorization = request.header("authorization");
+            if authorized(self.status_token.as_ref(), authorization.as_deref()) {
+                return local;
+            }
+            return Decision::Refuse { status: 401, message: UNAUTHORIZED };
         }
         if !self.refreshed {
             self.on_tick(store, now);

@@ -10,7 +10,7 @@
 //! members are left out (and counted).
 
 use crate::sansio::model::member::Member;
-use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::serve::reply::LocalReply;
 use crate::sansio::shared::snapshot::{self, Snapshot};
 use crate::sansio::shared::store::SharedStore;
 use serde_json::{json, Value};
@@ -47,12 +47,12 @@ impl EdsReply {
     }
 
     /// Status and body as sent to Envoy.
-    pub fn to_json_reply(&self) -> JsonReply {
+    pub fn to_json_reply(&self) -> LocalReply {
         let status = self.status();
         match self {
-            EdsReply::Assignment { body, .. } => JsonReply { status, body: body.clone() },
-            EdsReply::NotModified => JsonReply { status, body: String::new() },
-            EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => JsonReply::error(status, e),
+            EdsReply::Assignment { body, .. } => LocalReply::json(status, body.clone()),
+            EdsReply::NotModified => LocalReply::json(status, String::new()),
+            EdsReply::Unavailable(e) | EdsReply::BadRequest(e) => LocalReply::error(status, e),
         }
     }
 }

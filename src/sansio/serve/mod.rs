@@ -4,5 +4,6 @@
 pub mod eds;
 pub mod eds_hold;
 pub mod local;
+pub mod metrics;
 pub mod reply;
 pub mod status;

@@ -2,7 +2,7 @@
 //! believes, per upstream (the successor of upsync's `upstream_show`).
 
 use crate::sansio::model::member::Member;
-use crate::sansio::serve::reply::JsonReply;
+use crate::sansio::serve::reply::LocalReply;
 use crate::sansio::shared::status::{consistent_read, read_index, SyncView};
 use crate::sansio::shared::store::SharedStore;
 use serde::Serialize;
@@ -15,21 +15,21 @@ pub fn upstream_filter(path: &str) -> Option<&str> {
 }
 
 /// Answers `GET /upsync/status[?upstream=NAME]`.
-pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>) -> JsonReply {
+pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>) -> LocalReply {
     let names = read_index(store);
     let selected: Vec<&String> = match filter {
         Some(wanted) => {
             let hit: Vec<&String> = names.iter().filter(|n| n.as_str() == wanted).collect();
             if hit.is_empty() {
                 let body = json!({"error": "unknown upstream", "upstream": wanted, "known": names});
-                return JsonReply { status: 404, body: body.to_string() };
+                return LocalReply::json(404, body.to_string());
             }
             hit
         }
         None => names.iter().collect(),
     };
     let upstreams: Vec<UpstreamView<'_>> = selected.into_iter().map(|name| upstream_view(store, name)).collect();
-    JsonReply { status: 200, body: json!({ "upstreams": upstreams }).to_string() }
+    LocalReply::json(200, json!({ "upstreams": upstreams }).to_string())
 }
 
 /// One upstream as the status endpoint shows it.
@@ -121,7 +121,7 @@ mod tests {
             last_error_ms: Some(5),
             ..Default::default()
         };
-        StatusRecord::new("web", &web.registry, "backoff", stats).write(&mut store).unwrap();
+        StatusRecord::new("web", &web.registry, "backoff", None, stats).write(&mut store).unwrap();
         let members = MemberSet::from_members(vec![Member {
             addr: "[::1]:8080".parse().unwrap(),
             attrs: MemberAttrs { weight: 5, ..Default::default() },

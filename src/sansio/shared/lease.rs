@@ -27,6 +27,13 @@ pub enum Role {
     Follower { holder: u64, expires_ms: u64 },
 }
 
+/// The worker holding `upstream`'s lease at `now`, if any.
+pub fn holder(store: &dyn SharedStore, upstream: &str, now: u64) -> Option<u64> {
+    let key = lease_key(upstream);
+    let (lease, _) = get_keyed(store, &key, |l: &LeaseWire| &l.key).ok()?;
+    lease.filter(|l| l.expires_ms > now).map(|l| l.holder)
+}
+
 /// Takes or renews the lease of `upstream` for `me` until `now + ttl_ms`,
 /// unless another holder's lease is still running.
 pub fn elect(store: &mut dyn SharedStore, upstream: &str, me: u64, now: u64, ttl_ms: u64) -> Result<Role, StoreError> {

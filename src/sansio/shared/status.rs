@@ -110,16 +110,20 @@ pub struct StatusRecord {
 pub struct SyncView {
     pub registry: RegistryWire,
     pub state: String,
+    /// The etcd watch stream: "open" or "closed"; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
     #[serde(flatten)]
     pub stats: SyncStats,
 }
 
 impl StatusRecord {
-    pub fn new(name: &str, registry: &RegistryConfig, state: &str, stats: SyncStats) -> Self {
+    pub fn new(name: &str, registry: &RegistryConfig, state: &str, watch: Option<bool>, stats: SyncStats) -> Self {
+        let watch = watch.map(|open| if open { "open" } else { "closed" }.to_string());
         StatusRecord {
             key: status_key(name),
             name: name.to_string(),
-            sync: SyncView { registry: registry.into(), state: state.to_string(), stats },
+            sync: SyncView { registry: registry.into(), state: state.to_string(), watch, stats },
         }
     }
 

@@ -20,7 +20,7 @@ use crate::sansio::registry::etcd_watch;
 use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse};
 use crate::sansio::shared::lease::{self, Role};
 use crate::sansio::shared::snapshot::{self, PublishOutcome};
-use crate::sansio::shared::status::{self, StatusRecord};
+use crate::sansio::shared::status::{self, StatusRecord, SyncStats};
 use crate::sansio::shared::store::SharedStore;
 use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
 use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
@@ -90,6 +90,8 @@ struct Upstream {
     unpublished: bool,
     /// The status record waits for [`Poller::flush`].
     status_stale: bool,
+    /// Listed in [`Poller::dirty`].
+    queued: bool,
 }
 
 pub struct Poller {
@@ -124,6 +126,7 @@ impl Poller {
                 unpublished: false,
                 // Every upstream shows up in status from the first flush.
                 status_stale: true,
+                queued: true,
             })
             .collect();
         let mut poller = Poller {
@@ -222,8 +225,12 @@ impl Poller {
 
     /// `upstream`'s watch stream closed, or could not be opened.
     pub fn handle_watch_closed(&mut self, now: u64, upstream: usize) {
-        if let Some(w) = self.upstreams.get_mut(upstream).and_then(|u| u.watch.as_mut()) {
-            w.handle_closed(now);
+        if let Some(u) = self.upstreams.get_mut(upstream) {
+            if let Some(w) = u.watch.as_mut() {
+                w.handle_closed(now);
+                u.status_stale = true;
+                u.queue(&mut self.dirty, upstream);
+            }
         }
         self.drive(upstream, now);
     }
@@ -234,10 +241,17 @@ impl Poller {
         self.actions.pop()
     }
 
+    /// Counters and outcomes of `upstream`, as its status record has them.
+    pub fn stats(&self, upstream: usize) -> Option<SyncStats> {
+        self.upstreams.get(upstream).map(|u| u.machine.stats())
+    }
+
     /// Writes what changed to shared data: per upstream, the snapshot
     /// first, then the status record (the status endpoint relies on that
-    /// order), and the upstream index once.
-    pub fn flush(&mut self, store: &mut dyn SharedStore) {
+    /// order), and the upstream index once. Returns the upstreams whose
+    /// status was written (their counters moved).
+    pub fn flush(&mut self, store: &mut dyn SharedStore) -> Vec<usize> {
+        let mut written = Vec::new();
         if !self.index_written {
             let names: Vec<String> = self.upstreams.iter().map(|u| u.machine.name().to_string()).collect();
             match status::write_index(store, &names) {
@@ -249,6 +263,7 @@ impl Poller {
             let Some(u) = self.upstreams.get_mut(i) else {
                 continue;
             };
+            u.queued = false;
             if std::mem::take(&mut u.unpublished) {
                 if let Some(published) = u.machine.published() {
                     let name = u.machine.name();
@@ -269,13 +284,16 @@ impl Poller {
             }
             // Followers leave the record to the leader.
             if u.part == Part::Leading && std::mem::take(&mut u.status_stale) {
+                let watch = u.watch.as_ref().map(WatchStream::is_open);
                 let record =
-                    StatusRecord::new(u.machine.name(), &u.registry, u.machine.phase_name(), u.machine.stats());
+                    StatusRecord::new(u.machine.name(), &u.registry, u.machine.phase_name(), watch, u.machine.stats());
                 if let Err(e) = record.write(store) {
                     log::warn!("upstream {}: cannot write status: {e}", u.machine.name());
                 }
+                written.push(i);
             }
         }
+        written
     }
 
     fn elect(&mut self, store: &mut dyn SharedStore, i: usize, now: u64) {
@@ -335,6 +353,7 @@ impl Poller {
             }
             if let (Some(watch), Some(target)) = (u.watch.as_mut(), u.registry.spec.grpc_target()) {
                 if watch.poll_open(now) {
+                    dirty = true;
                     self.actions.push(Action::OpenWatch(OpenWatch {
                         upstream: i,
                         target: target.to_string(),
@@ -347,9 +366,7 @@ impl Poller {
         }
         if dirty {
             u.status_stale = true;
-            if !self.dirty.contains(&i) {
-                self.dirty.push(i);
-            }
+            u.queue(&mut self.dirty, i);
         }
         let sync_at = leading.then(|| u.machine.poll_timeout());
         let watch_at = if leading { u.watch.as_ref().and_then(WatchStream::poll_timeout) } else { None };
@@ -359,6 +376,13 @@ impl Poller {
 }
 
 impl Upstream {
+    /// Lists this upstream (index `i`) for the next flush, once.
+    fn queue(&mut self, dirty: &mut Vec<usize>, i: usize) {
+        if !std::mem::replace(&mut self.queued, true) {
+            dirty.push(i);
+        }
+    }
+
     fn machine_interval(&self) -> u64 {
         self.machine.interval_ms()
     }

@@ -153,6 +153,16 @@ def prefix_end(prefix: str) -> str:
     return bytes(raw).decode()
 
 
+def http_text(method: str, url: str, headers: dict | None = None, timeout: float = 3.0) -> tuple[int, str]:
+    """(status, body text) for a request; never raises on HTTP errors."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
 def http_json(method: str, url: str, body=None, timeout: float = 3.0):
     """(status, parsed JSON or raw text) for a request; never raises on HTTP errors."""
     data = None if body is None else json.dumps(body).encode()
@@ -1101,6 +1111,7 @@ class Stack:
         consul_options: dict | None = None,
         extra_web_fields: str = "",
         ipv6_backends=(),
+        envoy_template: Path = DEMO_TEMPLATE,
     ):
         if registry not in REGISTRY_TYPES:
             raise ValueError(f"registry must be one of {REGISTRY_TYPES}, got {registry!r}")
@@ -1129,6 +1140,7 @@ class Stack:
         self.consul_acl_token = consul_acl_token
         self.consul_options = dict(consul_options or {})
         self.extra_web_fields = extra_web_fields
+        self.envoy_template = envoy_template
         self.etcd: Etcd | None = None
         self.consul = None  # ConsulEmulator for the consul_* registries
         self.web: RegistryWriter | None = None
@@ -1183,6 +1195,7 @@ class Stack:
                 extra_web_fields=self.extra_web_fields,
                 web_registry=self.web_registry(),
                 consul_port=consul_port,
+                template=self.envoy_template,
             )
             self.envoy.start()
             self.client = Client(self.envoy.ingress_port)

@@ -62,7 +62,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci
+test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci test-chaos
 
 lint:
 	$(CARGO) fmt --check
@@ -94,6 +94,13 @@ test-e2e: deps build
 # Pick mode on a real Envoy: override_host and original_dst routing.
 test-pick: deps build
 	$(PY) -m pytest -q tests/pick --wasm $(WASM)
+
+# Chaos (about a minute): wrk through a real Envoy while members churn in a
+# real etcd, etcd is SIGKILLed twice, and a fault proxy garbles the
+# registry path; 0 non-2xx, members back to etcd's, no Wasm VM restart.
+.PHONY: test-chaos
+test-chaos: deps build
+	$(PY) -m pytest -q tests/chaos --wasm $(WASM)
 
 ## ---- benchmarks ---------------------------------------------------------
 # Ratios against baselines measured in the same run; never part of `make test`.

@@ -158,6 +158,8 @@ pub enum AdapterError {
     Status(u16),
     /// The host gave no status (an answer cut after its headers).
     NoStatus,
+    /// JSON too deep or with too many objects to parse in bounded time.
+    TooComplex(String),
 }
 
 impl std::fmt::Display for AdapterError {
@@ -168,6 +170,7 @@ impl std::fmt::Display for AdapterError {
             AdapterError::Registry(e) => write!(f, "registry error: {e}"),
             AdapterError::Status(s) => write!(f, "registry answered HTTP {s}"),
             AdapterError::NoStatus => write!(f, "registry answer had no status (cut short?)"),
+            AdapterError::TooComplex(e) => write!(f, "answer refused unparsed: {e}"),
         }
     }
 }
@@ -179,6 +182,52 @@ use etcd_v3::EtcdV3Adapter;
 use eureka::EurekaAdapter;
 use nacos::NacosAdapter;
 
+/// The deepest JSON nesting a registry answer may have (the documented
+/// answers nest less than 10 levels deep).
+pub const MAX_JSON_DEPTH: usize = 64;
+/// The most JSON objects and arrays an answer may hold: about 60 per KiB
+/// at the default 8 MiB `max_body_bytes`, several times what a registry's
+/// list of its largest services holds (a Consul health entry has ~8, a
+/// Eureka instance ~10).
+pub const MAX_JSON_CONTAINERS: usize = 500_000;
+
+/// Refuses, before any parsing, an answer whose JSON would take long to
+/// build: the poller runs on Envoy's main thread, and a Value tree of a
+/// million tiny objects takes about a second to build natively, more in a
+/// wasm runtime. One pass over the bytes, no allocation.
+pub fn check_json_budget(body: &[u8]) -> Result<(), AdapterError> {
+    let (mut depth, mut containers, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                containers += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(AdapterError::TooComplex(format!("JSON nests deeper than {MAX_JSON_DEPTH} levels")));
+                }
+                if containers > MAX_JSON_CONTAINERS {
+                    return Err(AdapterError::TooComplex(format!(
+                        "more than {MAX_JSON_CONTAINERS} JSON objects and arrays"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The adapter for a registry configuration.
 pub fn adapter_for(spec: &RegistrySpec) -> Box<dyn RegistryAdapter> {
     match spec {
@@ -189,5 +238,28 @@ pub fn adapter_for(spec: &RegistrySpec) -> Box<dyn RegistryAdapter> {
             Box::new(NacosAdapter::new(service, group.as_deref(), namespace.as_deref()))
         }
         RegistrySpec::Eureka { service } => Box::new(EurekaAdapter::new(service)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test.
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn json_too_deep_or_too_many_containers_is_refused_unparsed() {
+        let deep = format!("{}{}", "[".repeat(MAX_JSON_DEPTH + 1), "]".repeat(MAX_JSON_DEPTH + 1));
+        assert!(matches!(check_json_budget(deep.as_bytes()), Err(AdapterError::TooComplex(_))));
+        let ok_depth = format!("{}{}", "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        assert_eq!(check_json_budget(ok_depth.as_bytes()), Ok(()));
+        let many = "{}".repeat(MAX_JSON_CONTAINERS + 1);
+        assert!(matches!(check_json_budget(many.as_bytes()), Err(AdapterError::TooComplex(_))));
+        // Brackets inside strings (with escaped quotes) do not count.
+        let strings = format!(r#"{{"k":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        assert_eq!(check_json_budget(strings.as_bytes()), Ok(()));
+        assert_eq!(check_json_budget(include_bytes!("../../../tests/fixtures/eureka/application.json")), Ok(()));
     }
 }

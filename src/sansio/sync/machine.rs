@@ -20,7 +20,7 @@ use crate::sansio::config::UpstreamConfig;
 use crate::sansio::model::member_set::{Diff, MemberSet};
 use crate::sansio::model::update::{Published, Source};
 use crate::sansio::registry::{
-    AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, RegistryAdapter,
+    check_json_budget, AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, RegistryAdapter,
 };
 use crate::sansio::shared::status::{count_label, SyncStats};
 use crate::sansio::util::backoff::Backoff;
@@ -95,6 +95,7 @@ impl FailReason {
             FailReason::Answer(AdapterError::Registry(_)) => "registry_error",
             FailReason::Answer(AdapterError::Status(_)) => "status",
             FailReason::Answer(AdapterError::NoStatus) => "no_status",
+            FailReason::Answer(AdapterError::TooComplex(_)) => "too_complex",
         }
     }
 }
@@ -375,7 +376,7 @@ impl SyncMachine {
             self.config.interval_ms
         };
         let after_news = if long_polls { 0 } else { self.config.interval_ms };
-        let poll = match self.adapter.parse(&response) {
+        let poll = match check_json_budget(response.body).and_then(|()| self.adapter.parse(&response)) {
             Ok(poll) => poll,
             Err(e) => return self.fail(now, FailReason::Answer(e), 0),
         };

@@ -222,6 +222,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Answer {
 async fn kv(shared: &Arc<Shared>, i: usize, key: &str, q: &KvQuery) -> Answer {
     let Some(slot) = shared.mounts.get(i) else { return text(StatusCode::INTERNAL_SERVER_ERROR, "no mount") };
     let mut views = slot.view.subscribe();
+    let mut session = shared.session.subscribe();
     let http = &shared.config.http;
     let deadline = match q.index {
         Some(index) if index > 0 => {
@@ -245,7 +246,10 @@ async fn kv(shared: &Arc<Shared>, i: usize, key: &str, q: &KvQuery) -> Answer {
                 if fresh.is_ok() && view.served.index != index {
                     return answer(&view, fresh, &slot.config.prefix, key, q);
                 }
-                if Instant::now() >= at {
+                // No live session: say so now rather than at the end of
+                // the wait, so the client knows (it keeps its last list).
+                let live = session.borrow_and_update().live;
+                if Instant::now() >= at || !live {
                     return answer(&view, fresh, &slot.config.prefix, key, q);
                 }
                 tokio::select! {
@@ -254,6 +258,7 @@ async fn kv(shared: &Arc<Shared>, i: usize, key: &str, q: &KvQuery) -> Answer {
                             return text(StatusCode::SERVICE_UNAVAILABLE, "upsync-zk-bridge is shutting down");
                         }
                     }
+                    _ = session.changed() => {}
                     () = tokio::time::sleep_until(at) => {}
                 }
             }

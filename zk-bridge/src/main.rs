@@ -171,7 +171,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<state::Shared>) -> Resul
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| http::handle(shared.clone(), req));
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) =
+                http1::Builder::new().title_case_headers(true).serve_connection(TokioIo::new(stream), svc).await
+            {
                 tracing::debug!("connection from {peer}: {e}");
             }
             drop(permit);

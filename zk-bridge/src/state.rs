@@ -101,11 +101,11 @@ impl Shared {
         if self.lease_left_ms().unwrap_or(0) == 0 {
             return Err("ZooKeeper has not answered the bridge's probes lately; its data may be stale".into());
         }
-        if view.generation != s.generation {
-            return Err("not yet read again since the ZooKeeper session (re)connected".into());
-        }
         if let Some(e) = &view.error {
             return Err(e.clone());
+        }
+        if view.generation != s.generation {
+            return Err("not yet read again since the ZooKeeper session (re)connected".into());
         }
         if let Some(r) = &view.served.refused {
             return Err(r.clone());

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
-use zookeeper_client::{AddWatchMode, Client, Error as ZkError, EventType, SessionState, WatchedEvent};
+use zookeeper_client::{
+    AddWatchMode, Client, Error as ZkError, EventType, PersistentWatcher, SessionState, WatchedEvent,
+};
 
 /// Reads in flight at once during a full read of a mount.
 const READ_CONCURRENCY: usize = 256;
@@ -143,16 +145,40 @@ async fn serve_session(shared: &Arc<Shared>, client: Client) -> String {
     ended
 }
 
-/// Extends the lease on every answered probe (an `exists` on `/`).
+/// Extends the lease on every answered probe (an `exists` on `/`). When
+/// the lease runs out (the server stopped answering but the connection
+/// still looks open) the session is published as not live, so held
+/// blocking queries answer 503 at once; the next answered probe makes it
+/// live again, in a new generation (every mount is read again).
 async fn probe(client: Client, shared: Arc<Shared>, every: Duration, lease: Duration) {
     let every = every.max(Duration::from_millis(100));
+    let mut unresponsive = false;
     loop {
         sleep(every).await;
         let sent = Instant::now();
         match timeout(every, client.check_stat("/")).await {
-            Ok(Ok(_)) => shared.extend_lease(sent + lease),
+            Ok(Ok(_)) => {
+                shared.extend_lease(sent + lease);
+                if unresponsive {
+                    unresponsive = false;
+                    tracing::info!("ZooKeeper answers again; reading every mount again");
+                    session_update(&shared, |s| {
+                        s.live = true;
+                        s.generation += 1;
+                        s.state = "connected".into();
+                    });
+                }
+            }
             Ok(Err(e)) => tracing::debug!("ZooKeeper probe failed: {e}"),
             Err(_) => tracing::debug!("ZooKeeper probe unanswered after {every:?}"),
+        }
+        if !unresponsive && shared.lease_left_ms().unwrap_or(0) == 0 && shared.session.borrow().live {
+            unresponsive = true;
+            tracing::warn!("ZooKeeper has not answered for {} ms; answering 503", lease.as_millis());
+            session_update(&shared, |s| {
+                s.live = false;
+                s.state = "unresponsive (probes unanswered)".into();
+            });
         }
     }
 }
@@ -258,6 +284,16 @@ async fn read_full(client: &Client, cfg: &MountConfig, state: &MountState) -> Re
     Ok(Full::Read(FullRead { root: Some((stat.czxid, stat.mzxid, stat.pzxid)), children }))
 }
 
+/// Sets the mount's persistent recursive watch.
+async fn add_watch(client: &Client, cfg: &MountConfig) -> Result<PersistentWatcher, (String, bool)> {
+    match client.watch(&cfg.path, AddWatchMode::PersistentRecursive).await {
+        Ok(w) => Ok(w),
+        Err(e @ (ZkError::SessionExpired | ZkError::ClientClosed)) => Err((e.to_string(), true)),
+        Err(ZkError::NoAuth) => Err((read_error(&cfg.path, &ZkError::NoAuth).0, false)),
+        Err(e) => Err((format!("cannot watch {} (addWatch needs ZooKeeper 3.6 or later): {e}", cfg.path), false)),
+    }
+}
+
 /// One mount's reader for the life of one session.
 async fn run_mount(client: Client, shared: Arc<Shared>, i: usize) {
     let Some(slot) = shared.mounts.get(i) else { return };
@@ -268,21 +304,12 @@ async fn run_mount(client: Client, shared: Arc<Shared>, i: usize) {
     // index keeps growing across sessions.
     let previous = slot.view.borrow().clone();
     state.resume_from(&previous.served);
-    let mut watcher = loop {
-        match client.watch(&cfg.path, AddWatchMode::PersistentRecursive).await {
-            Ok(w) => break w,
-            Err(e @ (ZkError::SessionExpired | ZkError::ClientClosed)) => {
-                tracing::debug!(mount = %cfg.path, "watch not set: {e}");
-                return;
-            }
-            Err(e) => {
-                let why = format!("cannot watch {} (addWatch needs ZooKeeper 3.6 or later): {e}", cfg.path);
-                tracing::warn!(mount = %cfg.path, "{why}");
-                publish(&shared, i, &state, 0, Some(why));
-                sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut watcher: Option<PersistentWatcher> = None;
+    // The session generation the watch was set in. zookeeper-client 0.11
+    // does not restore persistent watches when it reconnects (its
+    // SetWatches request leaves them out), so after every reconnection the
+    // watch is set again, before the full read.
+    let mut watched_generation = 0;
     let mut full = true;
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut synced_generation = 0;
@@ -295,6 +322,28 @@ async fn run_mount(client: Client, shared: Arc<Shared>, i: usize) {
         let due = retry_after.is_none_or(|t| Instant::now() >= t);
         if live && due {
             retry_after = None;
+            if watched_generation != generation {
+                match add_watch(&client, &cfg).await {
+                    Ok(w) => {
+                        // Dropping the previous watcher removes nothing on
+                        // the server: the new one watches the same path.
+                        watcher = Some(w);
+                        watched_generation = generation;
+                        full = true;
+                    }
+                    Err((why, true)) => {
+                        tracing::debug!(mount = %cfg.path, "reader stops: {why}");
+                        return;
+                    }
+                    Err((why, false)) => {
+                        tracing::warn!(mount = %cfg.path, "{why}; trying again");
+                        publish(&shared, i, &state, generation, Some(why));
+                        retry_after = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        if live && retry_after.is_none() {
             let need_full = full || synced_generation != generation || state.needs_full_read();
             let result = if need_full {
                 // Events from now on are re-read after this full read.
@@ -321,12 +370,14 @@ async fn run_mount(client: Client, shared: Arc<Shared>, i: usize) {
                 }
                 Err(e) => {
                     let (why, permanent) = read_error(&cfg.path, &e);
+                    // Published for the current generation: this is what
+                    // the mount is now (never served: refused or an error).
                     if permanent {
                         state.set_refused(why);
-                        publish(&shared, i, &state, synced_generation, None);
+                        publish(&shared, i, &state, generation, None);
                     } else {
                         tracing::warn!(mount = %cfg.path, "{why}; reading again");
-                        publish(&shared, i, &state, synced_generation, Some(why));
+                        publish(&shared, i, &state, generation, Some(why));
                     }
                     full = true;
                     retry_after = Some(Instant::now() + Duration::from_millis(500));
@@ -340,8 +391,14 @@ async fn run_mount(client: Client, shared: Arc<Shared>, i: usize) {
                 None => std::future::pending().await,
             }
         };
+        let event = async {
+            match watcher.as_mut() {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
-            ev = watcher.changed() => Some(ev),
+            ev = event => Some(ev),
             r = session.changed() => {
                 if r.is_err() {
                     return;
@@ -358,7 +415,7 @@ async fn run_mount(client: Client, shared: Arc<Shared>, i: usize) {
                 Wake::Full => full = true,
                 Wake::Children | Wake::Nothing => {}
             }
-            next = watcher.changed().now_or_never();
+            next = watcher.as_mut().and_then(|w| w.changed().now_or_never());
         }
     }
 }

@@ -21,6 +21,7 @@ Usage: python benches/zk_propagation.py --wasm target/upsync_wasm.wasm [--change
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import tempfile
@@ -151,6 +152,7 @@ def main() -> int:
     ap.add_argument("--znodes", type=int, default=10_000)
     args = ap.parse_args()
     harness.raise_keyboard_interrupt_on_sigterm()
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # its reconnect chatter while ZooKeeper is down
     print(f"bridge: {zk_harness.find_bridge()}")
     rows = propagation(args.wasm, args.changes)
     idle, full, cold, served = memory(args.znodes)

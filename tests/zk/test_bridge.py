@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -147,3 +148,24 @@ def test_bad_configuration_is_refused_field_by_field(tmp_path):
     r = subprocess.run([str(zk_harness.find_bridge()), "--check", "--config", str(good)], capture_output=True,
                        text=True, timeout=30)
     assert (r.returncode, r.stdout.strip()) == (0, "ok"), r
+
+
+def test_shipped_configs_agree_and_are_valid():
+    """envoy/zookeeper.yaml validates as it is (from the repository root,
+    where its wasm path points); it and nginx-wasm/zookeeper.conf read the
+    prefixes zk-bridge/examples/bridge.json mounts, with consul_kv."""
+    example = json.loads((zk_harness.REPO / "zk-bridge" / "examples" / "bridge.json").read_text())
+    prefixes = {m.get("prefix") or m["path"].strip("/") + "/" for m in example["mounts"]}
+    yaml_text = zk_harness.ZK_ENVOY_CONFIG.read_text()
+    poller = json.loads(harness.poller_json(yaml_text))
+    regs = [u["registry"] for u in poller["upstreams"]]
+    assert {r["type"] for r in regs} == {"consul_kv"} and {r["prefix"] for r in regs} == prefixes, regs
+    assert example["listen"].endswith(":8500") and "port_value: 8500" in yaml_text
+    if (zk_harness.REPO / "target" / "upsync_wasm.wasm").exists():
+        r = harness.run_validate(zk_harness.ZK_ENVOY_CONFIG, cwd=zk_harness.REPO)
+        assert r.returncode == 0, r.stdout + r.stderr
+    nginx = (zk_harness.REPO / "nginx-wasm" / "zookeeper.conf").read_text()
+    doc = json.loads(re.search(r"proxy_wasm upsync '(.*?)';", nginx, re.S).group(1))
+    (up,) = doc["upstreams"]
+    assert up["registry"]["type"] == "consul_kv" and up["registry"]["prefix"] in prefixes, up
+    assert up["registry"]["target"] == [example["listen"]], up

@@ -118,8 +118,12 @@ def test_mounts_that_do_not_exist_yet_and_bad_registrations(zk, bridges):
                      makepath=True)
     zk.client.create("/later/web/bad", b"not json")
     harness.wait_until(lambda: "10.0.0.5:81" in b.members("later/web/"), 10, 0.05, "the new instance")
-    st = b.status()["mounts"][0]
-    assert st["entries"] == 1 and any("/later/web/bad" in p for p in st["problems"]), st
+    def reported():
+        st = b.status()["mounts"][0]
+        return st if any("/later/web/bad" in p for p in st["problems"]) else None
+
+    st = harness.wait_until(reported, 10, 0.05, "the bad znode reported")
+    assert st["entries"] == 1 and st["znodes"] == 2, st
     zk.client.delete("/later/web", recursive=True)
     harness.wait_until(lambda: b.kv("later/web/")[0] == 404, 10, 0.05, "404 after the path is deleted")
 

@@ -97,7 +97,42 @@ async fn serve_session(shared: &Arc<Shared>, client: Client) -> String {
     tasks.spawn(probe(client.clone(), shared.clone(), timeout_d / 3, lease));
     let mut states = client.state_watcher();
     let ended = loop {
-        match states.changed().await {
+        let state = tokio::select! {
+            st = states.changed() => st,
+            Some(done) = tasks.join_next() => {
+                // A reader or the probe stopped. With the session over, that
+                // is expected (its state is handled below); with the session
+                // alive, only a bug does that: start over with a new session
+                // (and full reads) rather than serve a mount nobody follows.
+                if let Err(e) = &done {
+                    if e.is_panic() {
+                        tracing::error!("a ZooKeeper reader task panicked");
+                    }
+                }
+                let terminal = |st: SessionState| {
+                    matches!(st, SessionState::Expired | SessionState::Closed | SessionState::AuthFailed)
+                };
+                let now = client.state();
+                if terminal(now) {
+                    now
+                } else {
+                    // The state may arrive a moment after the reader saw it.
+                    let wait_terminal = async {
+                        loop {
+                            let st = states.changed().await;
+                            if terminal(st) {
+                                return st;
+                            }
+                        }
+                    };
+                    match timeout(Duration::from_secs(1), wait_terminal).await {
+                        Ok(st) => st,
+                        Err(_) => break "a reader task stopped while the session was alive".to_string(),
+                    }
+                }
+            }
+        };
+        match state {
             SessionState::SyncConnected => {
                 tracing::info!("ZooKeeper session {id} reconnected; reading every mount again");
                 shared.extend_lease(Instant::now() + lease);

@@ -130,11 +130,13 @@ def main() -> int:
         say(f"    plugin: source={st['source']} members={len(st['members'])} syncs_failed={st['syncs_failed']} "
             f"last_error={st['last_error']!r}")
 
-        step(7, "ZooKeeper comes back (same data dir); the bridge opens a new session and reads everything again")
+        step(7, "ZooKeeper comes back (same data dir); the bridge reconnects (a new session if its own expired) "
+                "and reads everything again")
         stack.zk.start()
         b.wait_serving(30)
         s = b.status()["session"]
         say(f"    bridge session {s['id']} ({s['sessions_opened']} opened, {s['sessions_expired']} expired so far)")
+        say("    (the plugin may still be backing off after the 503s: up to backoff_max_ms, 2 s here)")
         change(f"set {inst('alpha')} enabled=true", lambda s: s.only("alpha", "beta"),
                lambda: c.register(stack.addr("alpha"), enabled=True), timeout=20)
 

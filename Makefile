@@ -62,7 +62,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci test-chaos
+test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci test-chaos test-zk
 
 lint:
 	$(CARGO) fmt --check
@@ -71,6 +71,7 @@ lint:
 	@! grep -rn --include='*.rs' -E 'use proxy_wasm|proxy_wasm::' src/sansio \
 	  || { echo "src/sansio must not touch proxy-wasm (sans-IO core)"; exit 1; }
 	python3 scripts/check_layers.py
+	$(CARGO) clippy -p upsync-zk-bridge --all-targets -- -D warnings
 
 test-unit:
 	$(CARGO) test
@@ -110,10 +111,42 @@ bench: deps build
 	$(CARGO) bench --bench snapshot
 	$(PY) benches/pick_overhead.py --wasm $(WASM)
 	$(PY) benches/propagation.py --wasm $(WASM)
+	@$(MAKE) --no-print-directory bench-zk
 
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+## ---- ZooKeeper through upsync-zk-bridge (zk-bridge/, docs/zk-bridge.md) ----
+# The bridge is a native binary beside the plugin; the wasm never links it.
+ZK_BRIDGE := target/zk-bridge/upsync-zk-bridge
+ZK_BRIDGE_DEBUG := target/debug/upsync-zk-bridge
+.PHONY: zk-deps build-zk-bridge test-zk demo-zk bench-zk
+
+# Debian's ZooKeeper 3.8 (the tests start private servers; no system service).
+zk-deps:
+	@if [ ! -x /usr/share/zookeeper/bin/zkServer.sh ]; then \
+	  echo "installing zookeeper with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	fi
+
+# Optimised build (demo, bench, deployment).
+build-zk-bridge:
+	$(CARGO) build -p upsync-zk-bridge --profile zk-bridge
+	@ls -l $(ZK_BRIDGE) | awk '{print "built " $$9 " (" $$5 " bytes)"}'
+
+# Unit tests, then ZooKeeper -> bridge -> plugin -> Envoy end to end. The
+# debug build shares its compiled dependencies with `cargo test`.
+test-zk: deps zk-deps build
+	$(CARGO) test -p upsync-zk-bridge
+	$(CARGO) build -p upsync-zk-bridge
+	UPSYNC_ZK_BRIDGE=$(ZK_BRIDGE_DEBUG) $(PY) -m pytest -q tests/zk --wasm $(WASM)
+
+demo-zk: deps zk-deps build build-zk-bridge
+	$(PY) scripts/demo_zk.py --wasm $(WASM)
+
+bench-zk: deps zk-deps build build-zk-bridge
+	$(PY) benches/zk_propagation.py --wasm $(WASM)
 
 ## ---- OCI image (make oci, make publish, make test-oci) ------------------
 include oci/oci.mk

@@ -126,8 +126,8 @@ def test_status_token_guards_status_and_metrics(make_stack, tmp_path):
     token = "s3cret-token-0123456789"
     template = tmp_path / "demo-token.yaml"
     text = harness.DEMO_TEMPLATE.read_text()
-    assert "'{\"eds_hold_ms\": 500}'" in text
-    template.write_text(text.replace("'{\"eds_hold_ms\": 500}'", f"'{{\"eds_hold_ms\": 500, \"status_token\": \"{token}\"}}'"))
+    assert "'{\"eds_hold_ms\": 25000}'" in text
+    template.write_text(text.replace("'{\"eds_hold_ms\": 25000}'", f"'{{\"eds_hold_ms\": 25000, \"status_token\": \"{token}\"}}'"))
     stack = make_stack(envoy_template=template)
     stack.set_web(alpha={})
     stack.wait_routing(lambda s: s.only("alpha"), what="alpha (EDS needs no token)")

@@ -59,7 +59,7 @@ def test_propagation_delay(make_stack, capsys, mode):
 
     line = (
         f"propagation over {CHANGES} changes ({'etcd watch' if stack.watch else 'etcd poll'}, interval_ms={stack.interval_ms}, "
-        "EDS long poll with eds_hold_ms=500, refresh_delay=0.02s): "
+        "EDS long poll with eds_hold_ms=25000, refresh_delay=0.02s): "
         f"etcd->status p50 {ms(to_status, 50):.0f} ms max {ms(to_status, 100):.0f} ms; "
         f"etcd->routing p50 {ms(to_route, 50):.0f} ms p90 {ms(to_route, 90):.0f} ms max {ms(to_route, 100):.0f} ms"
     )

@@ -5,12 +5,14 @@
 //! `refresh_delay` costs few requests, and a change reaches Envoy within a
 //! tick instead of within `refresh_delay`.
 //!
-//! One [`EdsHold`] per worker (the requests of that worker's streams). The
-//! host checks [`EdsHold::poll_timeout`] on its tick and calls
-//! [`EdsHold::take_due`] only when a hold may have ended or any version
-//! moved.
+//! One [`EdsHold`] per worker (the requests of that worker's streams),
+//! checked on the worker's tick. An idle tick costs one small read (the
+//! poller's publish sequence) and one comparison, however many requests
+//! are held: the held requests' versions are read only when the sequence
+//! moved or a hold ran out.
 
 use crate::sansio::serve::eds::{current_version, DiscoveryRequest};
+use crate::sansio::shared::snapshot::read_sequence;
 use crate::sansio::shared::store::SharedStore;
 
 /// A held EDS request.
@@ -25,11 +27,18 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct EdsHold {
     held: Vec<Held>,
+    /// The publish sequence when the held requests were last checked.
+    seen: Option<u64>,
+    /// The earliest end of a hold.
+    earliest: u64,
 }
 
 impl EdsHold {
     /// Holds `request` of `stream` until `until` at the latest.
     pub fn hold(&mut self, stream: u32, request: DiscoveryRequest, until: u64) {
+        if self.held.is_empty() || until < self.earliest {
+            self.earliest = until;
+        }
         self.held.push(Held { stream, request, until });
     }
 
@@ -50,11 +59,22 @@ impl EdsHold {
     /// of their clusters moved (one with no snapshot yet is due as soon as
     /// one appears).
     pub fn take_due(&mut self, store: &dyn SharedStore, now: u64) -> Vec<Held> {
-        let (due, waiting) = std::mem::take(&mut self.held).into_iter().partition(|h| {
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        let seq = read_sequence(store);
+        if seq == self.seen && now < self.earliest {
+            return Vec::new();
+        }
+        let moved = seq != self.seen;
+        self.seen = seq;
+        let (due, waiting): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held).into_iter().partition(|h| {
             now >= h.until
-                || current_version(store, &h.request.resource_names).is_some_and(|v| v != h.request.version_info)
+                || (moved
+                    && current_version(store, &h.request.resource_names).is_some_and(|v| v != h.request.version_info))
         });
         self.held = waiting;
+        self.earliest = self.held.iter().map(|h| h.until).min().unwrap_or(0);
         due
     }
 }
@@ -75,6 +95,8 @@ mod tests {
     fn publish(store: &mut MemoryStore, name: &str, addr: &str) {
         let members = MemberSet::from_members([Member { addr: addr.parse().unwrap(), attrs: Default::default() }]).0;
         snapshot::publish(store, name, &Published { members, source: Source::Registry }).unwrap();
+        // As the poller's flush does after its snapshots.
+        snapshot::bump_sequence(store).unwrap();
     }
 
     fn request(names: &[&str], version: &str) -> DiscoveryRequest {
@@ -115,5 +137,45 @@ mod tests {
         hold.release(7);
         let due: Vec<u32> = hold.take_due(&store, 100).iter().map(|h| h.stream).collect();
         assert_eq!(due, [8]);
+    }
+
+    /// Counts reads.
+    struct Counting(MemoryStore, std::cell::Cell<usize>);
+
+    impl SharedStore for Counting {
+        fn get(
+            &self,
+            key: &str,
+        ) -> Result<crate::sansio::shared::store::Entry, crate::sansio::shared::store::StoreError> {
+            self.1.set(self.1.get() + 1);
+            self.0.get(key)
+        }
+        fn set(&mut self, k: &str, v: &[u8], cas: Option<u32>) -> Result<(), crate::sansio::shared::store::StoreError> {
+            self.0.set(k, v, cas)
+        }
+    }
+
+    #[test]
+    fn an_idle_tick_reads_one_entry_however_many_requests_are_held() {
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        let mut hold = EdsHold::default();
+        for i in 0..1000u32 {
+            let name = format!("u{i}");
+            publish(&mut store, &name, "10.0.0.1:80");
+            hold.hold(i, request(&[name.as_str()], "1"), 30_000);
+        }
+        let counting = Counting(store, std::cell::Cell::new(0));
+        assert_eq!(hold.take_due(&counting, 10).len(), 0);
+        let first = counting.1.get();
+        assert!(first >= 1000, "the first check reads every held request's version ({first})");
+        for now in [20, 30, 40] {
+            assert!(hold.take_due(&counting, now).is_empty());
+        }
+        assert_eq!(counting.1.get() - first, 3, "then one read per idle tick");
+        let mut store = counting.0;
+        publish(&mut store, "u7", "10.0.0.2:80");
+        let due: Vec<u32> = hold.take_due(&store, 50).iter().map(|h| h.stream).collect();
+        assert_eq!(due, [7]);
+        assert_eq!(hold.take_due(&store, 30_000).len(), 999, "the holds end");
     }
 }

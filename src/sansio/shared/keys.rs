@@ -32,3 +32,10 @@ pub fn health_key(upstream: &str) -> String {
 pub fn index_key() -> String {
     format!("{KEY_NAMESPACE}/index")
 }
+
+/// A counter the poller moves once per flush that published anything, so
+/// that a worker holding EDS requests learns "something changed" from one
+/// small read instead of reading every held request's versions.
+pub fn publish_sequence_key() -> String {
+    format!("{KEY_NAMESPACE}/seq")
+}

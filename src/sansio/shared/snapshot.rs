@@ -8,7 +8,7 @@
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use crate::sansio::model::member_set::MemberSet;
 use crate::sansio::model::update::{Published, Source};
-use crate::sansio::shared::keys::{snapshot_key, version_key};
+use crate::sansio::shared::keys::{publish_sequence_key, snapshot_key, version_key};
 use crate::sansio::shared::store::{cas_update, CasStep, Entry, SharedStore, StoreError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -111,6 +111,29 @@ impl Snapshot {
 struct VersionWire {
     key: String,
     version: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SequenceWire {
+    key: String,
+    seq: u64,
+}
+
+/// The publish sequence ([`publish_sequence_key`]), if any publish happened.
+pub fn read_sequence(store: &dyn SharedStore) -> Option<u64> {
+    let (wire, _) = get_keyed(store, &publish_sequence_key(), |w: &SequenceWire| &w.key).ok()?;
+    wire.map(|w| w.seq)
+}
+
+/// Moves the publish sequence on: call after the snapshots are written.
+pub fn bump_sequence(store: &mut dyn SharedStore) -> Result<(), StoreError> {
+    let key = publish_sequence_key();
+    cas_update(store, &key, &mut |_, entry| {
+        let seq = keyed_value(&entry, &key, |w: &SequenceWire| &w.key).map_or(1, |w| w.seq.wrapping_add(1));
+        let bytes =
+            serde_json::to_vec(&SequenceWire { key: key.clone(), seq }).map_err(|e| StoreError::Host(e.to_string()))?;
+        Ok(CasStep::Write(bytes))
+    })
 }
 
 /// The published version of `upstream`, from its small version entry.

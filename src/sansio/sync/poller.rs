@@ -252,6 +252,7 @@ impl Poller {
     /// status was written (their counters moved).
     pub fn flush(&mut self, store: &mut dyn SharedStore) -> Vec<usize> {
         let mut written = Vec::new();
+        let mut published_any = false;
         if !self.index_written {
             let names: Vec<String> = self.upstreams.iter().map(|u| u.machine.name().to_string()).collect();
             match status::write_index(store, &names) {
@@ -268,10 +269,13 @@ impl Poller {
                 if let Some(published) = u.machine.published() {
                     let name = u.machine.name();
                     match snapshot::publish(store, name, published) {
-                        Ok(PublishOutcome::Written { version }) => log::info!(
-                            "upstream {name}: published version {version} ({} members)",
-                            published.members.len()
-                        ),
+                        Ok(PublishOutcome::Written { version }) => {
+                            published_any = true;
+                            log::info!(
+                                "upstream {name}: published version {version} ({} members)",
+                                published.members.len()
+                            )
+                        }
                         Ok(PublishOutcome::Unchanged { version }) => {
                             log::debug!("upstream {name}: version {version} already current")
                         }
@@ -291,6 +295,11 @@ impl Poller {
                     log::warn!("upstream {}: cannot write status: {e}", u.machine.name());
                 }
                 written.push(i);
+            }
+        }
+        if published_any {
+            if let Err(e) = snapshot::bump_sequence(store) {
+                log::warn!("cannot move the publish sequence: {e}; held EDS requests answer at their hold's end");
             }
         }
         written

@@ -58,7 +58,19 @@ fn send(reply: &LocalReply) {
 
 /// Answers the status endpoint; the query of `path` may select one upstream.
 fn send_status(path: &str) {
-    send(&status_reply(&HostStore, upstream_filter(path)));
+    send(&status_reply(&HostStore, upstream_filter(path), memory_bytes()));
+}
+
+/// This VM's linear memory in bytes.
+pub fn memory_bytes() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        u64::try_from(core::arch::wasm32::memory_size(0)).ok().map(|pages| pages * 65536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        None
+    }
 }
 
 fn send_metrics() {

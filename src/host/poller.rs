@@ -68,6 +68,9 @@ impl HostPoller {
     }
 
     fn flush(&mut self) {
+        if let Some(bytes) = super::memory_bytes() {
+            self.poller.handle_memory(bytes);
+        }
         let written = self.poller.flush(&mut HostStore);
         if let Some(envoy) = self.envoy_stats.as_mut() {
             for i in written {

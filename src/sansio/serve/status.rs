@@ -3,7 +3,7 @@
 
 use crate::sansio::model::member::Member;
 use crate::sansio::serve::reply::LocalReply;
-use crate::sansio::shared::status::{consistent_read, read_index, SyncView};
+use crate::sansio::shared::status::{consistent_read, read_index, read_poller_memory, SyncView};
 use crate::sansio::shared::store::SharedStore;
 use serde::Serialize;
 use serde_json::json;
@@ -15,7 +15,9 @@ pub fn upstream_filter(path: &str) -> Option<&str> {
 }
 
 /// Answers `GET /upsync/status[?upstream=NAME]`.
-pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>) -> LocalReply {
+/// Answers `GET /upsync/status[?upstream=NAME]`; `worker_memory` is the
+/// answering VM's linear memory (bytes), shown beside the poller's.
+pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>, worker_memory: Option<u64>) -> LocalReply {
     let names = read_index(store);
     let selected: Vec<&String> = match filter {
         Some(wanted) => {
@@ -29,7 +31,8 @@ pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>) -> LocalReply
         None => names.iter().collect(),
     };
     let upstreams: Vec<UpstreamView<'_>> = selected.into_iter().map(|name| upstream_view(store, name)).collect();
-    LocalReply::json(200, json!({ "upstreams": upstreams }).to_string())
+    let memory = json!({ "poller": read_poller_memory(store), "worker": worker_memory });
+    LocalReply::json(200, json!({ "upstreams": upstreams, "wasm_memory_bytes": memory }).to_string())
 }
 
 /// One upstream as the status endpoint shows it.
@@ -134,7 +137,7 @@ mod tests {
     #[test]
     fn shows_every_upstream_with_members_and_counters() {
         let store = setup();
-        let reply = status_reply(&store, None);
+        let reply = status_reply(&store, None, None);
         assert_eq!(reply.status, 200);
         let v: Value = serde_json::from_str(&reply.body).unwrap();
         let ups = v["upstreams"].as_array().unwrap();
@@ -218,7 +221,7 @@ mod tests {
                         snapshot::put_json(s, &status_key("web"), &new).unwrap();
                     }),
                 ));
-                let v: Value = serde_json::from_str(&status_reply(&store, Some("web")).body).unwrap();
+                let v: Value = serde_json::from_str(&status_reply(&store, Some("web"), None).body).unwrap();
                 let web = &v["upstreams"][0];
                 let (record_new, members_new) = (web["bad_entries"] == 1, web["members"][0]["weight"] == 7);
                 let at = (snapshot_at, record_at);
@@ -238,10 +241,10 @@ mod tests {
         assert_eq!(upstream_filter("/upsync/status?upstream=api"), Some("api"));
         assert_eq!(upstream_filter("/upsync/status?x=1&upstream=web"), Some("web"));
         assert_eq!(upstream_filter("/upsync/status"), None);
-        let one: Value = serde_json::from_str(&status_reply(&store, Some("api")).body).unwrap();
+        let one: Value = serde_json::from_str(&status_reply(&store, Some("api"), None).body).unwrap();
         assert_eq!(one["upstreams"].as_array().unwrap().len(), 1);
         assert_eq!(one["upstreams"][0]["name"], "api");
-        let missing = status_reply(&store, Some("nope"));
+        let missing = status_reply(&store, Some("nope"), None);
         assert_eq!(missing.status, 404);
         let v: Value = serde_json::from_str(&missing.body).unwrap();
         assert_eq!(v["upstream"], "nope");

@@ -39,3 +39,8 @@ pub fn index_key() -> String {
 pub fn publish_sequence_key() -> String {
     format!("{KEY_NAMESPACE}/seq")
 }
+
+/// The poller's wasm linear memory, as its host last reported it.
+pub fn memory_key() -> String {
+    format!("{KEY_NAMESPACE}/memory")
+}

@@ -180,3 +180,20 @@ pub fn consistent_read(
     }
     (record, snap)
 }
+
+#[derive(Serialize, Deserialize)]
+struct MemoryWire {
+    key: String,
+    poller_bytes: u64,
+}
+
+/// Records the poller's linear memory size (for the status endpoint).
+pub fn write_poller_memory(store: &mut dyn SharedStore, bytes: u64) -> Result<(), StoreError> {
+    let key = crate::sansio::shared::keys::memory_key();
+    snapshot::put_json(store, &key, &MemoryWire { key: key.clone(), poller_bytes: bytes })
+}
+
+pub fn read_poller_memory(store: &dyn SharedStore) -> Option<u64> {
+    let key = crate::sansio::shared::keys::memory_key();
+    snapshot::get_keyed(store, &key, |w: &MemoryWire| &w.key).ok()?.0.map(|w| w.poller_bytes)
+}

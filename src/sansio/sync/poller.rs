@@ -104,7 +104,13 @@ pub struct Poller {
     /// Upstreams with something for [`Poller::flush`], each once.
     dirty: Vec<usize>,
     index_written: bool,
+    /// The host's last report of this VM's linear memory, and what was written.
+    memory: Option<u64>,
+    memory_written: Option<u64>,
 }
+
+/// The poller's memory is rewritten when it moved by this much.
+const MEMORY_REPORT_STEP: u64 = 64 * 1024;
 
 impl Poller {
     pub fn new(config: &PluginConfig, leadership: Leadership, seed: u64) -> Self {
@@ -137,6 +143,8 @@ impl Poller {
             actions: Vec::new(),
             dirty: (0..config.upstreams.len()).collect(),
             index_written: false,
+            memory: None,
+            memory_written: None,
         };
         for i in 0..poller.upstreams.len() {
             let kind = if leadership == Leadership::Singleton { TimerKind::Sync } else { TimerKind::Lease };
@@ -235,6 +243,12 @@ impl Poller {
         self.drive(upstream, now);
     }
 
+    /// The host's measure of this VM's linear memory (wasm pages × 64 KiB),
+    /// shown by the status endpoint.
+    pub fn handle_memory(&mut self, bytes: u64) {
+        self.memory = Some(bytes);
+    }
+
     /// The next thing for the host to do.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -295,6 +309,14 @@ impl Poller {
                     log::warn!("upstream {}: cannot write status: {e}", u.machine.name());
                 }
                 written.push(i);
+            }
+        }
+        if let Some(bytes) = self.memory {
+            if self.memory_written.is_none_or(|w| w.abs_diff(bytes) >= MEMORY_REPORT_STEP) {
+                match status::write_poller_memory(store, bytes) {
+                    Ok(()) => self.memory_written = Some(bytes),
+                    Err(e) => log::debug!("cannot record the poller's memory: {e}"),
+                }
             }
         }
         if published_any {

@@ -112,7 +112,7 @@ pub const DEFAULT_MAX_REMOVAL_SHARE: f64 = 0.5;
 pub const DEFAULT_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
-pub const MAX_UPSTREAMS: usize = 256;
+pub const MAX_UPSTREAMS: usize = 10_000;
 
 impl PluginConfig {
     /// Parses and validates the poller configuration.

@@ -4,7 +4,7 @@ mode; and how many requests each mode makes to the registry at idle.
 
 Every mode runs the same stack (tests/e2e/harness.py): the registry (real
 etcd 3.4, or the project's Consul emulator), three backends, Envoy with the
-plugin (REST EDS as a long poll, eds_hold_ms 500, refresh_delay 0.02s).
+plugin (REST EDS as a long poll, eds_hold_ms 25000, refresh_delay 0.02s).
 A change flips which of two backends is `down`; the clock runs from the
 registry write's return to the first request answered by the backend that
 just came up. Idle requests are the registry calls the plugin completed for

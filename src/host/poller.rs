@@ -56,10 +56,14 @@ impl HostPoller {
             match action {
                 Action::Dispatch(call) => self.dispatch(call, now),
                 Action::OpenWatch(open) => self.open_watch(open, now),
-                Action::CancelWatch { upstream } => {
-                    while let Some(at) = self.streams.iter().position(|(_, u)| *u == upstream) {
-                        let (token, _) = self.streams.swap_remove(at);
-                        let _ = hostcalls::cancel_grpc_stream(token);
+                Action::SendWatch { stream, message } => {
+                    let sent = self
+                        .streams
+                        .iter()
+                        .find(|(_, s)| *s == stream)
+                        .map(|(token, _)| hostcalls::send_grpc_stream_message(*token, Some(&message), false));
+                    if let Some(Err(e)) = sent {
+                        log::warn!("etcd watch stream {stream}: cannot send on it: {e:?}");
                     }
                 }
             }
@@ -102,19 +106,17 @@ impl HostPoller {
     }
 
     fn open_watch(&mut self, open: OpenWatch, now: u64) {
-        let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![])
-            .and_then(|token| hostcalls::send_grpc_stream_message(token, Some(&open.message), false).map(|()| token));
-        match sent {
-            Ok(token) => {
-                self.streams.push((token, open.upstream));
+        let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![]).and_then(|token| {
+            for message in &open.messages {
+                hostcalls::send_grpc_stream_message(token, Some(message), false)?;
             }
+            Ok(token)
+        });
+        match sent {
+            Ok(token) => self.streams.push((token, open.stream)),
             Err(e) => {
-                log::warn!(
-                    "upstream {}: cannot open the etcd watch on {:?}: {e:?}",
-                    self.poller.name(open.upstream),
-                    open.target
-                );
-                self.poller.handle_watch_closed(now, open.upstream);
+                log::warn!("cannot open the etcd watch stream on {:?}: {e:?}", open.target);
+                self.poller.handle_watch_closed(now, open.stream);
             }
         }
     }
@@ -161,7 +163,7 @@ impl HostPoller {
             return;
         };
         let (_, i) = self.streams.swap_remove(at);
-        log::info!("upstream {}: etcd watch closed (grpc-status {status_code}); reopening later", self.poller.name(i));
+        log::info!("etcd watch stream {i} closed (grpc-status {status_code}); reopening");
         let now = now_ms();
         self.poller.handle_watch_closed(now, i);
         self.carry_out(Vec::new(), now);

@@ -926,14 +926,18 @@ class Envoy:
                 return u
         raise KeyError(f"upstream {name!r} not in status: {body!r}")
 
-    def eds(self, cluster: str, version_info: str = ""):
+    def eds(self, cluster: str, version_info: str = "", timeout: float = 3.0):
+        """A REST EDS request as Envoy sends it. The shipped configs hold a
+        request whose version is current (or that has no list yet) for
+        eds_hold_ms (25 s): such a request raises TimeoutError here unless
+        something is published first."""
         req = {
             "version_info": version_info,
             "node": {"id": "e2e", "cluster": "e2e"},
             "resource_names": [cluster],
             "type_url": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         }
-        return http_json("POST", f"http://127.0.0.1:{self.eds_port}/v3/discovery:endpoints", req)
+        return http_json("POST", f"http://127.0.0.1:{self.eds_port}/v3/discovery:endpoints", req, timeout=timeout)
 
 
 def run_validate(config: Path, cwd=None, timeout: float = 60.0) -> subprocess.CompletedProcess:

@@ -5,6 +5,8 @@ the member list it needs first."""
 
 from __future__ import annotations
 
+import threading
+
 import time
 
 import harness
@@ -184,8 +186,22 @@ def test_eds_answers_and_304_when_current(stack):
     assert eps[stack.addr("beta")]["health_status"] == "UNHEALTHY"
     assert eps[stack.addr("gamma")]["health_status"] == "DRAINING"
 
-    code, body = stack.envoy.eds("web", version_info=version)
-    assert code == 304, (code, body)
+    # The current version is held (a long poll), answered the moment the
+    # list changes: a new version, at once.
+    held = {}
+
+    def ask():
+        held["answer"] = stack.envoy.eds("web", version_info=version, timeout=20)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    t.join(1.0)
+    assert t.is_alive(), f"answered at once although current: {held}"
+    stack.put_web("alpha", weight=3)
+    t.join(5.0)
+    assert not t.is_alive(), "the held request was not answered on a change"
+    code, body = held["answer"]
+    assert code == 200 and body["version_info"] != version, (code, body)
 
 
 def test_empty_prefix_keeps_last_members(stack):

@@ -24,7 +24,7 @@ use crate::sansio::shared::status::{self, StatusRecord, SyncStats};
 use crate::sansio::shared::store::SharedStore;
 use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
 use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
-use crate::sansio::sync::watch::WatchStream;
+use crate::sansio::sync::watch::{WatchNews, WatchStream};
 use crate::sansio::util::text::clip;
 
 /// Who polls.
@@ -48,14 +48,15 @@ pub struct Dispatch {
     pub timeout_ms: u64,
 }
 
-/// An etcd Watch stream for the host to open (gRPC hosts only).
+/// An etcd Watch stream for the host to open (gRPC hosts only), and the
+/// watch creations to send on it, one per upstream on that etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenWatch {
-    pub upstream: usize,
+    pub stream: usize,
     pub target: String,
     pub service: &'static str,
     pub method: &'static str,
-    pub message: Vec<u8>,
+    pub messages: Vec<Vec<u8>>,
 }
 
 /// What the host must do.
@@ -63,10 +64,20 @@ pub struct OpenWatch {
 pub enum Action {
     Dispatch(Dispatch),
     OpenWatch(OpenWatch),
-    /// Let go of `upstream`'s watch stream (etcd canceled it).
-    CancelWatch {
-        upstream: usize,
+    /// Send `message` on the open watch stream `stream` (a watch etcd
+    /// canceled, created again).
+    SendWatch {
+        stream: usize,
+        message: Vec<u8>,
     },
+}
+
+/// One etcd Watch stream and the upstreams it carries: upstream `i` is
+/// watch id `i + 1`.
+struct WatchSlot {
+    target: String,
+    stream: WatchStream,
+    upstreams: Vec<usize>,
 }
 
 /// This worker's part in an upstream's polling.
@@ -82,7 +93,8 @@ const LEASE_RETRY_MS: u64 = 100;
 struct Upstream {
     registry: RegistryConfig,
     machine: SyncMachine,
-    watch: Option<WatchStream>,
+    /// The watch stream (index into `Poller::watches`) this upstream's watch is on.
+    watch: Option<usize>,
     /// Index into `registry.targets` of the address in use.
     target: usize,
     part: Part,
@@ -96,6 +108,7 @@ struct Upstream {
 
 pub struct Poller {
     upstreams: Vec<Upstream>,
+    watches: Vec<WatchSlot>,
     leadership: Leadership,
     host: HostKind,
     timers: TimerTable,
@@ -120,7 +133,7 @@ impl Poller {
             .iter()
             .zip(0u64..)
             .map(|(u, i)| Upstream {
-                watch: u.registry.spec.grpc_target().map(|_| WatchStream::new(u.backoff_max_ms)),
+                watch: None,
                 registry: u.registry.clone(),
                 machine: SyncMachine::new(
                     SyncConfig::from(u),
@@ -135,8 +148,29 @@ impl Poller {
                 queued: true,
             })
             .collect();
+        // One stream per etcd gRPC target, however many upstreams use it.
+        let mut watches: Vec<WatchSlot> = Vec::new();
+        let mut upstreams: Vec<Upstream> = upstreams;
+        for (i, (u, cfg)) in upstreams.iter_mut().zip(&config.upstreams).enumerate() {
+            let Some(target) = cfg.registry.spec.grpc_target() else {
+                continue;
+            };
+            let slot = match watches.iter().position(|w| w.target == target) {
+                Some(slot) => slot,
+                None => {
+                    let stream = WatchStream::new(cfg.backoff_max_ms);
+                    watches.push(WatchSlot { target: target.to_string(), stream, upstreams: Vec::new() });
+                    watches.len() - 1
+                }
+            };
+            if let Some(w) = watches.get_mut(slot) {
+                w.upstreams.push(i);
+            }
+            u.watch = Some(slot);
+        }
         let mut poller = Poller {
             upstreams,
+            watches,
             leadership,
             host: config.host,
             timers: TimerTable::default(),
@@ -148,10 +182,10 @@ impl Poller {
         };
         for i in 0..poller.upstreams.len() {
             let kind = if leadership == Leadership::Singleton { TimerKind::Sync } else { TimerKind::Lease };
-            poller.timers.set(Timer { upstream: i, kind }, Some(0));
-            if poller.upstreams.get(i).is_some_and(|u| u.watch.is_some()) {
-                poller.timers.set(Timer { upstream: i, kind: TimerKind::Watch }, Some(0));
-            }
+            poller.timers.set(Timer { index: i, kind }, Some(0));
+        }
+        for slot in 0..poller.watches.len() {
+            poller.timers.set(Timer { index: slot, kind: TimerKind::Watch }, Some(0));
         }
         poller
     }
@@ -180,7 +214,7 @@ impl Poller {
     /// polls, watch reopens. Elections read and write the lease in `store`.
     pub fn handle_timeout(&mut self, store: &mut dyn SharedStore, now: u64) {
         while let Some(timer) = self.timers.pop_due(now) {
-            let i = timer.upstream;
+            let i = timer.index;
             match timer.kind {
                 TimerKind::Lease => self.elect(store, i, now),
                 TimerKind::Sync => {
@@ -188,7 +222,10 @@ impl Poller {
                         u.machine.handle_timeout(now);
                     }
                 }
-                TimerKind::Watch => {}
+                TimerKind::Watch => {
+                    self.drive_watch(i, now);
+                    continue;
+                }
             }
             self.drive(i, now);
         }
@@ -213,34 +250,75 @@ impl Poller {
         self.drive(upstream, now);
     }
 
-    /// A message on `upstream`'s watch stream.
-    pub fn handle_watch_message(&mut self, now: u64, upstream: usize, message: &[u8]) {
-        let Some(u) = self.upstreams.get_mut(upstream) else {
+    /// A message on watch stream `stream`.
+    pub fn handle_watch_message(&mut self, now: u64, stream: usize, message: &[u8]) {
+        let Some(slot) = self.watches.get_mut(stream) else {
             return;
         };
-        let Some(watch) = u.watch.as_mut() else {
-            return;
+        let on_stream = |id: u64| usize::try_from(id).ok().and_then(|id| id.checked_sub(1));
+        let poll: Vec<usize> = match slot.stream.handle_message(message) {
+            WatchNews::Poll(id) => on_stream(id).filter(|i| slot.upstreams.contains(i)).into_iter().collect(),
+            WatchNews::PollAll => slot.upstreams.clone(),
+            WatchNews::Canceled(id) => {
+                let upstream = on_stream(id).filter(|i| slot.upstreams.contains(i));
+                let prefix = upstream.and_then(|i| self.upstreams.get(i)).and_then(|u| u.registry.spec.prefix());
+                if let Some(prefix) = prefix {
+                    self.actions.push(Action::SendWatch { stream, message: etcd_watch::create_request(prefix, id) });
+                }
+                upstream.into_iter().collect()
+            }
+            WatchNews::Nothing => Vec::new(),
         };
-        let poll = watch.handle_message(now, message);
-        if !watch.is_open() {
-            self.actions.push(Action::CancelWatch { upstream });
+        for i in poll {
+            if let Some(u) = self.upstreams.get_mut(i) {
+                u.machine.handle_push(now);
+            }
+            self.drive(i, now);
         }
-        if poll {
-            u.machine.handle_push(now);
-        }
-        self.drive(upstream, now);
     }
 
-    /// `upstream`'s watch stream closed, or could not be opened.
-    pub fn handle_watch_closed(&mut self, now: u64, upstream: usize) {
-        if let Some(u) = self.upstreams.get_mut(upstream) {
-            if let Some(w) = u.watch.as_mut() {
-                w.handle_closed(now);
+    /// Watch stream `stream` closed, or could not be opened.
+    pub fn handle_watch_closed(&mut self, now: u64, stream: usize) {
+        let Some(slot) = self.watches.get_mut(stream) else {
+            return;
+        };
+        slot.stream.handle_closed(now);
+        for &i in &slot.upstreams {
+            if let Some(u) = self.upstreams.get_mut(i) {
                 u.status_stale = true;
-                u.queue(&mut self.dirty, upstream);
+                u.queue(&mut self.dirty, i);
             }
         }
-        self.drive(upstream, now);
+        self.drive_watch(stream, now);
+    }
+
+    /// Opens watch stream `stream` when it is due, with a watch for every
+    /// upstream on it, and re-arms its timer.
+    fn drive_watch(&mut self, stream: usize, now: u64) {
+        let Some(slot) = self.watches.get_mut(stream) else {
+            return;
+        };
+        if slot.stream.poll_open(now) {
+            let messages = slot
+                .upstreams
+                .iter()
+                .filter_map(|&i| {
+                    let u = self.upstreams.get_mut(i)?;
+                    u.status_stale = true;
+                    u.queue(&mut self.dirty, i);
+                    let id = u64::try_from(i).ok()?.checked_add(1)?;
+                    Some(etcd_watch::create_request(u.registry.spec.prefix()?, id))
+                })
+                .collect();
+            self.actions.push(Action::OpenWatch(OpenWatch {
+                stream,
+                target: slot.target.clone(),
+                service: etcd_watch::SERVICE,
+                method: etcd_watch::METHOD,
+                messages,
+            }));
+        }
+        self.timers.set(Timer { index: stream, kind: TimerKind::Watch }, slot.stream.poll_timeout());
     }
 
     /// The host's measure of this VM's linear memory (wasm pages × 64 KiB),
@@ -302,7 +380,7 @@ impl Poller {
             }
             // Followers leave the record to the leader.
             if u.part == Part::Leading && std::mem::take(&mut u.status_stale) {
-                let watch = u.watch.as_ref().map(WatchStream::is_open);
+                let watch = u.watch.and_then(|slot| self.watches.get(slot)).map(|w| w.stream.is_open());
                 let record =
                     StatusRecord::new(u.machine.name(), &u.registry, u.machine.phase_name(), watch, u.machine.stats());
                 if let Err(e) = record.write(store) {
@@ -344,7 +422,7 @@ impl Poller {
                 (Part::Following, now + LEASE_RETRY_MS)
             }
         };
-        self.timers.set(Timer { upstream: i, kind: TimerKind::Lease }, Some(check_at));
+        self.timers.set(Timer { index: i, kind: TimerKind::Lease }, Some(check_at));
         if part != u.part {
             log::info!(
                 "upstream {}: this worker {} the registry poller",
@@ -382,27 +460,13 @@ impl Poller {
                     timeout_ms: call.timeout_ms,
                 }));
             }
-            if let (Some(watch), Some(target)) = (u.watch.as_mut(), u.registry.spec.grpc_target()) {
-                if watch.poll_open(now) {
-                    dirty = true;
-                    self.actions.push(Action::OpenWatch(OpenWatch {
-                        upstream: i,
-                        target: target.to_string(),
-                        service: etcd_watch::SERVICE,
-                        method: etcd_watch::METHOD,
-                        message: etcd_watch::create_request(u.registry.spec.prefix().unwrap_or_default()),
-                    }));
-                }
-            }
         }
         if dirty {
             u.status_stale = true;
             u.queue(&mut self.dirty, i);
         }
         let sync_at = leading.then(|| u.machine.poll_timeout());
-        let watch_at = if leading { u.watch.as_ref().and_then(WatchStream::poll_timeout) } else { None };
-        self.timers.set(Timer { upstream: i, kind: TimerKind::Sync }, sync_at);
-        self.timers.set(Timer { upstream: i, kind: TimerKind::Watch }, watch_at);
+        self.timers.set(Timer { index: i, kind: TimerKind::Sync }, sync_at);
     }
 }
 
@@ -487,6 +551,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::sansio::registry::etcd_watch;
     use crate::sansio::shared::snapshot;
     use crate::sansio::shared::status::read_index;
     use crate::sansio::shared::store::{Entry, MemoryStore, StoreError, StoreRules};
@@ -687,29 +752,49 @@ mod tests {
     }
 
     #[test]
-    fn a_watch_opens_at_once_pushes_a_poll_and_is_canceled_when_etcd_ends_it() {
+    fn one_watch_stream_carries_every_upstream_and_events_poll_only_theirs() {
         let etcd = EtcdScript::new();
         let mut store = MemoryStore::new(StoreRules::Envoy);
-        let mut p = Poller::new(&envoy(1, r#","grpc_target":"etcd_grpc""#), Leadership::Singleton, 1);
+        let mut p = Poller::new(&envoy(3, r#","grpc_target":"etcd_grpc""#), Leadership::Singleton, 1);
         p.handle_timeout(&mut store, 0);
         let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
-        assert!(actions.iter().any(|a| matches!(a, Action::OpenWatch(w) if w.target == "etcd_grpc")), "{actions:?}");
-        let Some(Action::Dispatch(first)) = actions.iter().find(|a| matches!(a, Action::Dispatch(_))).cloned() else {
-            panic!("{actions:?}")
-        };
-        let body = etcd.answer(&first.request);
-        p.handle_response(0, 0, first.id, ok(&body));
+        let opens: Vec<&OpenWatch> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::OpenWatch(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opens.len(), 1, "one stream for the three upstreams: {actions:?}");
+        assert_eq!((opens[0].target.as_str(), opens[0].messages.len()), ("etcd_grpc", 3));
+        assert_eq!(opens[0].messages[1], etcd_watch::create_request("/upstreams/web/", 2));
+        for a in &actions {
+            if let Action::Dispatch(d) = a {
+                let body = etcd.answer(&d.request);
+                p.handle_response(0, d.upstream, d.id, ok(&body));
+            }
+        }
         assert_eq!(p.poll_action(), None);
-        // An event (WatchResponse with one event): a probe at once, not after interval_ms.
-        p.handle_watch_message(10, 0, &[0x5a, 0x00]);
-        assert_eq!(dispatches(&mut p).len(), 1);
-        // etcd cancels the watch: the host lets go of the stream; it reopens later.
-        p.handle_watch_message(20, 0, &[0x20, 0x01]);
+        // Events on watch 2 (upstream 1): that upstream probes at once, the others wait.
+        p.handle_watch_message(10, 0, &[0x10, 0x02, 0x5a, 0x00]);
+        let calls = dispatches(&mut p);
+        assert_eq!(calls.iter().map(|d| d.upstream).collect::<Vec<_>>(), [1]);
+        p.handle_response(10, 1, calls[0].id, ok(&etcd.answer(&calls[0].request)));
+        // etcd cancels watch 3 alone: created again on the same stream.
+        p.handle_watch_message(20, 0, &[0x10, 0x03, 0x20, 0x01]);
         let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
-        assert!(actions.contains(&Action::CancelWatch { upstream: 0 }), "{actions:?}");
-        p.handle_watch_closed(20, 0);
-        let reopen = p.poll_timeout().unwrap();
-        assert!(reopen >= 500, "reopened after a backoff, at {reopen}");
+        let again = etcd_watch::create_request("/upstreams/web/", 3);
+        assert!(actions.contains(&Action::SendWatch { stream: 0, message: again }), "{actions:?}");
+        // The stream closes after living a while: reopened at once with every watch.
+        p.handle_watch_closed(2000, 0);
+        let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
+        assert!(actions.iter().any(|a| matches!(a, Action::OpenWatch(w) if w.messages.len() == 3)), "{actions:?}");
+        // Closing again at once backs off.
+        p.handle_watch_closed(2010, 0);
+        assert!(std::iter::from_fn(|| p.poll_action()).all(|a| !matches!(a, Action::OpenWatch(_))));
+        p.flush(&mut store);
+        let record = StatusRecord::read(&store, "u0").unwrap();
+        assert_eq!(record.sync.watch.as_deref(), Some("closed"));
     }
 
     #[test]

@@ -12,13 +12,14 @@ pub enum TimerKind {
     Sync = 0,
     /// The next lease renewal or takeover check (nginx).
     Lease = 1,
-    /// The next reopen of a closed etcd watch stream.
+    /// The next reopen of a closed etcd watch stream (one per etcd target).
     Watch = 2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timer {
-    pub upstream: usize,
+    /// The upstream (`Sync`, `Lease`) or the watch stream (`Watch`).
+    pub index: usize,
     pub kind: TimerKind,
 }
 
@@ -35,15 +36,15 @@ pub struct TimerTable {
 }
 
 fn live_in(armed: &[[Option<u64>; 3]], at: u64, timer: Timer) -> bool {
-    armed.get(timer.upstream).and_then(|a| a.get(timer.kind as usize)).is_some_and(|d| *d == Some(at))
+    armed.get(timer.index).and_then(|a| a.get(timer.kind as usize)).is_some_and(|d| *d == Some(at))
 }
 
 impl TimerTable {
     fn slot(&mut self, timer: Timer) -> Option<&mut Option<u64>> {
-        if self.armed.len() <= timer.upstream {
-            self.armed.resize(timer.upstream + 1, [None; 3]);
+        if self.armed.len() <= timer.index {
+            self.armed.resize(timer.index + 1, [None; 3]);
         }
-        self.armed.get_mut(timer.upstream)?.get_mut(timer.kind as usize)
+        self.armed.get_mut(timer.index)?.get_mut(timer.kind as usize)
     }
 
     fn is_live(&self, at: u64, timer: Timer) -> bool {
@@ -124,7 +125,7 @@ mod tests {
     use super::*;
 
     fn t(upstream: usize, kind: TimerKind) -> Timer {
-        Timer { upstream, kind }
+        Timer { index: upstream, kind }
     }
 
     #[test]
@@ -166,7 +167,7 @@ mod tests {
         assert_eq!(table.len(), 10);
         assert!(table.heap.len() <= 2 * 10 + 64 + 1, "{} entries", table.heap.len());
         assert_eq!(table.next(), Some(1_000 + 999 * 10));
-        let due: Vec<usize> = std::iter::from_fn(|| table.pop_due(u64::MAX)).map(|t| t.upstream).collect();
+        let due: Vec<usize> = std::iter::from_fn(|| table.pop_due(u64::MAX)).map(|t| t.index).collect();
         assert_eq!(due, (0..10).collect::<Vec<_>>());
     }
 }

@@ -1,10 +1,26 @@
 //! The life of an etcd Watch stream used as a push trigger ("something
-//! under the prefix changed"), for hosts with gRPC streams (Envoy). Each
-//! event makes the sync machine poll at once; the poll reads what changed.
-//! Polling stays on as the safety net, so a lost stream costs freshness,
-//! never correctness.
+//! under the prefix changed"), for hosts with gRPC streams (Envoy). One
+//! stream per etcd cluster carries the watch of every upstream on it, told
+//! apart by `watch_id` (etcd multiplexes watches on a stream), so a
+//! thousand upstreams cost etcd one stream per proxy, not a thousand. Each
+//! event makes that upstream's sync machine poll at once; the poll reads
+//! what changed. Polling stays on as the safety net, so a lost stream costs
+//! freshness, never correctness.
 
-use crate::sansio::registry::etcd_watch::{decode_response, WatchMessage};
+use crate::sansio::registry::etcd_watch::{decode_response, WatchMessage, WatchResponse};
+
+/// What a message on the stream means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchNews {
+    /// Watch `id` was created or saw events: its upstream polls now.
+    Poll(u64),
+    /// Not decodable: every upstream on the stream polls.
+    PollAll,
+    /// etcd ended watch `id` alone (e.g. compaction): create it again.
+    Canceled(u64),
+    /// A progress notification.
+    Nothing,
+}
 use crate::sansio::util::backoff::Backoff;
 
 /// The life of the watch stream: open it, and reopen it with backoff when
@@ -62,22 +78,21 @@ impl WatchStream {
         matches!(self.phase, WatchPhase::Open { .. })
     }
 
-    /// A message arrived. Returns `true` when the sync machine should poll
-    /// now: on events, and once when the watch is created (to catch
-    /// changes made while the stream was down).
-    pub fn handle_message(&mut self, now: u64, bytes: &[u8]) -> bool {
+    /// A message arrived: what it means for the watches on this stream.
+    pub fn handle_message(&mut self, bytes: &[u8]) -> WatchNews {
         match decode_response(bytes) {
-            Ok(WatchMessage::Created) => true,
-            Ok(WatchMessage::Events(_)) => true,
-            Ok(WatchMessage::Other) => false,
-            Ok(WatchMessage::Canceled(reason)) => {
-                log::info!("etcd watch canceled ({reason}); reopening");
-                self.handle_closed(now);
-                true
+            // Created: poll once, to catch changes made while it was down.
+            Ok(r @ WatchResponse { message: WatchMessage::Created | WatchMessage::Events(_), .. }) => {
+                WatchNews::Poll(r.watch_id)
+            }
+            Ok(WatchResponse { message: WatchMessage::Other, .. }) => WatchNews::Nothing,
+            Ok(WatchResponse { watch_id, message: WatchMessage::Canceled(reason) }) => {
+                log::info!("etcd watch {watch_id} canceled ({reason}); creating it again");
+                WatchNews::Canceled(watch_id)
             }
             Err(e) => {
-                log::warn!("etcd watch: undecodable message ({e}); polling");
-                true
+                log::warn!("etcd watch: undecodable message ({e}); polling every upstream on the stream");
+                WatchNews::PollAll
             }
         }
     }
@@ -114,7 +129,7 @@ mod tests {
         assert!(w.poll_open(0));
         assert!(!w.poll_open(1), "already open");
         assert_eq!(w.poll_timeout(), None);
-        assert!(w.handle_message(5, &[0x18, 0x01]), "created: poll once");
+        assert_eq!(w.handle_message(&[0x10, 0x03, 0x18, 0x01]), WatchNews::Poll(3), "created: poll once");
         w.handle_closed(10);
         assert!(!w.is_open());
         assert!(w.poll_open(10), "the first close reopens at once");
@@ -133,8 +148,9 @@ mod tests {
         // Open for more than a second: a close is news, not a failure run.
         w.handle_closed(7000);
         assert!(w.poll_open(7000), "a stable stream reopens at once");
-        assert!(w.handle_message(7001, &[0x20, 0x01]), "canceled: poll and reopen later");
-        assert!(!w.is_open());
-        assert!(!w.handle_message(7002, &[0x10, 0x01]), "progress only: nothing to do");
+        assert_eq!(w.handle_message(&[0x10, 0x02, 0x20, 0x01]), WatchNews::Canceled(2), "one watch ended");
+        assert!(w.is_open(), "the stream and its other watches stay");
+        assert_eq!(w.handle_message(&[0x10, 0x01]), WatchNews::Nothing, "progress only: nothing to do");
+        assert_eq!(w.handle_message(&[0x80]), WatchNews::PollAll);
     }
 }

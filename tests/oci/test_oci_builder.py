@@ -14,12 +14,16 @@ import pytest
 import build_oci
 import support
 
-SIZE_LIMIT = 400 * 1024  # bytes; the release module must stay below 400 KiB
+# bytes; the release module must stay below 512 KiB. Raised from 400 KiB when
+# metrics (Prometheus text, Envoy stats), zone/subset routing and the
+# mass-deletion guard went in (about 450 KB together); it still catches an
+# accidental dependency or a debug build.
+SIZE_LIMIT = 512 * 1024
 
 
-def test_release_wasm_is_below_400_kib(wasm_bytes):
+def test_release_wasm_is_below_512_kib(wasm_bytes):
     size = len(wasm_bytes)
-    assert size < SIZE_LIMIT, f"release wasm is {size} bytes ({size / 1024:.1f} KiB), limit 400 KiB"
+    assert size < SIZE_LIMIT, f"release wasm is {size} bytes ({size / 1024:.1f} KiB), limit 512 KiB"
     assert wasm_bytes[:4] == b"\0asm"
 
 

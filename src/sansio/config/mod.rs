@@ -242,7 +242,7 @@ impl UpstreamConfig {
                     let item_path = format!("{}[{i}]", f.path("fallback"));
                     let s = item.as_str().ok_or_else(|| err(&item_path, "must be a \"host:port\" string"))?;
                     let addr: HostPort = s.parse().map_err(|e| err(&item_path, format!("{s:?}: {e}")))?;
-                    out.push(Member { addr, attrs: MemberAttrs::default() });
+                    out.push(Member::new(addr, MemberAttrs::default()));
                 }
                 out
             }

@@ -331,8 +331,7 @@ mod tests {
 
         // The registry adds a third member, listed first.
         let members = MemberSet::from_members(
-            ["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"]
-                .map(|a| Member { addr: a.parse().unwrap(), attrs: Default::default() }),
+            ["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"].map(|a| Member::new(a.parse().unwrap(), Default::default())),
         )
         .0;
         snapshot::publish(&mut store, "web", &Published { members, source: Source::Registry }).unwrap();

@@ -205,10 +205,7 @@ mod tests {
     }
 
     fn publish(store: &mut MemoryStore, name: &str, members: &[(&str, MemberAttrs)]) {
-        let set = MemberSet::from_members(
-            members.iter().map(|(a, attrs)| Member { addr: a.parse().unwrap(), attrs: *attrs }),
-        )
-        .0;
+        let set = MemberSet::from_members(members.iter().map(|(a, attrs)| Member::new(a.parse().unwrap(), *attrs))).0;
         snapshot::publish(store, name, &Published { members: set, source: Source::Registry }).unwrap();
     }
 

@@ -125,6 +125,7 @@ mod tests {
         let members = MemberSet::from_members(vec![Member {
             addr: "[::1]:8080".parse().unwrap(),
             attrs: MemberAttrs { weight: 5, ..Default::default() },
+            meta: Default::default(),
         }])
         .0;
         snapshot::publish(&mut store, "web", &Published { members, source: Source::Registry }).unwrap();
@@ -201,6 +202,7 @@ mod tests {
                 let members = MemberSet::from_members(vec![Member {
                     addr: "[::1]:8080".parse().unwrap(),
                     attrs: MemberAttrs { weight: 7, ..Default::default() },
+                    meta: Default::default(),
                 }])
                 .0;
                 let update = Published { members, source: Source::Registry };

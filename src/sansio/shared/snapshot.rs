@@ -5,6 +5,7 @@
 //! CRC32 of the key alone, so a reader must check it got the entry it asked
 //! for.
 
+use crate::sansio::model::locality::{Locality, MemberMeta};
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use crate::sansio::model::member_set::MemberSet;
 use crate::sansio::model::update::{Published, Source};
@@ -39,6 +40,17 @@ pub struct MemberWire {
     pub fail_timeout: u32,
     pub down: bool,
     pub backup: bool,
+    // Locality and tags: optional, so snapshots written before they
+    // existed still decode (and older readers ignore them).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_zone: String,
+    /// `[[key, value], ...]`, sorted by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 impl From<&Member> for MemberWire {
@@ -50,7 +62,27 @@ impl From<&Member> for MemberWire {
             fail_timeout: m.attrs.fail_timeout,
             down: m.attrs.down,
             backup: m.attrs.backup,
+            region: m.meta.locality.region.clone(),
+            zone: m.meta.locality.zone.clone(),
+            sub_zone: m.meta.locality.sub_zone.clone(),
+            tags: m.meta.tags.clone(),
         }
+    }
+}
+
+impl MemberWire {
+    /// The member's locality and tags, tags put back in key order (one
+    /// per key) whatever the stored order.
+    fn meta(&mut self) -> MemberMeta {
+        let mut tags = std::mem::take(&mut self.tags);
+        tags.sort_by(|a, b| a.0.cmp(&b.0));
+        tags.dedup_by(|a, b| a.0 == b.0);
+        let locality = Locality {
+            region: std::mem::take(&mut self.region),
+            zone: std::mem::take(&mut self.zone),
+            sub_zone: std::mem::take(&mut self.sub_zone),
+        };
+        MemberMeta { locality, tags }
     }
 }
 
@@ -91,7 +123,8 @@ impl Snapshot {
         let source = Source::parse(&wire.source)
             .ok_or_else(|| SnapshotError::Corrupt(format!("unknown source {:?}", wire.source)))?;
         let mut members = Vec::with_capacity(wire.members.len());
-        for m in wire.members {
+        for mut m in wire.members {
+            let meta = m.meta();
             let addr: HostPort =
                 m.address.parse().map_err(|e| SnapshotError::Corrupt(format!("member {:?}: {e}", m.address)))?;
             let attrs = MemberAttrs {
@@ -101,7 +134,7 @@ impl Snapshot {
                 down: m.down,
                 backup: m.backup,
             };
-            members.push(Member { addr, attrs });
+            members.push(Member { addr, attrs, meta });
         }
         Ok(Snapshot { version: wire.version, source, members: MemberSet::from_members(members).0 })
     }
@@ -213,10 +246,7 @@ mod tests {
     use crate::sansio::shared::store::{MemoryStore, StoreRules};
 
     fn set_of(addrs: &[&str]) -> MemberSet {
-        MemberSet::from_members(
-            addrs.iter().map(|a| Member { addr: a.parse().unwrap(), attrs: MemberAttrs::default() }),
-        )
-        .0
+        MemberSet::from_members(addrs.iter().map(|a| Member::new(a.parse().unwrap(), MemberAttrs::default()))).0
     }
 
     fn update(addrs: &[&str], source: Source) -> Published {

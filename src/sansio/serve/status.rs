@@ -57,6 +57,14 @@ struct MemberView {
     fail_timeout: u32,
     down: bool,
     backup: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    region: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    zone: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sub_zone: String,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    tags: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<&Member> for MemberView {
@@ -70,6 +78,10 @@ impl From<&Member> for MemberView {
             fail_timeout: m.attrs.fail_timeout,
             down: m.attrs.down,
             backup: m.attrs.backup,
+            region: m.meta.locality.region.clone(),
+            zone: m.meta.locality.zone.clone(),
+            sub_zone: m.meta.locality.sub_zone.clone(),
+            tags: m.meta.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
         }
     }
 }

@@ -362,4 +362,32 @@ mod tests {
             Ok(PublishOutcome::Written { version: 8 })
         );
     }
+
+    #[test]
+    fn locality_and_tags_round_trip_and_old_snapshots_still_decode() {
+        use crate::sansio::model::locality::{Locality, MemberMeta};
+        let meta = MemberMeta {
+            locality: Locality { region: "eu".into(), zone: "eu-1a".into(), sub_zone: String::new() },
+            tags: vec![("canary".into(), "true".into()), ("v".into(), "2".into())],
+        };
+        let members = MemberSet::from_members([
+            Member { addr: "10.0.0.1:80".parse().unwrap(), attrs: MemberAttrs::default(), meta: meta.clone() },
+            Member::new("10.0.0.2:80".parse().unwrap(), MemberAttrs::default()),
+        ])
+        .0;
+        let s = Snapshot { version: 2, source: Source::Registry, members };
+        let bytes = s.encode("k");
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""zone":"eu-1a","tags":[["canary","true"],["v","2"]]"#), "{text}");
+        assert!(!text.contains("sub_zone"), "empty fields are not written: {text}");
+        assert_eq!(Snapshot::decode("k", &bytes).unwrap(), s);
+        // Written by a plugin without locality and tags.
+        let old = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false}]}"#;
+        let decoded = Snapshot::decode("k", old).unwrap();
+        assert!(decoded.members.iter().all(|m| m.meta.is_empty()));
+        // Tags stored out of order (or twice) read back sorted, one per key.
+        let shuffled = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false,"tags":[["v","2"],["canary","true"],["v","3"]]}]}"#;
+        let decoded = Snapshot::decode("k", shuffled).unwrap();
+        assert_eq!(decoded.members.iter().next().unwrap().meta.tags, meta.tags);
+    }
 }

@@ -7,10 +7,12 @@ mod balance;
 mod fields;
 mod registry;
 pub mod roles;
+mod routing;
 
 pub use auth::{Auth, Secret};
 pub use balance::{BalancePolicy, HashKey};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
+pub use routing::{SubsetRule, UpstreamRouting};
 
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use balance::parse_balance;
@@ -55,6 +57,8 @@ pub struct PluginConfig {
     pub status_path: Option<String>,
     /// Envoy pick mode: how the picked member reaches Envoy's router.
     pub route: EnvoyRoute,
+    /// Pick mode: the zone this proxy runs in; its members are preferred.
+    pub zone: Option<String>,
 }
 
 /// How an Envoy pick-mode filter hands its pick to the router.
@@ -98,6 +102,8 @@ pub struct UpstreamConfig {
     pub max_body_bytes: usize,
     pub allow_empty: bool,
     pub fallback: Vec<Member>,
+    /// Pick mode: zone preference and subset selection.
+    pub routing: UpstreamRouting,
 }
 
 pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
@@ -114,7 +120,7 @@ impl PluginConfig {
         let f = Fields::new(
             "",
             &root,
-            &["host", "upstreams", "log_level", "lease_ms", "pick", "status_path", "route", "override_header"],
+            &["host", "upstreams", "log_level", "lease_ms", "pick", "status_path", "route", "override_header", "zone"],
         )?;
         let host = match f.string("host")? {
             None | Some("envoy") => HostKind::Envoy,
@@ -190,7 +196,8 @@ impl PluginConfig {
                 return Err(err("status_path", format!("must be a path starting with '/', got {p:?}")));
             }
         }
-        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path, route })
+        let zone = routing::parse_zone(&f)?;
+        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path, route, zone })
     }
 }
 
@@ -210,6 +217,8 @@ impl UpstreamConfig {
                 "fallback",
                 "balance",
                 "passive_health",
+                "zone_min_healthy_share",
+                "subset",
             ],
         )?;
         let name = f.required_string("name")?;
@@ -265,6 +274,7 @@ impl UpstreamConfig {
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             allow_empty,
             fallback,
+            routing: routing::parse_upstream_routing(&f)?,
         })
     }
 }

@@ -69,6 +69,9 @@ pub enum EnvoyRoute {
     OverrideHost { header: String },
     /// The `original_dst_address` filter state, for an ORIGINAL_DST cluster.
     OriginalDst,
+    /// The `envoy.upstream.dynamic_host`/`_port` filter state, for the
+    /// dynamic forward proxy (routes hostname members too).
+    DynamicForwardProxy,
 }
 
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-upsync-host";
@@ -147,8 +150,12 @@ impl PluginConfig {
         let route = match f.string("route")? {
             None | Some("override_host") => EnvoyRoute::OverrideHost { header },
             Some("original_dst") => EnvoyRoute::OriginalDst,
+            Some("dynamic_forward_proxy") => EnvoyRoute::DynamicForwardProxy,
             Some(other) => {
-                return Err(err("route", format!("must be \"override_host\" or \"original_dst\", got {other:?}")))
+                return Err(err(
+                    "route",
+                    format!("must be \"override_host\", \"original_dst\" or \"dynamic_forward_proxy\", got {other:?}"),
+                ))
             }
         };
         let lease_ms = f.uint("lease_ms", DEFAULT_LEASE_MS, 500, 60_000)?;

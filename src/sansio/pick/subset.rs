@@ -66,9 +66,13 @@ impl Lanes {
                 values_dropped: 0,
             };
         }
-        let mut values: Vec<&str> = tags.iter().flatten().copied().collect();
-        values.sort_unstable();
-        values.dedup();
+        // Sorted by insertion (no generic sort: it adds kilobytes to the module).
+        let mut values: Vec<&str> = Vec::new();
+        for v in tags.iter().flatten() {
+            if let Err(at) = values.binary_search(v) {
+                values.insert(at, v);
+            }
+        }
         let values_dropped = values.len().saturating_sub(MAX_SUBSET_LANES);
         values.truncate(MAX_SUBSET_LANES);
         let mut lanes: Vec<Lane> = values

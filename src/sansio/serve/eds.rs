@@ -165,22 +165,21 @@ pub fn cluster_load_assignment<'a>(name: &str, members: impl Iterator<Item = &'a
             continue;
         }
         let priority = u32::from(m.attrs.backup);
-        let at = match groups.iter().position(|g| g.priority == priority && *g.locality == m.meta.locality) {
-            Some(at) => at,
-            None => {
-                groups.push(Group { priority, locality: &m.meta.locality, endpoints: Vec::new(), weight: 0 });
-                groups.len() - 1
-            }
-        };
+        // Groups kept in (priority, locality) order as they are made; few
+        // localities, so a linear search.
+        let order = |g: &Group<'_>| (g.priority, g.locality).cmp(&(priority, &m.meta.locality));
+        let at = groups.iter().position(|g| order(g).is_ge()).unwrap_or(groups.len());
+        if !groups.get(at).is_some_and(|g| order(g).is_eq()) {
+            groups.insert(at, Group { priority, locality: &m.meta.locality, endpoints: Vec::new(), weight: 0 });
+        }
         if let Some(g) = groups.get_mut(at) {
             g.weight = g.weight.saturating_add(u64::from(m.attrs.weight));
             g.endpoints.push(endpoint(m));
         }
     }
     if !groups.iter().any(|g| g.priority == 0) {
-        groups.push(Group { priority: 0, locality: &NO_LOCALITY, endpoints: Vec::new(), weight: 0 });
+        groups.insert(0, Group { priority: 0, locality: &NO_LOCALITY, endpoints: Vec::new(), weight: 0 });
     }
-    groups.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.locality.cmp(b.locality)));
     let localities: Vec<Value> = groups.into_iter().map(Group::into_json).collect();
     let cla = json!({"@type": CLA_TYPE_URL, "cluster_name": name, "endpoints": localities});
     (cla, skipped)
@@ -237,7 +236,11 @@ fn endpoint(m: &Member) -> Value {
         "health_status": health,
     });
     if !m.meta.tags.is_empty() {
-        let tags: Map<String, Value> = m.meta.tags.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        // Inserted one by one: collecting into a map would add a sort to the module.
+        let mut tags = Map::new();
+        for (k, v) in &m.meta.tags {
+            tags.insert(k.clone(), Value::String(v.clone()));
+        }
         if let Some(obj) = e.as_object_mut() {
             obj.insert("metadata".into(), json!({"filter_metadata": {"envoy.lb": tags}}));
         }

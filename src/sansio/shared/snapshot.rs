@@ -74,9 +74,14 @@ impl MemberWire {
     /// The member's locality and tags, tags put back in key order (one
     /// per key) whatever the stored order.
     fn meta(&mut self) -> MemberMeta {
-        let mut tags = std::mem::take(&mut self.tags);
-        tags.sort_by(|a, b| a.0.cmp(&b.0));
-        tags.dedup_by(|a, b| a.0 == b.0);
+        // Inserted one by one (no sort: a generic sort adds kilobytes to the
+        // module); written sorted, so each insert lands at the end.
+        let mut tags: Vec<(String, String)> = Vec::with_capacity(self.tags.len());
+        for (k, v) in std::mem::take(&mut self.tags) {
+            if let Err(at) = tags.binary_search_by(|(t, _)| t.cmp(&k)) {
+                tags.insert(at, (k, v));
+            }
+        }
         let locality = Locality {
             region: std::mem::take(&mut self.region),
             zone: std::mem::take(&mut self.zone),

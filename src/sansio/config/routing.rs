@@ -143,4 +143,14 @@ mod tests {
         assert_eq!(field("", r#","subset":{"header":"x-canary","key":" c"}"#), "upstreams[0].subset.key");
         assert_eq!(field("", r#","subset":{"header":"x-canary","key":"c","value":"1"}"#), "upstreams[0].subset.value");
     }
+
+    #[test]
+    fn the_shipped_nginx_routing_config_is_accepted() {
+        let conf = include_str!("../../../nginx-wasm/routing.conf");
+        let json = conf.split("proxy_wasm upsync '").nth(1).and_then(|rest| rest.split("';").next()).unwrap();
+        let c = PluginConfig::parse(json.as_bytes()).unwrap();
+        assert_eq!(c.zone.as_deref(), Some("zone-a"));
+        assert_eq!(c.upstreams[0].routing.min_healthy_permille, 700);
+        assert!(c.upstreams[0].routing.subset.is_some());
+    }
 }

@@ -15,7 +15,7 @@
 use crate::sansio::model::locality::Locality;
 use crate::sansio::model::member::Member;
 use crate::sansio::serve::reply::JsonReply;
-use crate::sansio::shared::snapshot::{self, Snapshot};
+use crate::sansio::shared::snapshot::{self, tag_object, Snapshot};
 use crate::sansio::shared::store::SharedStore;
 use serde_json::{json, Map, Value};
 
@@ -236,11 +236,7 @@ fn endpoint(m: &Member) -> Value {
         "health_status": health,
     });
     if !m.meta.tags.is_empty() {
-        // Inserted one by one: collecting into a map would add a sort to the module.
-        let mut tags = Map::new();
-        for (k, v) in &m.meta.tags {
-            tags.insert(k.clone(), Value::String(v.clone()));
-        }
+        let tags = tag_object(&m.meta.tags);
         if let Some(obj) = e.as_object_mut() {
             obj.insert("metadata".into(), json!({"filter_metadata": {"envoy.lb": tags}}));
         }

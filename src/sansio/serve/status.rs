@@ -81,19 +81,9 @@ impl From<&Member> for MemberView {
             region: m.meta.locality.region.clone(),
             zone: m.meta.locality.zone.clone(),
             sub_zone: m.meta.locality.sub_zone.clone(),
-            tags: tag_map(&m.meta.tags),
+            tags: crate::sansio::shared::snapshot::tag_object(&m.meta.tags),
         }
     }
-}
-
-/// Tags as a JSON object, inserted one by one (collecting into a map would
-/// add a sort to the module).
-fn tag_map(tags: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
-    let mut map = serde_json::Map::new();
-    for (k, v) in tags {
-        map.insert(k.clone(), serde_json::Value::String(v.clone()));
-    }
-    map
 }
 
 fn upstream_view<'a>(store: &dyn SharedStore, name: &'a str) -> UpstreamView<'a> {

@@ -13,6 +13,7 @@ use crate::sansio::shared::keys::{snapshot_key, version_key};
 use crate::sansio::shared::store::{cas_update, CasStep, Entry, SharedStore, StoreError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// A published member list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +49,9 @@ pub struct MemberWire {
     pub zone: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sub_zone: String,
-    /// `[[key, value], ...]`, sorted by key.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<(String, String)>,
+    /// `{"key": "value", ...}`.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub tags: Map<String, Value>,
 }
 
 impl From<&Member> for MemberWire {
@@ -65,23 +66,33 @@ impl From<&Member> for MemberWire {
             region: m.meta.locality.region.clone(),
             zone: m.meta.locality.zone.clone(),
             sub_zone: m.meta.locality.sub_zone.clone(),
-            tags: m.meta.tags.clone(),
+            tags: tag_object(&m.meta.tags),
         }
     }
+}
+
+/// Tags as a JSON object of strings, inserted one by one (collecting into a
+/// map would add a sort to the module).
+pub fn tag_object(tags: &[(String, String)]) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (k, v) in tags {
+        map.insert(k.clone(), Value::String(v.clone()));
+    }
+    map
 }
 
 impl MemberWire {
     /// The member's locality and tags, tags put back in key order (one
     /// per key) whatever the stored order.
     fn meta(&mut self) -> MemberMeta {
-        // Inserted one by one (no sort: a generic sort adds kilobytes to the
-        // module); written sorted, so each insert lands at the end.
-        let mut tags: Vec<(String, String)> = Vec::with_capacity(self.tags.len());
-        for (k, v) in std::mem::take(&mut self.tags) {
-            if let Err(at) = tags.binary_search_by(|(t, _)| t.cmp(&k)) {
-                tags.insert(at, (k, v));
-            }
-        }
+        // The object's keys are unique and iterate in order.
+        let tags = std::mem::take(&mut self.tags)
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect();
         let locality = Locality {
             region: std::mem::take(&mut self.region),
             zone: std::mem::take(&mut self.zone),
@@ -383,15 +394,15 @@ mod tests {
         let s = Snapshot { version: 2, source: Source::Registry, members };
         let bytes = s.encode("k");
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.contains(r#""zone":"eu-1a","tags":[["canary","true"],["v","2"]]"#), "{text}");
+        assert!(text.contains(r#""zone":"eu-1a","tags":{"canary":"true","v":"2"}"#), "{text}");
         assert!(!text.contains("sub_zone"), "empty fields are not written: {text}");
         assert_eq!(Snapshot::decode("k", &bytes).unwrap(), s);
         // Written by a plugin without locality and tags.
         let old = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false}]}"#;
         let decoded = Snapshot::decode("k", old).unwrap();
         assert!(decoded.members.iter().all(|m| m.meta.is_empty()));
-        // Tags stored out of order (or twice) read back sorted, one per key.
-        let shuffled = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false,"tags":[["v","2"],["canary","true"],["v","3"]]}]}"#;
+        // Tags stored out of order read back sorted; a non-string value is dropped.
+        let shuffled = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false,"tags":{"v":"2","canary":"true","n":3}}]}"#;
         let decoded = Snapshot::decode("k", shuffled).unwrap();
         assert_eq!(decoded.members.iter().next().unwrap().meta.tags, meta.tags);
     }

@@ -44,6 +44,7 @@ fn members(n: usize) -> MemberSet {
     MemberSet::from_members((0..n).map(|i| Member {
         addr: format!("10.{}.{}.{}:8080", i / 65536 % 256, i / 256 % 256, i % 256).parse().unwrap(),
         attrs: MemberAttrs { weight: 1 + (i % 3) as u32, ..MemberAttrs::default() },
+        meta: Default::default(),
     }))
     .0
 }

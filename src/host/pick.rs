@@ -13,7 +13,7 @@ use crate::sansio::config::PluginConfig;
 use crate::sansio::pick::filter::{Decision, PickFilter};
 use crate::sansio::pick::picker::Picked;
 use crate::sansio::pick::request_key::RequestView;
-use crate::sansio::pick::route::{original_dst_state, RouteMode, BACKEND_VARIABLE};
+use crate::sansio::pick::route::{dynamic_host_states, original_dst_state, RouteMode, BACKEND_VARIABLE};
 use crate::sansio::serve::reply::LocalReply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -33,6 +33,14 @@ fn apply(mode: &RouteMode, address: &str) -> Result<(), String> {
             hostcalls::call_foreign_function("set_envoy_filter_state", Some(&original_dst_state(address)))
                 .map(|_| ())
                 .map_err(|e| format!("{e:?}"))
+        }
+        RouteMode::EnvoyDynamicHost => {
+            let states = dynamic_host_states(address).ok_or("not a host:port address")?;
+            for state in states {
+                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&state))
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+            Ok(())
         }
     }
 }

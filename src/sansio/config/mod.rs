@@ -7,10 +7,12 @@ mod balance;
 mod fields;
 mod registry;
 pub mod roles;
+mod routing;
 
 pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
 pub use balance::{BalancePolicy, HashKey};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
+pub use routing::{SubsetRule, UpstreamRouting};
 
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use balance::parse_balance;
@@ -59,6 +61,8 @@ pub struct PluginConfig {
     pub status_token: Option<Secret>,
     /// Envoy pick mode: how the picked member reaches Envoy's router.
     pub route: EnvoyRoute,
+    /// Pick mode: the zone this proxy runs in; its members are preferred.
+    pub zone: Option<String>,
 }
 
 /// How an Envoy pick-mode filter hands its pick to the router.
@@ -69,6 +73,9 @@ pub enum EnvoyRoute {
     OverrideHost { header: String },
     /// The `original_dst_address` filter state, for an ORIGINAL_DST cluster.
     OriginalDst,
+    /// The `envoy.upstream.dynamic_host`/`_port` filter state, for the
+    /// dynamic forward proxy (routes hostname members too).
+    DynamicForwardProxy,
 }
 
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-upsync-host";
@@ -105,6 +112,8 @@ pub struct UpstreamConfig {
     /// until a later read confirms it (1 holds nothing).
     pub max_removal_share: f64,
     pub fallback: Vec<Member>,
+    /// Pick mode: zone preference and subset selection.
+    pub routing: UpstreamRouting,
 }
 
 pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
@@ -133,6 +142,7 @@ impl PluginConfig {
                 "status_token",
                 "route",
                 "override_header",
+                "zone",
             ],
         )?;
         let host = match f.string("host")? {
@@ -160,8 +170,12 @@ impl PluginConfig {
         let route = match f.string("route")? {
             None | Some("override_host") => EnvoyRoute::OverrideHost { header },
             Some("original_dst") => EnvoyRoute::OriginalDst,
+            Some("dynamic_forward_proxy") => EnvoyRoute::DynamicForwardProxy,
             Some(other) => {
-                return Err(err("route", format!("must be \"override_host\" or \"original_dst\", got {other:?}")))
+                return Err(err(
+                    "route",
+                    format!("must be \"override_host\", \"original_dst\" or \"dynamic_forward_proxy\", got {other:?}"),
+                ))
             }
         };
         let lease_ms = f.uint("lease_ms", DEFAULT_LEASE_MS, 500, 60_000)?;
@@ -209,7 +223,19 @@ impl PluginConfig {
         if status_token.is_some() && status_path.is_none() && metrics_path.is_none() {
             return Err(err("status_token", "guards status_path and metrics_path: set one of them"));
         }
-        Ok(PluginConfig { host, upstreams, log_level, lease_ms, pick, status_path, metrics_path, status_token, route })
+        let zone = routing::parse_zone(&f)?;
+        Ok(PluginConfig {
+            host,
+            upstreams,
+            log_level,
+            lease_ms,
+            pick,
+            status_path,
+            metrics_path,
+            status_token,
+            route,
+            zone,
+        })
     }
 }
 
@@ -230,6 +256,8 @@ impl UpstreamConfig {
                 "fallback",
                 "balance",
                 "passive_health",
+                "zone_min_healthy_share",
+                "subset",
             ],
         )?;
         let name = f.required_string("name")?;
@@ -266,7 +294,7 @@ impl UpstreamConfig {
                     if let Some(why) = addr.not_a_member() {
                         return Err(err(&item_path, format!("{s:?} is {why}, not a member address")));
                     }
-                    out.push(Member { addr, attrs: MemberAttrs::default() });
+                    out.push(Member::new(addr, MemberAttrs::default()));
                 }
                 out
             }
@@ -290,6 +318,7 @@ impl UpstreamConfig {
             allow_empty,
             max_removal_share,
             fallback,
+            routing: routing::parse_upstream_routing(&f)?,
         })
     }
 }

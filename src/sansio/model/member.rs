@@ -1,6 +1,7 @@
 //! One upstream member: where it is and the upsync attributes that say how
 //! to use it.
 
+use crate::sansio::model::locality::{MemberMeta, MetaBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -186,11 +187,20 @@ pub const MAX_WEIGHT: u64 = 65_535;
 pub const MAX_FAILS: u64 = 1_000_000;
 pub const MAX_FAIL_TIMEOUT_S: u64 = 86_400;
 
-/// A member: address plus attributes.
+/// A member: address plus attributes, and what the registry says about
+/// where it runs and how it is tagged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub addr: HostPort,
     pub attrs: MemberAttrs,
+    pub meta: MemberMeta,
+}
+
+impl Member {
+    /// A member with no locality and no tags.
+    pub fn new(addr: HostPort, attrs: MemberAttrs) -> Self {
+        Member { addr, attrs, meta: MemberMeta::default() }
+    }
 }
 
 /// What was wrong with a registry value. The member still gets the
@@ -230,6 +240,27 @@ pub fn parse_upsync_value(value: &[u8]) -> (MemberAttrs, Vec<ValueProblem>) {
         Ok(Value::Object(obj)) => upsync_attrs(&obj),
         _ => (MemberAttrs::default(), vec![ValueProblem::NotJsonObject]),
     }
+}
+
+/// [`parse_upsync_value`] plus the member's locality and tags from the
+/// same value (`region`, `zone`, `sub_zone`, `tags`; see
+/// [`crate::sansio::model::locality::MetaBuilder::upsync_value`]), with
+/// every problem as text. The value is parsed once.
+pub fn parse_upsync_member(value: &[u8]) -> (MemberAttrs, MemberMeta, Vec<String>) {
+    let obj = match serde_json::from_slice::<Value>(value) {
+        Ok(Value::Object(obj)) => obj,
+        _ => {
+            let (attrs, problems) = parse_upsync_value(value);
+            return (attrs, MemberMeta::default(), problems.iter().map(ToString::to_string).collect());
+        }
+    };
+    let (attrs, problems) = upsync_attrs(&obj);
+    let mut meta = MetaBuilder::new();
+    meta.upsync_value(&obj);
+    let (meta, meta_notes) = meta.finish();
+    let mut notes: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    notes.extend(meta_notes);
+    (attrs, meta, notes)
 }
 
 /// The upsync attributes in an already parsed JSON object, by the rules of

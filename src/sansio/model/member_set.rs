@@ -72,7 +72,7 @@ impl MemberSet {
                         b.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        if old.attrs != new.attrs {
+                        if old.attrs != new.attrs || old.meta != new.meta {
                             diff.changed.push((*new).clone());
                         }
                         a.next();
@@ -90,7 +90,7 @@ impl MemberSet {
 pub struct Diff {
     pub added: Vec<Member>,
     pub removed: Vec<HostPort>,
-    /// Present in both, attributes changed (new attributes).
+    /// Present in both, attributes, locality or tags changed (the new member).
     pub changed: Vec<Member>,
 }
 
@@ -115,7 +115,7 @@ mod tests {
     use super::*;
 
     fn m(addr: &str, weight: u32) -> Member {
-        Member { addr: addr.parse().unwrap(), attrs: MemberAttrs { weight, ..MemberAttrs::default() } }
+        Member::new(addr.parse().unwrap(), MemberAttrs { weight, ..MemberAttrs::default() })
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl PickFilter {
         let name = config.pick.as_deref()?;
         let upstream = config.upstreams.iter().find(|u| u.name == name)?;
         Some(PickFilter {
-            picker: UpstreamPicker::new(upstream, seed),
+            picker: UpstreamPicker::new(upstream, seed).with_zone(config.zone.clone()),
             status_path: config.status_path.clone(),
             metrics_path: config.metrics_path.clone(),
             status_token: config.status_token.clone(),
@@ -93,7 +93,8 @@ impl PickFilter {
             self.on_tick(store, now);
         }
         let key = self.picker.hash_key().and_then(|k| hash_key_value(k, request));
-        match self.picker.pick(key.as_deref()) {
+        let subset = self.picker.subset_header().and_then(|h| request.header(h));
+        match self.picker.pick_in(key.as_deref(), subset.as_deref()) {
             Some(picked) => {
                 self.warned_empty = false;
                 Decision::Route(picked)
@@ -208,5 +209,94 @@ mod tests {
             assert_eq!(p.address, "10.0.0.2:80", "after max_fails (2) the member is out");
             f.on_done(&p);
         }
+    }
+
+    struct Headers(Vec<(&'static str, &'static str)>);
+
+    impl RequestView for Headers {
+        fn header(&self, name: &str) -> Option<String> {
+            self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        }
+        fn client_address(&self) -> Option<String> {
+            None
+        }
+    }
+
+    /// Two zones, a canary in each; the proxy runs in zone-a.
+    fn zoned_publish(store: &mut MemoryStore, down: &[&str]) {
+        use crate::sansio::model::locality::{Locality, MemberMeta};
+        use crate::sansio::model::member::{Member, MemberAttrs};
+        use crate::sansio::model::member_set::MemberSet;
+        use crate::sansio::model::update::{Published, Source};
+        let member = |addr: &str, zone: &str, canary: bool| Member {
+            addr: addr.parse().unwrap(),
+            attrs: MemberAttrs { down: down.contains(&addr), ..MemberAttrs::default() },
+            meta: MemberMeta {
+                locality: Locality { zone: zone.into(), ..Locality::default() },
+                tags: if canary { vec![("canary".into(), "true".into())] } else { Vec::new() },
+            },
+        };
+        let members = MemberSet::from_members([
+            member("10.0.0.1:80", "zone-a", false),
+            member("10.0.0.2:80", "zone-a", false),
+            member("10.0.0.3:80", "zone-a", true),
+            member("10.0.1.1:80", "zone-b", false),
+            member("10.0.1.2:80", "zone-b", false),
+            member("10.0.1.3:80", "zone-b", true),
+        ])
+        .0;
+        crate::sansio::shared::snapshot::publish(store, "web", &Published { members, source: Source::Registry })
+            .unwrap();
+    }
+
+    fn zoned_filter(share: &str) -> PickFilter {
+        let json = format!(
+            r#"{{"host":"nginx","zone":"zone-a","upstreams":[{{"name":"web",
+            "registry":{{"type":"etcd_v3","target":"127.0.0.1:2379","prefix":"/p/"}},
+            "zone_min_healthy_share":{share},"subset":{{"header":"x-canary","key":"canary"}}}}]}}"#
+        );
+        PickFilter::new(&PluginConfig::parse(json.as_bytes()).unwrap(), 1).unwrap()
+    }
+
+    fn picks(f: &mut PickFilter, store: &MemoryStore, headers: Vec<(&'static str, &'static str)>) -> Vec<String> {
+        let request = Headers(headers);
+        let mut got: Vec<String> = (0..12)
+            .map(|_| match f.on_request("/", &request, store, 0) {
+                Decision::Route(p) => {
+                    f.on_done(&p);
+                    p.address
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        got.sort();
+        got.dedup();
+        got
+    }
+
+    #[test]
+    fn zone_preference_and_canary_header_together() {
+        let mut store = MemoryStore::new(StoreRules::NgxWasm);
+        zoned_publish(&mut store, &[]);
+        let mut f = zoned_filter("0.7");
+        f.on_tick(&store, 0);
+        assert_eq!(picks(&mut f, &store, vec![]), ["10.0.0.1:80", "10.0.0.2:80"], "stable, local zone");
+        assert_eq!(picks(&mut f, &store, vec![("x-canary", "true")]), ["10.0.0.3:80"], "canary, local zone");
+        // One of the two local stable members down: 50 % < 70 %, spill over.
+        zoned_publish(&mut store, &["10.0.0.1:80"]);
+        f.on_tick(&store, 1);
+        assert_eq!(picks(&mut f, &store, vec![]), ["10.0.0.2:80", "10.0.1.1:80", "10.0.1.2:80"]);
+        // With a threshold of one half it stays home.
+        let mut half = zoned_filter("0.5");
+        half.on_tick(&store, 1);
+        assert_eq!(picks(&mut half, &store, vec![]), ["10.0.0.2:80"]);
+        // The local canary down: canary traffic goes to the other zone's canary.
+        zoned_publish(&mut store, &["10.0.0.3:80"]);
+        f.on_tick(&store, 2);
+        assert_eq!(picks(&mut f, &store, vec![("x-canary", "true")]), ["10.0.1.3:80"]);
+        // Every canary down: canary requests go to the stable members.
+        zoned_publish(&mut store, &["10.0.0.3:80", "10.0.1.3:80"]);
+        f.on_tick(&store, 3);
+        assert_eq!(picks(&mut f, &store, vec![("x-canary", "true")]), ["10.0.0.1:80", "10.0.0.2:80"]);
     }
 }

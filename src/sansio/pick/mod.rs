@@ -7,3 +7,5 @@ pub mod filter;
 pub mod picker;
 pub mod request_key;
 pub mod route;
+pub mod subset;
+pub mod zone;

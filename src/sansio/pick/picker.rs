@@ -6,13 +6,13 @@
 //! the small version entry and re-reads the snapshot only when the version
 //! moved, so requests never parse anything.
 
-use crate::sansio::config::{BalancePolicy, HashKey, UpstreamConfig};
+use crate::sansio::config::{BalancePolicy, HashKey, UpstreamConfig, UpstreamRouting};
 use crate::sansio::model::member::Member;
 use crate::sansio::model::member_set::MemberSet;
-use crate::sansio::pick::balance::maglev::Maglev;
 use crate::sansio::pick::balance::p2c;
-use crate::sansio::pick::balance::swrr::SmoothWrr;
-use crate::sansio::pick::balance::{Candidate, Pool};
+use crate::sansio::pick::balance::Candidate;
+use crate::sansio::pick::subset::Lanes;
+use crate::sansio::pick::zone::ZonePreference;
 use crate::sansio::shared::health;
 use crate::sansio::shared::snapshot;
 use crate::sansio::shared::store::{SharedStore, StoreError};
@@ -34,10 +34,12 @@ pub struct UpstreamPicker {
     source: ViewSource,
     members: Vec<Member>,
     candidates: Vec<Candidate>,
-    pool: Pool,
+    /// One balancing lane per subset (just one without a subset rule).
+    lanes: Lanes,
     out: Vec<String>,
-    swrr: SmoothWrr,
-    maglev: Option<Maglev>,
+    /// The proxy's zone: its members are preferred.
+    zone: Option<String>,
+    routing: UpstreamRouting,
     in_flight: Vec<u32>,
     /// Scratch for carrying in-flight counts across a member list change.
     in_flight_of: Vec<(String, u32)>,
@@ -74,10 +76,10 @@ impl UpstreamPicker {
             source: ViewSource::Nothing,
             members: Vec::new(),
             candidates: Vec::new(),
-            pool: Pool::default(),
+            lanes: Lanes::default(),
             out: Vec::new(),
-            swrr: SmoothWrr::default(),
-            maglev: None,
+            zone: None,
+            routing: config.routing.clone(),
             in_flight: Vec::new(),
             in_flight_of: Vec::new(),
             rng: Rng::new(seed),
@@ -86,6 +88,18 @@ impl UpstreamPicker {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Prefers the members in `zone` (the proxy's own, from the top-level
+    /// `zone`), by the upstream's `zone_min_healthy_share`.
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone;
+        self
+    }
+
+    /// The request header that selects a subset, if a subset rule is set.
+    pub fn subset_header(&self) -> Option<&str> {
+        self.routing.subset.as_ref().map(|s| s.header.as_str())
     }
 
     pub fn source(&self) -> ViewSource {
@@ -148,19 +162,31 @@ impl UpstreamPicker {
                 .map(|(c, n)| (c.address.clone(), *n))
                 .collect();
         }
+        let zone = self.zone.as_deref();
         self.candidates = self
             .members
             .iter()
             .map(|m| {
                 let mut c = Candidate::from_member(m);
                 c.unavailable |= self.out.contains(&c.address);
+                c.zone_local = zone.is_some_and(|z| m.meta.locality.zone == z);
                 c
             })
             .collect();
-        self.pool = Pool::new(&self.candidates);
-        // Availability changes keep round-robin positions only when the pool
-        // keeps its shape; a new member list always starts over.
-        self.swrr = SmoothWrr::new(self.pool.len());
+        let key = self.routing.subset.as_ref().map(|s| s.key.as_str());
+        let tags: Vec<Option<&str>> = self.members.iter().map(|m| key.and_then(|k| m.meta.tag(k))).collect();
+        let pref = ZonePreference { enabled: zone.is_some(), min_healthy_permille: self.routing.min_healthy_permille };
+        let hash = matches!(self.policy, BalancePolicy::Hash(_));
+        // Round-robin positions start over with every rebuild.
+        self.lanes = Lanes::build(&self.candidates, &tags, key.is_some(), pref, hash);
+        if members_changed && self.lanes.values_dropped > 0 {
+            log::warn!(
+                "upstream {}: {} values of the subset tag have no subset of their own (at most {})",
+                self.name,
+                self.lanes.values_dropped,
+                crate::sansio::pick::subset::MAX_SUBSET_LANES
+            );
+        }
         if members_changed {
             // Members that stay keep their requests in flight (linkerd's
             // pool keeps unchanged endpoints): least-request must not see
@@ -174,21 +200,24 @@ impl UpstreamPicker {
                 .collect();
         }
         self.in_flight_of.clear();
-        self.maglev = match self.policy {
-            BalancePolicy::Hash(_) => Maglev::build(&self.candidates),
-            _ => None,
-        };
     }
 
     /// Picks a member; `key` is the hash key for [`BalancePolicy::Hash`].
     pub fn pick(&mut self, key: Option<&[u8]>) -> Option<Picked> {
+        self.pick_in(key, None)
+    }
+
+    /// Picks a member of the subset named by `subset` (the value of the
+    /// subset header; see [`crate::sansio::pick::subset`]).
+    pub fn pick_in(&mut self, key: Option<&[u8]>, subset: Option<&str>) -> Option<Picked> {
+        let lane = self.lanes.select(subset)?;
         let index = match &self.policy {
-            BalancePolicy::RoundRobin => self.swrr.pick(&self.pool),
-            BalancePolicy::LeastRequest => p2c::pick(&self.pool, &self.in_flight, &mut self.rng),
-            BalancePolicy::Hash(_) => match (&self.maglev, key) {
+            BalancePolicy::RoundRobin => lane.swrr.pick(&lane.pool),
+            BalancePolicy::LeastRequest => p2c::pick(&lane.pool, &self.in_flight, &mut self.rng),
+            BalancePolicy::Hash(_) => match (&lane.maglev, key) {
                 (Some(t), Some(k)) => t.pick(k),
                 // No key on this request: spread it like round robin.
-                _ => self.swrr.pick(&self.pool),
+                _ => lane.swrr.pick(&lane.pool),
             },
         }?;
         if let Some(n) = self.in_flight.get_mut(index) {
@@ -331,8 +360,7 @@ mod tests {
 
         // The registry adds a third member, listed first.
         let members = MemberSet::from_members(
-            ["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"]
-                .map(|a| Member { addr: a.parse().unwrap(), attrs: Default::default() }),
+            ["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"].map(|a| Member::new(a.parse().unwrap(), Default::default())),
         )
         .0;
         snapshot::publish(&mut store, "web", &Published { members, source: Source::Registry }).unwrap();

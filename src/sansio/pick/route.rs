@@ -5,9 +5,13 @@
 //! - Envoy: a request header read by the `override_host` load balancing
 //!   policy of the EDS cluster (the filter always overwrites it, so a
 //!   client cannot choose), or the `original_dst_address` filter state of
-//!   an ORIGINAL_DST cluster (clients cannot touch filter state at all).
+//!   an ORIGINAL_DST cluster (clients cannot touch filter state at all), or
+//!   the `envoy.upstream.dynamic_host` / `envoy.upstream.dynamic_port`
+//!   filter state read by the dynamic forward proxy: the one way that also
+//!   routes hostname members (Envoy resolves them; EDS takes IPs only).
 
 use crate::sansio::config::{EnvoyRoute, HostKind, PluginConfig};
+use crate::sansio::model::member::HostPort;
 use crate::sansio::util::proto::{put_bytes, put_varint};
 
 /// The nginx variable the filter sets; declare it with `set` at server level.
@@ -16,12 +20,18 @@ pub const BACKEND_VARIABLE: [&str; 2] = ["ngx", "upsync_backend"];
 /// Envoy's filter state key read by ORIGINAL_DST clusters.
 pub const ORIGINAL_DST_STATE: &str = "envoy.network.transport_socket.original_dst_address";
 
+/// The filter state keys the dynamic forward proxy filter reads with
+/// `allow_dynamic_host_from_filter_state: true`.
+pub const DYNAMIC_HOST_STATE: &str = "envoy.upstream.dynamic_host";
+pub const DYNAMIC_PORT_STATE: &str = "envoy.upstream.dynamic_port";
+
 /// How the picked member is handed to the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteMode {
     NginxVariable,
     EnvoyHeader(String),
     EnvoyOriginalDst,
+    EnvoyDynamicHost,
 }
 
 impl RouteMode {
@@ -30,6 +40,7 @@ impl RouteMode {
             (HostKind::Nginx, _) => RouteMode::NginxVariable,
             (HostKind::Envoy, EnvoyRoute::OverrideHost { header }) => RouteMode::EnvoyHeader(header.clone()),
             (HostKind::Envoy, EnvoyRoute::OriginalDst) => RouteMode::EnvoyOriginalDst,
+            (HostKind::Envoy, EnvoyRoute::DynamicForwardProxy) => RouteMode::EnvoyDynamicHost,
         }
     }
 
@@ -47,12 +58,26 @@ impl RouteMode {
 /// `SetEnvoyFilterStateArguments{path: 1, value: 2, span: 3 = DownstreamRequest}`
 /// (envoy/source/extensions/common/wasm/ext/set_envoy_filter_state.proto).
 pub fn original_dst_state(address: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ORIGINAL_DST_STATE.len() + address.len() + 8);
-    put_bytes(&mut out, 1, ORIGINAL_DST_STATE.as_bytes());
-    put_bytes(&mut out, 2, address.as_bytes());
+    filter_state(ORIGINAL_DST_STATE, address)
+}
+
+/// `set_envoy_filter_state` arguments setting `key` to `value` for the
+/// downstream request.
+pub fn filter_state(key: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + value.len() + 8);
+    put_bytes(&mut out, 1, key.as_bytes());
+    put_bytes(&mut out, 2, value.as_bytes());
     put_varint(&mut out, 3 << 3);
     put_varint(&mut out, 1);
     out
+}
+
+/// The two `set_envoy_filter_state` arguments routing a request to
+/// `address` through Envoy's dynamic forward proxy: the host (a name, or
+/// an IP address without brackets) and the port.
+pub fn dynamic_host_states(address: &str) -> Option<[Vec<u8>; 2]> {
+    let hp: HostPort = address.parse().ok()?;
+    Some([filter_state(DYNAMIC_HOST_STATE, &hp.host.bare()), filter_state(DYNAMIC_PORT_STATE, &hp.port.to_string())])
 }
 
 #[cfg(test)]
@@ -105,5 +130,17 @@ mod tests {
         assert_eq!(bytes[value_at..value_at + 3], [0x12, 0xc8, 0x01]);
         assert_eq!(&bytes[value_at + 3..value_at + 203], long.as_bytes());
         assert_eq!(bytes[value_at + 203..], [0x18, 0x01]);
+    }
+
+    #[test]
+    fn dynamic_forward_proxy_states() {
+        let dfp = config(&format!(r#"{{"pick":"web","route":"dynamic_forward_proxy","upstreams":[{UP}]}}"#));
+        assert_eq!(RouteMode::for_config(&dfp), RouteMode::EnvoyDynamicHost);
+        let [host, port] = dynamic_host_states("api.internal:8443").unwrap();
+        assert_eq!(host, filter_state("envoy.upstream.dynamic_host", "api.internal"));
+        assert_eq!(port, filter_state("envoy.upstream.dynamic_port", "8443"));
+        let [host, _] = dynamic_host_states("[::1]:80").unwrap();
+        assert_eq!(host, filter_state("envoy.upstream.dynamic_host", "::1"));
+        assert!(dynamic_host_states("nonsense").is_none());
     }
 }

@@ -13,6 +13,7 @@
 //! "unchanged" answer.
 
 use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec};
+use crate::sansio::model::locality::{MemberMeta, MetaBuilder, LOCALITY_FIELDS};
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs, MAX_FAILS, MAX_FAIL_TIMEOUT_S, MAX_WEIGHT};
 use crate::sansio::registry::kv_layout::members_from_kv;
 use crate::sansio::registry::{member_list, short_text, HttpResponse, Instance, MemberList, Poll, RegistryAdapter};
@@ -195,8 +196,10 @@ fn catalog_instance(e: &Value) -> (String, Instance) {
     let instance = address(host, e.get("ServicePort").and_then(Value::as_u64)).map(|addr| {
         let tags = e.get("ServiceTags");
         let weights = e.get("ServiceWeights");
-        let (attrs, notes) = attrs_from_tags(tags, weights);
-        Some((Member { addr, attrs }, notes))
+        let (attrs, mut notes) = attrs_from_tags(tags, weights);
+        let (meta, meta_notes) = consul_meta(e.get("ServiceLocality"), e.get("ServiceMeta"), e.get("NodeMeta"), tags);
+        notes.extend(meta_notes);
+        Some((Member { addr, attrs, meta }, notes))
     });
     (key, instance)
 }
@@ -208,6 +211,9 @@ fn health_instance(e: &Value, passing_only: bool) -> (String, Instance) {
     let host = Some(str_field(service, "Address")).filter(|a| !a.is_empty()).unwrap_or(str_field(node, "Address"));
     let instance = address(host, service.get("Port").and_then(Value::as_u64)).map(|addr| {
         let (mut attrs, mut notes) = attrs_from_tags(service.get("Tags"), service.get("Weights"));
+        let (meta, meta_notes) =
+            consul_meta(service.get("Locality"), service.get("Meta"), node.get("Meta"), service.get("Tags"));
+        notes.extend(meta_notes);
         match e.get("Checks").and_then(Value::as_array) {
             // nginx-upsync-module crashed on this; here the instance is kept
             // as Consul would judge it with no checks: passing.
@@ -218,9 +224,52 @@ fn health_instance(e: &Value, passing_only: bool) -> (String, Instance) {
                 }
             }
         }
-        Some((Member { addr, attrs }, notes))
+        Some((Member { addr, attrs, meta }, notes))
     });
     (key, instance)
+}
+
+/// The tags read as upsync attributes ([`attrs_from_tags`]): not published
+/// as tags.
+const ATTRIBUTE_TAGS: [&str; 5] = ["weight", "max_fails", "fail_timeout", "down", "backup"];
+
+/// A Consul instance's locality and tags.
+///
+/// Locality, per field, from the first source that has it: the service's
+/// `Locality` `{"Region", "Zone"}` (Consul 1.17+; `ServiceLocality` in
+/// catalog answers), then service meta `region` / `zone` / `sub_zone`,
+/// then node meta with the same keys. Tags: every service tag that is not
+/// an upsync attribute (`canary` → `canary=true`, `version=v2` →
+/// `version=v2`), then every service meta entry except the locality keys
+/// (a key already set by a tag keeps the tag's value).
+fn consul_meta(
+    locality: Option<&Value>,
+    service_meta: Option<&Value>,
+    node_meta: Option<&Value>,
+    tags: Option<&Value>,
+) -> (MemberMeta, Vec<String>) {
+    let mut b = MetaBuilder::new();
+    if let Some(l) = locality.and_then(Value::as_object) {
+        b.locality("region", l.get("Region"), "Locality.Region");
+        b.locality("zone", l.get("Zone"), "Locality.Zone");
+    }
+    let service_meta = service_meta.and_then(Value::as_object);
+    if let Some(m) = service_meta {
+        b.locality_from(m, "service meta ");
+    }
+    if let Some(m) = node_meta.and_then(Value::as_object) {
+        b.locality_from(m, "node meta ");
+    }
+    for tag in tags.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str) {
+        let name = tag.split_once('=').map_or(tag, |(n, _)| n);
+        if !ATTRIBUTE_TAGS.contains(&name) {
+            b.text_tag(tag, "service");
+        }
+    }
+    if let Some(m) = service_meta {
+        b.tags_from_map(m, &LOCALITY_FIELDS, "service meta");
+    }
+    b.finish()
 }
 
 /// nginx-upsync-module's tag attributes (`weight=N`, `max_fails=N`,

@@ -44,15 +44,16 @@
 //! answers 404) is still visible in the logs. With `allow_empty` set, such a
 //! mistake empties the upstream: that is what `allow_empty` asks for.
 
+use crate::sansio::model::locality::{MemberMeta, MetaBuilder};
 use crate::sansio::model::member::HostPort;
 use crate::sansio::model::member::Member;
-use crate::sansio::registry::nacos::{attrs_from_metadata, port_number, weight_attr};
+use crate::sansio::registry::nacos::{attrs_from_metadata, metadata_tags, port_number, weight_attr};
 use crate::sansio::registry::{
     error_text, get_json, member_list, short_text, HttpResponse, Instance, MemberList, Poll, RegistryAdapter,
 };
 use crate::sansio::registry::{AdapterError, HttpRequest};
 use crate::sansio::util::url;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Reads one Eureka application. Stateless: there is no cursor to keep.
 #[derive(Debug, Clone)]
@@ -148,7 +149,26 @@ fn read_instance(v: &Value) -> Instance {
     let (weight, weight_note) = weight_attr(metadata.and_then(|m| m.get("weight")));
     attrs.weight = weight;
     notes.extend(weight_note.map(|n| format!("metadata {n}")));
-    Ok(Some((Member { addr, attrs }, notes)))
+    let (meta, meta_notes) = eureka_meta(instance);
+    notes.extend(meta_notes);
+    Ok(Some((Member { addr, attrs, meta }, notes)))
+}
+
+/// An instance's locality and tags. Locality: metadata `region` / `zone` /
+/// `sub_zone` (Spring Cloud's `eureka.instance.metadata-map.zone`), else,
+/// for the zone, the AWS `availability-zone` of `dataCenterInfo.metadata`
+/// (`"name": "Amazon"`). The region is not derived from the zone. Tags:
+/// every metadata entry not read otherwise.
+fn eureka_meta(instance: &Map<String, Value>) -> (MemberMeta, Vec<String>) {
+    let mut b = MetaBuilder::new();
+    let metadata = instance.get("metadata").and_then(Value::as_object);
+    if let Some(m) = metadata {
+        b.locality_from(m, "metadata ");
+    }
+    let aws = instance.get("dataCenterInfo").and_then(|d| d.get("metadata"));
+    b.locality("zone", aws.and_then(|m| m.get("availability-zone")), "dataCenterInfo availability-zone");
+    metadata_tags(&mut b, metadata);
+    b.finish()
 }
 
 /// A Eureka port, `{"$": 8080, "@enabled": "true"}`: the port when enabled,

@@ -2,7 +2,7 @@
 //! one key per member, `<prefix><host:port>`, whose value holds the upsync
 //! attributes as JSON.
 
-use crate::sansio::model::member::{parse_upsync_value, HostPort, Member};
+use crate::sansio::model::member::{parse_upsync_member, HostPort, Member};
 use crate::sansio::registry::{member_list_with, Instance, MemberList};
 
 /// Values longer than this are not parsed (an upsync value is ~70 bytes;
@@ -32,14 +32,13 @@ fn kv_instance(prefix: &str, key: &str, value: &[u8]) -> Instance {
     }
     let addr_text = member_segment(prefix, key).ok_or("key has no host:port segment after the prefix")?;
     let addr: HostPort = addr_text.parse().map_err(|e| format!("key segment {addr_text:?} is not host:port: {e}"))?;
-    let (attrs, notes) = if value.len() > MAX_VALUE_BYTES {
+    let (attrs, meta, notes) = if value.len() > MAX_VALUE_BYTES {
         let note = format!("value of {} bytes is over {MAX_VALUE_BYTES} bytes, defaults used", value.len());
-        (Default::default(), vec![note])
+        (Default::default(), Default::default(), vec![note])
     } else {
-        let (attrs, problems) = parse_upsync_value(value);
-        (attrs, problems.iter().map(ToString::to_string).collect())
+        parse_upsync_member(value)
     };
-    Ok(Some((Member { addr, attrs }, notes)))
+    Ok(Some((Member { addr, attrs, meta }, notes)))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 //! ([`crate::sansio::registry::eureka`]): both registries describe instances the same way
 //! (an address, a port, a weight, a string-to-string metadata map).
 
+use crate::sansio::model::locality::{MetaBuilder, LOCALITY_FIELDS};
 use crate::sansio::model::member::{upsync_attrs, HostPort, Member, MemberAttrs, MAX_WEIGHT};
 use crate::sansio::registry::{
     error_text, get_json, member_list, short_text, HttpResponse, Instance, MemberList, Poll, RegistryAdapter,
@@ -149,7 +150,33 @@ fn read_host(host: &Value) -> Instance {
             true
         }
     };
-    Ok(Some((Member { addr, attrs }, notes)))
+    // Locality: metadata `region` / `zone` / `sub_zone`, else the Nacos
+    // cluster as the zone (Nacos's own unit of "where"), except its
+    // default cluster name, which says nothing.
+    let mut b = MetaBuilder::new();
+    let metadata = host.get("metadata").and_then(Value::as_object);
+    if let Some(m) = metadata {
+        b.locality_from(m, "metadata ");
+    }
+    if host.get("clusterName").and_then(Value::as_str).is_some_and(|c| c != NACOS_DEFAULT_CLUSTER) {
+        b.locality("zone", host.get("clusterName"), "clusterName");
+    }
+    metadata_tags(&mut b, metadata);
+    let (meta, meta_notes) = b.finish();
+    notes.extend(meta_notes);
+    Ok(Some((Member { addr, attrs, meta }, notes)))
+}
+
+/// The cluster Nacos puts instances in when none is named.
+pub const NACOS_DEFAULT_CLUSTER: &str = "DEFAULT";
+
+/// Every metadata entry as a tag, except those read as upsync attributes
+/// (and `weight`) or as the locality.
+pub fn metadata_tags(b: &mut MetaBuilder, metadata: Option<&Map<String, Value>>) {
+    if let Some(m) = metadata {
+        let skip = [METADATA_KEYS.as_slice(), &["weight"], LOCALITY_FIELDS.as_slice()].concat();
+        b.tags_from_map(m, &skip, "metadata");
+    }
 }
 
 // ---------------------------------------------------------------------------

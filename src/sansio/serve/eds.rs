@@ -7,13 +7,17 @@
 //! weights must be ≥ 1 and draining hosts get no new requests); `down` →
 //! `UNHEALTHY`; `backup` → priority 1, used by Envoy only when priority 0
 //! is not healthy enough. Envoy's EDS takes IP addresses only, so hostname
-//! members are left out (and counted).
+//! members are left out (and counted): Envoy refuses a whole assignment
+//! holding one ("malformed IP address"). Members are grouped by locality
+//! (Envoy's zone-aware and locality-weighted balancing), and their tags
+//! are endpoint metadata under `envoy.lb` (Envoy's subset balancer).
 
+use crate::sansio::model::locality::Locality;
 use crate::sansio::model::member::Member;
 use crate::sansio::serve::reply::LocalReply;
-use crate::sansio::shared::snapshot::{self, Snapshot};
+use crate::sansio::shared::snapshot::{self, tag_object, Snapshot};
 use crate::sansio::shared::store::SharedStore;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 pub const CLA_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
@@ -143,39 +147,101 @@ pub fn answer(store: &dyn SharedStore, request: &DiscoveryRequest) -> EdsReply {
 
 /// One ClusterLoadAssignment; returns it and how many hostname members
 /// were left out.
+///
+/// Members are grouped into one `LocalityLbEndpoints` per (priority,
+/// locality): primaries at priority 0, backups at 1, each group with its
+/// `locality` (when the registry gave one) and a `load_balancing_weight`
+/// equal to the sum of its members' weights, which Envoy's
+/// locality-weighted balancing uses (and ignores otherwise). Priority 0 is
+/// always present, empty when every member is a backup. A member's tags go
+/// into its endpoint's `metadata.filter_metadata["envoy.lb"]`, the
+/// namespace of Envoy's subset load balancer.
 pub fn cluster_load_assignment<'a>(name: &str, members: impl Iterator<Item = &'a Member>) -> (Value, usize) {
-    let mut primary = Vec::new();
-    let mut backup = Vec::new();
+    let mut groups: Vec<Group<'a>> = Vec::new();
     let mut skipped = 0;
     for m in members {
         if !m.addr.host.is_ip() {
             skipped += 1;
             continue;
         }
-        let health = if m.attrs.down {
-            "UNHEALTHY"
-        } else if m.attrs.weight == 0 {
-            "DRAINING"
-        } else {
-            "HEALTHY"
-        };
-        let endpoint = json!({
-            "endpoint": {"address": {"socket_address": {"address": m.addr.host.bare(), "port_value": m.addr.port}}},
-            "load_balancing_weight": m.attrs.weight.max(1),
-            "health_status": health,
-        });
-        if m.attrs.backup {
-            backup.push(endpoint);
-        } else {
-            primary.push(endpoint);
+        let priority = u32::from(m.attrs.backup);
+        // Groups kept in (priority, locality) order as they are made; few
+        // localities, so a linear search.
+        let order = |g: &Group<'_>| (g.priority, g.locality).cmp(&(priority, &m.meta.locality));
+        let at = groups.iter().position(|g| order(g).is_ge()).unwrap_or(groups.len());
+        if !groups.get(at).is_some_and(|g| order(g).is_eq()) {
+            groups.insert(at, Group { priority, locality: &m.meta.locality, endpoints: Vec::new(), weight: 0 });
+        }
+        if let Some(g) = groups.get_mut(at) {
+            g.weight = g.weight.saturating_add(u64::from(m.attrs.weight));
+            g.endpoints.push(endpoint(m));
         }
     }
-    let mut localities = vec![json!({"priority": 0, "lb_endpoints": primary})];
-    if !backup.is_empty() {
-        localities.push(json!({"priority": 1, "lb_endpoints": backup}));
+    if !groups.iter().any(|g| g.priority == 0) {
+        groups.insert(0, Group { priority: 0, locality: &NO_LOCALITY, endpoints: Vec::new(), weight: 0 });
     }
+    let localities: Vec<Value> = groups.into_iter().map(Group::into_json).collect();
     let cla = json!({"@type": CLA_TYPE_URL, "cluster_name": name, "endpoints": localities});
     (cla, skipped)
+}
+
+static NO_LOCALITY: Locality = Locality { region: String::new(), zone: String::new(), sub_zone: String::new() };
+
+/// The members of one priority in one locality.
+struct Group<'a> {
+    priority: u32,
+    locality: &'a Locality,
+    endpoints: Vec<Value>,
+    weight: u64,
+}
+
+impl Group<'_> {
+    fn into_json(self) -> Value {
+        let mut g = Map::new();
+        if !self.locality.is_empty() {
+            let mut l = Map::new();
+            for (k, v) in [
+                ("region", &self.locality.region),
+                ("zone", &self.locality.zone),
+                ("sub_zone", &self.locality.sub_zone),
+            ] {
+                if !v.is_empty() {
+                    l.insert(k.to_string(), Value::String(v.clone()));
+                }
+            }
+            g.insert("locality".into(), Value::Object(l));
+        }
+        g.insert("priority".into(), self.priority.into());
+        if !self.endpoints.is_empty() {
+            // Envoy wants 1..=u32::MAX; a group of drained members still gets 1.
+            let weight = u32::try_from(self.weight.max(1)).unwrap_or(u32::MAX);
+            g.insert("load_balancing_weight".into(), weight.into());
+        }
+        g.insert("lb_endpoints".into(), Value::Array(self.endpoints));
+        Value::Object(g)
+    }
+}
+
+fn endpoint(m: &Member) -> Value {
+    let health = if m.attrs.down {
+        "UNHEALTHY"
+    } else if m.attrs.weight == 0 {
+        "DRAINING"
+    } else {
+        "HEALTHY"
+    };
+    let mut e = json!({
+        "endpoint": {"address": {"socket_address": {"address": m.addr.host.bare(), "port_value": m.addr.port}}},
+        "load_balancing_weight": m.attrs.weight.max(1),
+        "health_status": health,
+    });
+    if !m.meta.tags.is_empty() {
+        let tags = tag_object(&m.meta.tags);
+        if let Some(obj) = e.as_object_mut() {
+            obj.insert("metadata".into(), json!({"filter_metadata": {"envoy.lb": tags}}));
+        }
+    }
+    e
 }
 
 #[cfg(test)]
@@ -205,10 +271,7 @@ mod tests {
     }
 
     fn publish(store: &mut MemoryStore, name: &str, members: &[(&str, MemberAttrs)]) {
-        let set = MemberSet::from_members(
-            members.iter().map(|(a, attrs)| Member { addr: a.parse().unwrap(), attrs: *attrs }),
-        )
-        .0;
+        let set = MemberSet::from_members(members.iter().map(|(a, attrs)| Member::new(a.parse().unwrap(), *attrs))).0;
         snapshot::publish(store, name, &Published { members: set, source: Source::Registry }).unwrap();
     }
 
@@ -334,5 +397,51 @@ mod tests {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["resources"][0]["endpoints"][0]["lb_endpoints"], json!([]));
         assert_eq!(v["resources"][0]["endpoints"][1]["lb_endpoints"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn localities_group_members_and_tags_become_envoy_lb_metadata() {
+        use crate::sansio::model::locality::{Locality, MemberMeta};
+        let d = MemberAttrs::default();
+        let zone = |z: &str| Locality { region: "eu".into(), zone: z.into(), sub_zone: String::new() };
+        let member = |a: &str, attrs: MemberAttrs, locality: Locality, tags: &[(&str, &str)]| Member {
+            addr: a.parse().unwrap(),
+            attrs,
+            meta: MemberMeta { locality, tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() },
+        };
+        let members = [
+            member("10.0.0.1:80", MemberAttrs { weight: 3, ..d }, zone("b"), &[]),
+            member("10.0.0.2:80", d, zone("a"), &[("canary", "true")]),
+            member("10.0.0.3:80", MemberAttrs { weight: 0, ..d }, zone("a"), &[]),
+            member("10.0.0.4:80", d, Locality::default(), &[]),
+            member("10.0.0.5:80", MemberAttrs { backup: true, ..d }, zone("a"), &[]),
+            member("10.0.0.6:80", MemberAttrs { backup: true, ..d }, zone("b"), &[]),
+        ];
+        let (cla, _) = cluster_load_assignment("web", members.iter());
+        let groups = cla["endpoints"].as_array().unwrap();
+        let summary: Vec<(u64, Value, u64, usize)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g["priority"].as_u64().unwrap(),
+                    g.get("locality").cloned().unwrap_or(Value::Null),
+                    g["load_balancing_weight"].as_u64().unwrap(),
+                    g["lb_endpoints"].as_array().unwrap().len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, Value::Null, 1, 1),
+                (0, json!({"region": "eu", "zone": "a"}), 1, 2),
+                (0, json!({"region": "eu", "zone": "b"}), 3, 1),
+                (1, json!({"region": "eu", "zone": "a"}), 1, 1),
+                (1, json!({"region": "eu", "zone": "b"}), 1, 1),
+            ]
+        );
+        let canary = &groups[1]["lb_endpoints"][0];
+        assert_eq!(canary["metadata"], json!({"filter_metadata": {"envoy.lb": {"canary": "true"}}}));
+        assert!(groups[1]["lb_endpoints"][1].get("metadata").is_none(), "no tags, no metadata");
     }
 }

@@ -93,7 +93,7 @@ mod tests {
     use crate::sansio::shared::store::{MemoryStore, StoreRules};
 
     fn publish(store: &mut MemoryStore, name: &str, addr: &str) {
-        let members = MemberSet::from_members([Member { addr: addr.parse().unwrap(), attrs: Default::default() }]).0;
+        let members = MemberSet::from_members([Member::new(addr.parse().unwrap(), Default::default())]).0;
         snapshot::publish(store, name, &Published { members, source: Source::Registry }).unwrap();
         // As the poller's flush does after its snapshots.
         snapshot::bump_sequence(store).unwrap();

@@ -192,7 +192,7 @@ mod tests {
                 ("10.0.0.2:80", MemberAttrs { down: true, ..d }),
                 ("10.0.0.3:80", MemberAttrs { weight: 0, ..d }),
             ]
-            .map(|(a, attrs)| Member { addr: a.parse().unwrap(), attrs }),
+            .map(|(a, attrs)| Member::new(a.parse().unwrap(), attrs)),
         )
         .0;
         snapshot::publish(&mut store, "web", &Published { members, source: Source::Registry }).unwrap();

@@ -60,6 +60,14 @@ struct MemberView {
     fail_timeout: u32,
     down: bool,
     backup: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    region: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    zone: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sub_zone: String,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    tags: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<&Member> for MemberView {
@@ -73,6 +81,10 @@ impl From<&Member> for MemberView {
             fail_timeout: m.attrs.fail_timeout,
             down: m.attrs.down,
             backup: m.attrs.backup,
+            region: m.meta.locality.region.clone(),
+            zone: m.meta.locality.zone.clone(),
+            sub_zone: m.meta.locality.sub_zone.clone(),
+            tags: crate::sansio::shared::snapshot::tag_object(&m.meta.tags),
         }
     }
 }
@@ -128,6 +140,7 @@ mod tests {
         let members = MemberSet::from_members(vec![Member {
             addr: "[::1]:8080".parse().unwrap(),
             attrs: MemberAttrs { weight: 5, ..Default::default() },
+            meta: Default::default(),
         }])
         .0;
         snapshot::publish(&mut store, "web", &Published { members, source: Source::Registry }).unwrap();
@@ -204,6 +217,7 @@ mod tests {
                 let members = MemberSet::from_members(vec![Member {
                     addr: "[::1]:8080".parse().unwrap(),
                     attrs: MemberAttrs { weight: 7, ..Default::default() },
+                    meta: Default::default(),
                 }])
                 .0;
                 let update = Published { members, source: Source::Registry };

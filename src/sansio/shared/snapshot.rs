@@ -5,6 +5,7 @@
 //! CRC32 of the key alone, so a reader must check it got the entry it asked
 //! for.
 
+use crate::sansio::model::locality::{Locality, MemberMeta};
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use crate::sansio::model::member_set::MemberSet;
 use crate::sansio::model::update::{Published, Source};
@@ -12,6 +13,7 @@ use crate::sansio::shared::keys::{publish_sequence_key, snapshot_key, version_ke
 use crate::sansio::shared::store::{cas_update, CasStep, Entry, SharedStore, StoreError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// A published member list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,17 @@ pub struct MemberWire {
     pub fail_timeout: u32,
     pub down: bool,
     pub backup: bool,
+    // Locality and tags: optional, so snapshots written before they
+    // existed still decode (and older readers ignore them).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_zone: String,
+    /// `{"key": "value", ...}`.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub tags: Map<String, Value>,
 }
 
 impl From<&Member> for MemberWire {
@@ -50,7 +63,42 @@ impl From<&Member> for MemberWire {
             fail_timeout: m.attrs.fail_timeout,
             down: m.attrs.down,
             backup: m.attrs.backup,
+            region: m.meta.locality.region.clone(),
+            zone: m.meta.locality.zone.clone(),
+            sub_zone: m.meta.locality.sub_zone.clone(),
+            tags: tag_object(&m.meta.tags),
         }
+    }
+}
+
+/// Tags as a JSON object of strings, inserted one by one (collecting into a
+/// map would add a sort to the module).
+pub fn tag_object(tags: &[(String, String)]) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (k, v) in tags {
+        map.insert(k.clone(), Value::String(v.clone()));
+    }
+    map
+}
+
+impl MemberWire {
+    /// The member's locality and tags, tags put back in key order (one
+    /// per key) whatever the stored order.
+    fn meta(&mut self) -> MemberMeta {
+        // The object's keys are unique and iterate in order.
+        let tags = std::mem::take(&mut self.tags)
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect();
+        let locality = Locality {
+            region: std::mem::take(&mut self.region),
+            zone: std::mem::take(&mut self.zone),
+            sub_zone: std::mem::take(&mut self.sub_zone),
+        };
+        MemberMeta { locality, tags }
     }
 }
 
@@ -91,7 +139,8 @@ impl Snapshot {
         let source = Source::parse(&wire.source)
             .ok_or_else(|| SnapshotError::Corrupt(format!("unknown source {:?}", wire.source)))?;
         let mut members = Vec::with_capacity(wire.members.len());
-        for m in wire.members {
+        for mut m in wire.members {
+            let meta = m.meta();
             let addr: HostPort =
                 m.address.parse().map_err(|e| SnapshotError::Corrupt(format!("member {:?}: {e}", m.address)))?;
             let attrs = MemberAttrs {
@@ -101,7 +150,7 @@ impl Snapshot {
                 down: m.down,
                 backup: m.backup,
             };
-            members.push(Member { addr, attrs });
+            members.push(Member { addr, attrs, meta });
         }
         Ok(Snapshot { version: wire.version, source, members: MemberSet::from_members(members).0 })
     }
@@ -236,10 +285,7 @@ mod tests {
     use crate::sansio::shared::store::{MemoryStore, StoreRules};
 
     fn set_of(addrs: &[&str]) -> MemberSet {
-        MemberSet::from_members(
-            addrs.iter().map(|a| Member { addr: a.parse().unwrap(), attrs: MemberAttrs::default() }),
-        )
-        .0
+        MemberSet::from_members(addrs.iter().map(|a| Member::new(a.parse().unwrap(), MemberAttrs::default()))).0
     }
 
     fn update(addrs: &[&str], source: Source) -> Published {
@@ -354,5 +400,33 @@ mod tests {
             publish(&mut store, "web", &update(&["10.0.0.2:80"], Source::Registry)),
             Ok(PublishOutcome::Written { version: 8 })
         );
+    }
+
+    #[test]
+    fn locality_and_tags_round_trip_and_old_snapshots_still_decode() {
+        use crate::sansio::model::locality::{Locality, MemberMeta};
+        let meta = MemberMeta {
+            locality: Locality { region: "eu".into(), zone: "eu-1a".into(), sub_zone: String::new() },
+            tags: vec![("canary".into(), "true".into()), ("v".into(), "2".into())],
+        };
+        let members = MemberSet::from_members([
+            Member { addr: "10.0.0.1:80".parse().unwrap(), attrs: MemberAttrs::default(), meta: meta.clone() },
+            Member::new("10.0.0.2:80".parse().unwrap(), MemberAttrs::default()),
+        ])
+        .0;
+        let s = Snapshot { version: 2, source: Source::Registry, members };
+        let bytes = s.encode("k");
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""zone":"eu-1a","tags":{"canary":"true","v":"2"}"#), "{text}");
+        assert!(!text.contains("sub_zone"), "empty fields are not written: {text}");
+        assert_eq!(Snapshot::decode("k", &bytes).unwrap(), s);
+        // Written by a plugin without locality and tags.
+        let old = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false}]}"#;
+        let decoded = Snapshot::decode("k", old).unwrap();
+        assert!(decoded.members.iter().all(|m| m.meta.is_empty()));
+        // Tags stored out of order read back sorted; a non-string value is dropped.
+        let shuffled = br#"{"key":"k","version":1,"source":"registry","members":[{"address":"10.0.0.1:80","weight":1,"max_fails":2,"fail_timeout":10,"down":false,"backup":false,"tags":{"v":"2","canary":"true","n":3}}]}"#;
+        let decoded = Snapshot::decode("k", shuffled).unwrap();
+        assert_eq!(decoded.members.iter().next().unwrap().meta.tags, meta.tags);
     }
 }

@@ -768,6 +768,7 @@ mod tests {
         let fallback = MemberSet::from_members(vec![crate::sansio::model::member::Member {
             addr: "127.0.0.1:9009".parse().unwrap(),
             attrs: Default::default(),
+            meta: Default::default(),
         }])
         .0;
         let mut m = machine(SyncConfig { fallback, ..config() });

@@ -1,4 +1,5 @@
 //! Tests that span several core modules, and their shared support.
 
+mod locality;
 pub mod testkit;
 mod worker_sim;

@@ -46,7 +46,12 @@ impl Maglev {
     /// Builds the table over the eligible candidates (usable primaries, or
     /// backups when no primary is usable). `None` when none is eligible.
     pub fn build(candidates: &[Candidate]) -> Option<Maglev> {
-        let members = eligible(candidates);
+        Self::build_over(candidates, &eligible(candidates))
+    }
+
+    /// Builds the table over `members` (indices into `candidates`, e.g. the
+    /// members of one zone or subset). `None` when `members` is empty.
+    pub fn build_over(candidates: &[Candidate], members: &[usize]) -> Option<Maglev> {
         if members.is_empty() {
             return None;
         }

@@ -19,6 +19,8 @@ pub struct Candidate {
     pub backup: bool,
     /// Down by the registry, or out after passive health failures.
     pub unavailable: bool,
+    /// In the proxy's own zone (pick mode's zone preference).
+    pub zone_local: bool,
 }
 
 impl Candidate {
@@ -28,6 +30,7 @@ impl Candidate {
             weight: m.attrs.weight,
             backup: m.attrs.backup,
             unavailable: m.attrs.down,
+            zone_local: false,
         }
     }
 
@@ -53,7 +56,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(candidates: &[Candidate]) -> Pool {
-        let indices = eligible(candidates);
+        Pool::from_indices(candidates, eligible(candidates))
+    }
+
+    /// A pool over `indices` (into `candidates`), taken as they are.
+    pub fn from_indices(candidates: &[Candidate], indices: Vec<usize>) -> Pool {
         let weights: Vec<u32> = indices.iter().map(|&i| candidates.get(i).map_or(0, |c| c.weight)).collect();
         let mut total = 0u64;
         let cumulative = weights
@@ -109,7 +116,7 @@ mod tests {
     use super::*;
 
     pub fn c(address: &str, weight: u32) -> Candidate {
-        Candidate { address: address.into(), weight, backup: false, unavailable: false }
+        Candidate { address: address.into(), weight, backup: false, unavailable: false, zone_local: false }
     }
 
     #[test]

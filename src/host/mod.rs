@@ -2,9 +2,11 @@
 //! callbacks into core inputs and core outputs into host calls; every
 //! decision is the core's (the role: [`crate::sansio::config::roles`]).
 //!
-//! Only `proxy_wasm::hostcalls` are used, and every `Result` is handled:
-//! many of the SDK's trait helpers unwrap and would trap the VM.
+//! Host calls go through [`abi`] only, and every `Result` is handled: the
+//! SDK's trait helpers unwrap, and its `hostcalls` panic on a status they do
+//! not expect; either would trap the VM (docs/sdk-panics.md).
 
+mod abi;
 mod logger;
 mod pick;
 mod poller;
@@ -16,7 +18,6 @@ use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::reply::JsonReply;
 use crate::sansio::serve::status::{status_reply, upstream_filter};
 use crate::sansio::sync::poller::Leadership;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
@@ -29,7 +30,7 @@ proxy_wasm::main! {{
 
 /// Time since the Unix epoch, as the host tells it (zero if it cannot).
 fn now() -> Duration {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+    abi::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
 pub fn now_ms() -> u64 {
@@ -37,7 +38,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    abi::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 /// A request's `:path` without its query string.
@@ -49,7 +50,7 @@ fn route(path: &str) -> &str {
 fn send(reply: &JsonReply) {
     let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
     let headers = if body.is_some() { vec![("content-type", "application/json")] } else { vec![] };
-    if let Err(e) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+    if let Err(e) = abi::send_http_response(u32::from(reply.status), headers, body) {
         log::warn!("cannot send a local response: {e:?}");
     }
 }
@@ -60,7 +61,7 @@ fn send_status(path: &str) {
 }
 
 fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(kind, 0, size) {
+    match abi::get_buffer(kind, 0, size) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => Vec::new(),
         Err(e) => {
@@ -71,7 +72,7 @@ fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
 }
 
 fn root_id() -> Option<String> {
-    match hostcalls::get_property(vec!["plugin_root_id"]) {
+    match abi::get_property(vec!["plugin_root_id"]) {
         Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
         _ => None,
     }
@@ -145,7 +146,7 @@ impl RootContext for Root {
         // Only arm the tick here: on_configure also runs in Envoy's
         // throwaway validation VM, where nothing else may happen.
         if let Some(ms) = role.tick_ms() {
-            if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(ms)) {
+            if let Err(e) = abi::set_tick_period(Duration::from_millis(ms)) {
                 log::error!("cannot set the tick period: {e:?}");
                 return false;
             }

@@ -2,12 +2,12 @@
 //! through `dispatch_http_call`, etcd watches through gRPC streams, and
 //! feeds the answers back.
 
+use super::abi;
 use super::now_ms;
 use super::store::HostStore;
 use crate::sansio::config::PluginConfig;
 use crate::sansio::registry::HttpResponse;
 use crate::sansio::sync::poller::{Action, Dispatch, Leadership, OpenWatch, Poller};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,7 +55,7 @@ impl HostPoller {
                 Action::CancelWatch { upstream } => {
                     while let Some(at) = self.streams.iter().position(|(_, u)| *u == upstream) {
                         let (token, _) = self.streams.swap_remove(at);
-                        let _ = hostcalls::cancel_grpc_stream(token);
+                        let _ = abi::cancel_grpc_stream(token);
                     }
                 }
             }
@@ -72,7 +72,7 @@ impl HostPoller {
         headers.extend(call.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = (!call.request.body.is_empty()).then_some(call.request.body.as_slice());
         let timeout = Duration::from_millis(call.timeout_ms);
-        match hostcalls::dispatch_http_call(&call.target, headers, body, vec![], timeout) {
+        match abi::dispatch_http_call(&call.target, headers, body, vec![], timeout) {
             Ok(token) => {
                 self.calls.insert(token, (call.upstream, call.id));
             }
@@ -84,8 +84,8 @@ impl HostPoller {
     }
 
     fn open_watch(&mut self, open: OpenWatch, now: u64) {
-        let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![])
-            .and_then(|token| hostcalls::send_grpc_stream_message(token, Some(&open.message), false).map(|()| token));
+        let sent = abi::open_grpc_stream(&open.target, open.service, open.method, vec![])
+            .and_then(|token| abi::send_grpc_stream_message(token, Some(&open.message), false).map(|()| token));
         match sent {
             Ok(token) => {
                 self.streams.push((token, open.upstream));
@@ -109,7 +109,7 @@ impl HostPoller {
         let now = now_ms();
         // The whole-map getter: a response cut after its headers arrives
         // with no headers, where single-header getters misbehave.
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers = abi::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
         let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
         // Larger bodies are refused unread.
         let body = if body_size > 0 && body_size <= self.poller.max_body_bytes(i) {

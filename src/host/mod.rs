@@ -3,10 +3,12 @@
 //! decision is the core's (the role: [`crate::sansio::config::roles`]).
 //!
 //! Host calls go through [`abi`] only, and every `Result` is handled: the
-//! SDK's trait helpers unwrap, and its `hostcalls` panic on a status they do
-//! not expect; either would trap the VM (docs/sdk-panics.md).
+//! SDK's `hostcalls` panic on a status they do not expect, and its trait
+//! helpers unwrap; either would trap the VM (docs/sdk-panics.md). The
+//! contexts implement [`contexts`]' traits, which have no helpers to call.
 
 mod abi;
+mod contexts;
 mod logger;
 mod pick;
 mod poller;
@@ -18,14 +20,14 @@ use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::reply::JsonReply;
 use crate::sansio::serve::status::{status_reply, upstream_filter};
 use crate::sansio::sync::poller::Leadership;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use contexts::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
 use store::HostStore;
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, role: Role::Unconfigured }) });
+    contexts::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, role: Role::Unconfigured }) });
 }}
 
 /// Time since the Unix epoch, as the host tells it (zero if it cannot).
@@ -184,10 +186,6 @@ impl RootContext for Root {
             Role::Pick(n) => n.on_tick(),
             Role::Unconfigured => {}
         }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -7,6 +7,7 @@
 //! gRPC, no `proxy_get_status`, no resume/continue calls.
 
 use super::abi;
+use super::contexts::{Context, HttpContext};
 use super::poller::HostPoller;
 use super::store::HostStore;
 use super::{now_ms, request_header, route, send, send_status};
@@ -16,7 +17,6 @@ use crate::sansio::pick::picker::Picked;
 use crate::sansio::pick::request_key::RequestView;
 use crate::sansio::pick::route::{original_dst_state, RouteMode, BACKEND_VARIABLE};
 use crate::sansio::serve::reply::JsonReply;
-use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;

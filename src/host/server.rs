@@ -4,12 +4,12 @@
 //! context's tick of the same worker.
 
 use super::abi;
+use super::contexts::{Context, HttpContext};
 use super::store::HostStore;
 use super::{now_ms, read_buffer, request_header, send, send_status};
 use crate::sansio::serve::eds::{self, EdsReply};
 use crate::sansio::serve::eds_hold::EdsHold;
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
-use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
 

@@ -1,7 +1,7 @@
 //! A `log` backend over `proxy_log` that never panics (the SDK's own
 //! logger unwraps the host call), plus a panic hook that logs the panic.
 
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::types::LogLevel;
 
 struct HostLogger;
@@ -24,7 +24,7 @@ impl log::Log for HostLogger {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        let _ = hostcalls::log(level, &record.args().to_string());
+        let _ = abi::log(level, &record.args().to_string());
     }
 
     fn flush(&self) {}
@@ -35,7 +35,7 @@ pub fn install() {
         log::set_max_level(log::LevelFilter::Info);
     }
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("panic: {info}"));
+        let _ = abi::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
 }
 

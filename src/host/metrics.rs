@@ -3,8 +3,8 @@
 //! `wasmcustom.<name>`; the shipped configs' `stats_tags` turn the
 //! `.<upstream>` suffix into an `upstream` label.
 
+use super::abi;
 use crate::sansio::shared::status::SyncStats;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 /// (name, counter?) in the order of [`values`].
@@ -64,9 +64,9 @@ impl EnvoyStats {
                 if delta == 0 {
                     continue;
                 }
-                hostcalls::increment_metric(id, delta)
+                abi::increment_metric(id, delta)
             } else {
-                hostcalls::record_metric(id, value)
+                abi::record_metric(id, value)
             };
             match result {
                 Ok(()) => *last = value,
@@ -79,7 +79,7 @@ impl EnvoyStats {
 fn define(upstream: &str) -> [Option<u32>; 8] {
     STATS.map(|(stat, counter)| {
         let kind = if counter { MetricType::Counter } else { MetricType::Gauge };
-        match hostcalls::define_metric(kind, &format!("{stat}.{upstream}")) {
+        match abi::define_metric(kind, &format!("{stat}.{upstream}")) {
             Ok(id) => Some(id),
             Err(e) => {
                 log::warn!("upstream {upstream}: cannot define the Envoy stat {stat}: {e:?}");

@@ -2,9 +2,13 @@
 //! callbacks into core inputs and core outputs into host calls; every
 //! decision is the core's (the role: [`crate::sansio::config::roles`]).
 //!
-//! Only `proxy_wasm::hostcalls` are used, and every `Result` is handled:
-//! many of the SDK's trait helpers unwrap and would trap the VM.
+//! Host calls go through [`abi`] only, and every `Result` is handled: the
+//! SDK's `hostcalls` panic on a status they do not expect, and its trait
+//! helpers unwrap; either would trap the VM (docs/sdk-panics.md). The
+//! contexts implement [`contexts`]' traits, which have no helpers to call.
 
+mod abi;
+mod contexts;
 mod logger;
 mod metrics;
 mod pick;
@@ -18,20 +22,19 @@ use crate::sansio::serve::metrics::metrics_reply;
 use crate::sansio::serve::reply::LocalReply;
 use crate::sansio::serve::status::{status_reply, upstream_filter};
 use crate::sansio::sync::poller::Leadership;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use contexts::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, MapType};
 use std::time::{Duration, UNIX_EPOCH};
 use store::HostStore;
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, role: Role::Unconfigured }) });
+    contexts::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root { context_id, role: Role::Unconfigured }) });
 }}
 
 /// Time since the Unix epoch, as the host tells it (zero if it cannot).
 fn now() -> Duration {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+    abi::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
 pub fn now_ms() -> u64 {
@@ -39,7 +42,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    abi::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 /// A request's `:path` without its query string.
@@ -51,7 +54,7 @@ fn route(path: &str) -> &str {
 fn send(reply: &LocalReply) {
     let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
     let headers = if body.is_some() { vec![("content-type", reply.content_type)] } else { vec![] };
-    if let Err(e) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+    if let Err(e) = abi::send_http_response(u32::from(reply.status), headers, body) {
         log::warn!("cannot send a local response: {e:?}");
     }
 }
@@ -78,7 +81,7 @@ fn send_metrics() {
 }
 
 fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(kind, 0, size) {
+    match abi::get_buffer(kind, 0, size) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => Vec::new(),
         Err(e) => {
@@ -89,7 +92,7 @@ fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
 }
 
 fn root_id() -> Option<String> {
-    match hostcalls::get_property(vec!["plugin_root_id"]) {
+    match abi::get_property(vec!["plugin_root_id"]) {
         Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
         _ => None,
     }
@@ -163,7 +166,7 @@ impl RootContext for Root {
         // Only arm the tick here: on_configure also runs in Envoy's
         // throwaway validation VM, where nothing else may happen.
         if let Some(ms) = role.tick_ms() {
-            if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(ms)) {
+            if let Err(e) = abi::set_tick_period(Duration::from_millis(ms)) {
                 log::error!("cannot set the tick period: {e:?}");
                 return false;
             }
@@ -201,10 +204,6 @@ impl RootContext for Root {
             Role::Pick(n) => n.on_tick(),
             Role::Unconfigured => {}
         }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -6,6 +6,8 @@
 //! On nginx only host functions ngx_wasm_module implements are called: no
 //! gRPC, no `proxy_get_status`, no resume/continue calls.
 
+use super::abi;
+use super::contexts::{Context, HttpContext};
 use super::poller::HostPoller;
 use super::store::HostStore;
 use super::{now_ms, request_header, route, send, send_metrics, send_status};
@@ -15,8 +17,6 @@ use crate::sansio::pick::picker::Picked;
 use crate::sansio::pick::request_key::RequestView;
 use crate::sansio::pick::route::{dynamic_host_states, original_dst_state, RouteMode, BACKEND_VARIABLE};
 use crate::sansio::serve::reply::LocalReply;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,21 +24,20 @@ use std::rc::Rc;
 /// Hands the picked member to the router.
 fn apply(mode: &RouteMode, address: &str) -> Result<(), String> {
     match mode {
-        RouteMode::NginxVariable => hostcalls::set_property(BACKEND_VARIABLE.to_vec(), Some(address.as_bytes()))
+        RouteMode::NginxVariable => abi::set_property(BACKEND_VARIABLE.to_vec(), Some(address.as_bytes()))
             .map_err(|e| format!("{e:?}: declare it with `set $upsync_backend \"\";` at server level")),
         RouteMode::EnvoyHeader(name) => {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(address)).map_err(|e| format!("{e:?}"))
+            abi::set_map_value(MapType::HttpRequestHeaders, name, Some(address)).map_err(|e| format!("{e:?}"))
         }
         RouteMode::EnvoyOriginalDst => {
-            hostcalls::call_foreign_function("set_envoy_filter_state", Some(&original_dst_state(address)))
+            abi::call_foreign_function("set_envoy_filter_state", Some(&original_dst_state(address)))
                 .map(|_| ())
                 .map_err(|e| format!("{e:?}"))
         }
         RouteMode::EnvoyDynamicHost => {
             let states = dynamic_host_states(address).ok_or("not a host:port address")?;
             for state in states {
-                hostcalls::call_foreign_function("set_envoy_filter_state", Some(&state))
-                    .map_err(|e| format!("{e:?}"))?;
+                abi::call_foreign_function("set_envoy_filter_state", Some(&state)).map_err(|e| format!("{e:?}"))?;
             }
             Ok(())
         }
@@ -55,7 +54,7 @@ impl RequestView for HostRequest {
     }
 
     fn client_address(&self) -> Option<String> {
-        let raw = hostcalls::get_property(self.0.to_vec()).ok().flatten()?;
+        let raw = abi::get_property(self.0.to_vec()).ok().flatten()?;
         String::from_utf8(raw).ok()
     }
 }
@@ -145,5 +144,5 @@ impl HttpContext for PickStream {
 }
 
 fn response_status() -> Option<u16> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse().ok())
+    abi::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse().ok())
 }

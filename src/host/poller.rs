@@ -2,13 +2,13 @@
 //! through `dispatch_http_call`, etcd watches through gRPC streams, and
 //! feeds the answers back.
 
+use super::abi;
 use super::metrics::EnvoyStats;
 use super::now_ms;
 use super::store::HostStore;
 use crate::sansio::config::{HostKind, PluginConfig};
 use crate::sansio::registry::HttpResponse;
 use crate::sansio::sync::poller::{Action, Dispatch, Leadership, OpenWatch, Poller};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -61,7 +61,7 @@ impl HostPoller {
                         .streams
                         .iter()
                         .find(|(_, s)| *s == stream)
-                        .map(|(token, _)| hostcalls::send_grpc_stream_message(*token, Some(&message), false));
+                        .map(|(token, _)| abi::send_grpc_stream_message(*token, Some(&message), false));
                     if let Some(Err(e)) = sent {
                         log::warn!("etcd watch stream {stream}: cannot send on it: {e:?}");
                     }
@@ -94,7 +94,7 @@ impl HostPoller {
         headers.extend(call.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = (!call.request.body.is_empty()).then_some(call.request.body.as_slice());
         let timeout = Duration::from_millis(call.timeout_ms);
-        match hostcalls::dispatch_http_call(&call.target, headers, body, vec![], timeout) {
+        match abi::dispatch_http_call(&call.target, headers, body, vec![], timeout) {
             Ok(token) => {
                 self.calls.insert(token, (call.upstream, call.id));
             }
@@ -106,9 +106,9 @@ impl HostPoller {
     }
 
     fn open_watch(&mut self, open: OpenWatch, now: u64) {
-        let sent = hostcalls::open_grpc_stream(&open.target, open.service, open.method, vec![]).and_then(|token| {
+        let sent = abi::open_grpc_stream(&open.target, open.service, open.method, vec![]).and_then(|token| {
             for message in &open.messages {
-                hostcalls::send_grpc_stream_message(token, Some(message), false)?;
+                abi::send_grpc_stream_message(token, Some(message), false)?;
             }
             Ok(token)
         });
@@ -129,7 +129,7 @@ impl HostPoller {
         let now = now_ms();
         // The whole-map getter: a response cut after its headers arrives
         // with no headers, where single-header getters misbehave.
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers = abi::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
         let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
         // Larger bodies are refused unread.
         let body = if body_size > 0 && body_size <= self.poller.max_body_bytes(i) {

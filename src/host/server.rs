@@ -3,14 +3,14 @@
 //! ([`crate::sansio::serve::eds_hold`]) are answered from the root
 //! context's tick of the same worker.
 
+use super::abi;
+use super::contexts::{Context, HttpContext};
 use super::store::HostStore;
 use super::{now_ms, read_buffer, request_header, send, send_metrics, send_status};
 use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::eds::{self, EdsReply};
 use crate::sansio::serve::eds_hold::EdsHold;
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -57,11 +57,11 @@ pub fn answer_held(root_id: u32) {
         return;
     }
     for h in due {
-        if hostcalls::set_effective_context(h.stream).is_ok() {
+        if abi::set_effective_context(h.stream).is_ok() {
             send_eds(&eds::answer(&HostStore, &h.request));
         }
     }
-    let _ = hostcalls::set_effective_context(root_id);
+    let _ = abi::set_effective_context(root_id);
 }
 
 impl Context for ServerStream {

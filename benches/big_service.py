@@ -81,6 +81,7 @@ def main() -> int:
         d = r["delays"]
         print(f"{r['m']:>8} {r['all_in']:>11.1f} {1000 * sk.quantile(d, 50):>7.0f} {1000 * sk.quantile(d, 99):>7.0f} "
               f"{1000 * max(d):>7.0f} {r['rss'] / 2**20:>8.0f}  {[round(x / 2**20, 1) for x in r['memories']]}")
+    print(f"  {sk.poll_cost()}")
     big = [r for r in rows if r["m"] >= TARGET_SIZE]
     print("\nissue 10 target:")
     if big:

@@ -78,7 +78,8 @@ def run(work: Path, wasm: Path, n: int, m: int, args) -> dict:
         items = [(sk.prefix_of(u) + sk.member_addr(j), sk.member_value()) for u in names for j in range(m)]
         reg.put_many(items)
         envoy = sk.ScaleEnvoy(work / f"envoy-{n}x{m}", wasm, reg.port, names,
-                              eds_hold_ms=args.eds_hold_ms, poller_fields={"interval_ms": args.interval_ms})
+                              eds_hold_ms=args.eds_hold_ms, poller_fields={"interval_ms": args.interval_ms},
+                              eds_timings={"request_timeout": args.request_timeout})
         t0 = time.monotonic()
         ready = sk.start_envoy(envoy, timeout=600)
         all_in = sk.wait_membership(envoy, {u: m for u in names}, timeout=600) - t0
@@ -150,6 +151,8 @@ def main() -> int:
     ap.add_argument("--interval-ms", type=int, default=sk.POLLER_FIELDS["interval_ms"],
                     help="poll interval: with the watch on, the safety net")
     ap.add_argument("--eds-hold-ms", type=int, help="override production.yaml's eds_hold_ms")
+    ap.add_argument("--request-timeout", help="override production.yaml's EDS request_timeout (e.g. 35s); "
+                    "default: production.yaml's, or eds_hold_ms + 5 s when --eds-hold-ms is not below it")
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="idle 20 s, 20 changes, settle 3 s")
     args = ap.parse_args()
@@ -161,8 +164,15 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     shipped = sk.gen.shipped_eds_settings()
     hold = args.eds_hold_ms if args.eds_hold_ms is not None else shipped["eds_hold_ms"]
+    if args.request_timeout is None and args.eds_hold_ms is not None \
+            and args.eds_hold_ms >= 1000 * sk.seconds(shipped["request_timeout"]):
+        # Envoy would give up every held request first: a held request must
+        # end before the EDS request_timeout.
+        args.request_timeout = f"{args.eds_hold_ms / 1000 + 5:g}s"
+    timeout = args.request_timeout or shipped["request_timeout"]
     print(f"scale bench: EDS settings from envoy/production.yaml: refresh_delay {shipped['refresh_delay']}, "
-          f"request_timeout {shipped['request_timeout']}, initial_fetch_timeout {shipped['initial_fetch_timeout']}, "
+          f"request_timeout {timeout}{' (overridden)' if args.request_timeout else ''}, "
+          f"initial_fetch_timeout {shipped['initial_fetch_timeout']}, "
           f"eds_hold_ms {hold}{' (overridden)' if args.eds_hold_ms is not None else ''}; watch on, "
           f"safety poll every {args.interval_ms} ms; {sk.machine_load()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="upsync-scale-"))
@@ -184,7 +194,7 @@ def main() -> int:
 
     n, m, idle = r["n"], r["m"], r["idle"]
     print(f"\nscale: {n} upstreams x {m} members on one Envoy (--concurrency 2), etcd watch on, "
-          f"eds_hold_ms {hold}, refresh_delay {shipped['refresh_delay']}")
+          f"eds_hold_ms {hold}, refresh_delay {shipped['refresh_delay']}, request_timeout {timeout}")
     if note:
         print(f"  note: {note}")
     print(f"  time until every member is in Envoy   {r['all_in']:.1f} s (from Envoy's start; /ready at {r['ready']:.1f} s)")
@@ -200,7 +210,8 @@ def main() -> int:
           f"gRPC Watch calls open {s['grpc_watch_open']})")
     d, a = r["delays"], r["adds"]
     print(f"  change -> Envoy membership            p50 {sk.ms(sk.quantile(d, 50))}, p99 {sk.ms(sk.quantile(d, 99))}, "
-          f"max {sk.ms(max(d))} over {len(d)} changes ({len(a)} adds: p50 {sk.ms(sk.quantile(a, 50))})")
+          f"max {sk.ms(max(d))} over {len(d)} changes ({len(a)} adds: p50 {sk.ms(sk.quantile(a, 50))}); "
+          f"{sk.poll_cost()}")
     mem = sorted(r["memories"].values(), reverse=True)
     print(f"  Envoy RSS {r['rss'] / 2**20:.0f} MiB; wasm linear memories {[f'{x / 2**20:.1f} MiB' for x in mem]}; "
           f"status wasm_memory_bytes {r['status_mem'] if r['status_mem'] is not None else 'n/a'}")

@@ -187,6 +187,13 @@ def etcd_requests(metrics: dict[str, float]) -> float:
 # Envoy
 
 
+def seconds(duration: str) -> float:
+    """A protobuf JSON duration ("0.02s") in seconds."""
+    if not duration.endswith("s"):
+        raise ValueError(f"not a duration: {duration!r}")
+    return float(duration[:-1])
+
+
 def eds_filter_config(eds_hold_ms: int | None = None) -> str:
     """production.yaml's EDS filter configuration, eds_hold_ms optionally replaced."""
     raw = gen.shipped_server_config()
@@ -201,7 +208,10 @@ class ScaleEnvoy(harness.Envoy):
     """Envoy on benches/envoy-scale-bench.yaml with these upstreams."""
 
     def __init__(self, workdir: Path, wasm: Path, etcd_port: int, names: list[str],
-                 eds_hold_ms: int | None = None, poller_fields: dict | None = None, watch: bool = True):
+                 eds_hold_ms: int | None = None, poller_fields: dict | None = None, watch: bool = True,
+                 eds_timings: dict | None = None):
+        """eds_timings: EDS cluster timings replacing production.yaml's
+        (refresh_delay, request_timeout, initial_fetch_timeout)."""
         super().__init__(workdir, wasm, etcd_port, template=TEMPLATE)
         self.names = list(names)
         fields = dict(POLLER_FIELDS)
@@ -209,7 +219,7 @@ class ScaleEnvoy(harness.Envoy):
         ups = gen.etcd_upstreams(names, "/upstreams/{name}/", "etcd", "etcd_grpc" if watch else None, **fields)
         self.values["POLLER_UPSTREAMS"] = ",\n".join("           " + json.dumps(u) for u in ups)
         self.values["EDS_FILTER_CONFIG"] = eds_filter_config(eds_hold_ms)
-        self.values["EDS_CLUSTERS"] = gen.eds_clusters_yaml(names).rstrip("\n")
+        self.values["EDS_CLUSTERS"] = gen.eds_clusters_yaml(names, **(eds_timings or {})).rstrip("\n")
         self.admin: http.client.HTTPConnection | None = None
 
     @property
@@ -406,6 +416,17 @@ def wait_membership(envoy: ScaleEnvoy, expected: dict[str, int], timeout: float,
         time.sleep(interval)
 
 
+# How long each admin poll of time_change() took: its resolution (Envoy's
+# admin scans every stat for a filter, so this grows with the cluster count).
+POLL_SECONDS: list[float] = []
+
+
+def poll_cost() -> str:
+    if not POLL_SECONDS:
+        return "no polls"
+    return f"each admin poll took p50 {1000 * quantile(POLL_SECONDS, 50):.1f} ms ({len(POLL_SECONDS)} polls)"
+
+
 def time_change(envoy: ScaleEnvoy, write, cluster: str, expect: int, timeout: float = 30.0,
                 poll: float = 0.002) -> float:
     """Run write() (an etcd write), then poll Envoy's membership of `cluster`
@@ -414,7 +435,10 @@ def time_change(envoy: ScaleEnvoy, write, cluster: str, expect: int, timeout: fl
     write()
     t0 = time.monotonic()
     while True:
-        if envoy.cluster_members(cluster) == expect:
+        p0 = time.monotonic()
+        seen = envoy.cluster_members(cluster)
+        POLL_SECONDS.append(time.monotonic() - p0)
+        if seen == expect:
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"{cluster}: membership not {expect} {timeout:.0f}s after the write")

@@ -29,12 +29,12 @@ TARGET_SIZE = 10_000
 TARGET_P99 = 0.100
 
 
-def run(work: Path, wasm: Path, m: int, changes: int) -> dict:
+def run(work: Path, wasm: Path, m: int, changes: int, extra: dict) -> dict:
     reg = sk.Registry(work / f"etcd-{m}").start()
     envoy = None
     try:
         reg.put_many([(sk.prefix_of(NAME) + sk.member_addr(j), sk.member_value()) for j in range(m)])
-        envoy = sk.ScaleEnvoy(work / f"envoy-{m}", wasm, reg.port, [NAME])
+        envoy = sk.ScaleEnvoy(work / f"envoy-{m}", wasm, reg.port, [NAME], **extra)
         t0 = time.monotonic()
         sk.start_envoy(envoy, timeout=300)
         all_in = sk.wait_membership(envoy, {NAME: m}, timeout=300) - t0
@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--wasm", default=str(sk.REPO / "target" / "upsync_wasm.wasm"))
     ap.add_argument("--sizes", default="1000,10000", help="member counts of the one upstream")
     ap.add_argument("--changes", type=int, default=20, help="member adds (each followed by its delete)")
+    sk.add_stack_args(ap)
     args = ap.parse_args()
     wasm = Path(args.wasm).resolve()
     shipped = sk.gen.shipped_eds_settings()
@@ -71,7 +72,7 @@ def main() -> int:
           f"{shipped['refresh_delay']} (envoy/production.yaml); {sk.machine_load()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="upsync-big-"))
     try:
-        rows = [run(work, wasm, int(s), args.changes) for s in args.sizes.split(",")]
+        rows = [run(work, wasm, int(s), args.changes, sk.stack_kwargs(args)) for s in args.sizes.split(",")]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\none upstream, one-member change -> Envoy membership ({2 * args.changes} changes each: "

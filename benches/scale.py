@@ -79,7 +79,7 @@ def run(work: Path, wasm: Path, n: int, m: int, args) -> dict:
         reg.put_many(items)
         envoy = sk.ScaleEnvoy(work / f"envoy-{n}x{m}", wasm, reg.port, names,
                               eds_hold_ms=args.eds_hold_ms, poller_fields={"interval_ms": args.interval_ms},
-                              eds_timings={"request_timeout": args.request_timeout})
+                              eds_timings={"request_timeout": args.request_timeout}, **sk.stack_kwargs(args))
         t0 = time.monotonic()
         ready = sk.start_envoy(envoy, timeout=600)
         all_in = sk.wait_membership(envoy, {u: m for u in names}, timeout=600) - t0
@@ -154,6 +154,7 @@ def main() -> int:
     ap.add_argument("--request-timeout", help="override production.yaml's EDS request_timeout (e.g. 35s); "
                     "default: production.yaml's, or eds_hold_ms + 5 s when --eds-hold-ms is not below it")
     ap.add_argument("--seed", type=int, default=10)
+    sk.add_stack_args(ap)
     ap.add_argument("--quick", action="store_true", help="idle 20 s, 20 changes, settle 3 s")
     args = ap.parse_args()
     for name, full, quick in (("idle_seconds", 60.0, 20.0), ("changes", 30, 20), ("settle", 5.0, 3.0)):

@@ -209,15 +209,26 @@ class ScaleEnvoy(harness.Envoy):
 
     def __init__(self, workdir: Path, wasm: Path, etcd_port: int, names: list[str],
                  eds_hold_ms: int | None = None, poller_fields: dict | None = None, watch: bool = True,
-                 eds_timings: dict | None = None):
+                 eds_timings: dict | None = None, poller_config: dict | None = None,
+                 template: Path | None = None):
         """eds_timings: EDS cluster timings replacing production.yaml's
-        (refresh_delay, request_timeout, initial_fetch_timeout)."""
-        super().__init__(workdir, wasm, etcd_port, template=TEMPLATE)
+        (refresh_delay, request_timeout, initial_fetch_timeout);
+        poller_config: the poller's whole configuration, used as it is
+        instead of one etcd v3 entry per name (e.g. one entry discovering
+        every upstream under /upstreams/); template: another Envoy config
+        template with the same placeholders (unused ones are fine)."""
+        super().__init__(workdir, wasm, etcd_port, template=template or TEMPLATE)
         self.names = list(names)
-        fields = dict(POLLER_FIELDS)
-        fields.update(poller_fields or {})
-        ups = gen.etcd_upstreams(names, "/upstreams/{name}/", "etcd", "etcd_grpc" if watch else None, **fields)
-        self.values["POLLER_UPSTREAMS"] = ",\n".join("           " + json.dumps(u) for u in ups)
+        if poller_config is None:
+            fields = dict(POLLER_FIELDS)
+            fields.update(poller_fields or {})
+            ups = gen.etcd_upstreams(names, "/upstreams/{name}/", "etcd", "etcd_grpc" if watch else None, **fields)
+            lines = ['{"upstreams": ['] + [f"  {json.dumps(u)}," for u in ups]
+            lines[-1] = lines[-1].rstrip(",")
+            lines.append("]}")
+        else:
+            lines = [json.dumps(poller_config)]
+        self.values["POLLER_CONFIG"] = "\n".join(" " * 10 + line for line in lines)
         self.values["EDS_FILTER_CONFIG"] = eds_filter_config(eds_hold_ms)
         self.values["EDS_CLUSTERS"] = gen.eds_clusters_yaml(names, **(eds_timings or {})).rstrip("\n")
         self.admin: http.client.HTTPConnection | None = None
@@ -374,6 +385,25 @@ class MachineCpu:
         total, idle = self._read()
         dt, di = total - self.t0[0], idle - self.t0[1]
         return 0.0 if dt <= 0 else (os.cpu_count() or 1) * (dt - di) / dt
+
+
+def add_stack_args(ap) -> None:
+    """Options that let the benches run a later plugin with other
+    configuration shapes, with no code change."""
+    ap.add_argument("--poller-config", type=Path,
+                    help="JSON file: the poller's configuration used as it is instead of one etcd v3 entry per "
+                         "upstream (the members are under /upstreams/<upstream>/; targets etcd and etcd_grpc)")
+    ap.add_argument("--envoy-template", type=Path,
+                    help="Envoy config template instead of benches/envoy-scale-bench.yaml (same placeholders)")
+
+
+def stack_kwargs(args) -> dict:
+    out = {}
+    if args.poller_config is not None:
+        out["poller_config"] = json.loads(args.poller_config.read_text())
+    if args.envoy_template is not None:
+        out["template"] = args.envoy_template.resolve()
+    return out
 
 
 # --------------------------------------------------------------------------

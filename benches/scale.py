@@ -219,7 +219,8 @@ def main() -> int:
     print(f"  machine during the idle window: {idle['machine_busy']:.2f} of 2 cores busy; {idle['load']}")
 
     print("\nissue 10 targets:")
-    print(sk.target_line("upstreams accepted by the config", f"{args.accept}: {'yes' if accepted else 'no'}",
+    accept_value = "skipped" if accepted is None else f"{args.accept}: {'yes' if accepted else 'no'}"
+    print(sk.target_line("upstreams accepted by the config", accept_value,
                          f"{TARGET_UPSTREAMS:,}", None if accepted is None else bool(accepted) and args.accept >= TARGET_UPSTREAMS))
     cpu_met = idle["cpu"] < TARGET_IDLE_CPU
     if n < TARGET_IDLE_AT:

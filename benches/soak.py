@@ -202,6 +202,9 @@ def main() -> int:
         print(sk.target_line("linear memory after the last update vs the first 1,000", "-", "within 10 %", None))
         return 0
     growth = last["total"] / first["total"] - 1
+    each = [f"{first['memories'][k] / 2**20:.2f} -> {v / 2**20:.2f} MiB ({100 * (v / first['memories'][k] - 1):+.1f} %)"
+            for k, v in sorted(last["memories"].items(), key=lambda kv: -kv[1]) if first["memories"].get(k)]
+    print(f"  each wasm memory from {first['updates']:,} to {last['updates']:,} updates: {'; '.join(each)}")
     print(sk.target_line(f"linear memory after {last['updates']:,} vs {first['updates']:,} updates",
                          f"{100 * growth:+.1f} %", "within 10 %", abs(growth) <= TARGET_GROWTH))
     s0, s1 = status_mem_total(first["status_mem"]), status_mem_total(last["status_mem"])

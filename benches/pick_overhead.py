@@ -26,6 +26,7 @@ import argparse
 import re
 import resource
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -221,8 +222,9 @@ def measure(work: Path, wasm: Path, etcd: harness.Etcd, n: int, mode: str, secon
         ("proxy", "pick"): "route: {cluster: web, timeout: 5s}",
     }
     variants = ("base", "empty", "pick") if mode == "direct" else ("base", "pick")
-    best = {}
+    best, per_round = {}, []
     for r in range(rounds):
+        per_round.append({})
         for variant in variants:
             envoy = start_envoy(work / f"envoy-{mode}-{n}-{variant}-{r}", wasm, etcd, variant,
                                 routes[(mode, variant)], endpoints)
@@ -231,8 +233,13 @@ def measure(work: Path, wasm: Path, etcd: harness.Etcd, n: int, mode: str, secon
                 wrk(envoy.ingress_port, 3)  # warm-up: fills Envoy's connection pools
                 rps = wrk(envoy.ingress_port, seconds)
                 best[variant] = max(best.get(variant, 0.0), rps)
+                per_round[-1][variant] = rps
             finally:
                 envoy.stop()
+    if "empty" in best:
+        # On a shared machine the variants of one round ran closest in time:
+        # the median of the rounds' own ratios is steadier than best-of.
+        best["pick/empty per round"] = statistics.median(x["pick"] / x["empty"] for x in per_round)
     return best
 
 
@@ -266,7 +273,7 @@ def main() -> int:
                 base, pick = best["base"], best["pick"]
                 rows.append((mode, n, base, pick))
                 if "empty" in best:
-                    floor.append((n, base, best["empty"], pick))
+                    floor.append((n, base, best["empty"], pick, best["pick/empty per round"]))
                 empty = f", empty filter {best['empty']:>8.0f} rps" if "empty" in best else ""
                 print(f"  {mode:>6} {n:>6} members: baseline {base:>8.0f} rps{empty}, pick {pick:>8.0f} rps, "
                       f"ratio {pick / base:.2f}", flush=True)
@@ -280,13 +287,16 @@ def main() -> int:
     print("  proxy: baseline = static cluster of the same members, no wasm; pick = upsync pick filter + override_host")
     print("  direct: Envoy answers itself; the ratio is the filter's whole per-request cost")
     print(f"\npick mode against the floor (direct: Envoy answers itself; {args.rounds} x {args.seconds}s, best)")
-    print(f"{'members':>8} {'no filter rps':>14} {'empty filter rps':>17} {'pick rps':>10} {'pick/empty':>11}")
-    for n, b, e, p in floor:
-        print(f"{n:>8} {b:>14.0f} {e:>17.0f} {p:>10.0f} {p / e:>11.2f}")
-    ten = [p / e for n, b, e, p in floor if n == 10]
+    print(f"{'members':>8} {'no filter rps':>14} {'empty filter rps':>17} {'pick rps':>10} {'pick/empty':>11} "
+          f"{'median of rounds':>17}")
+    for n, b, e, p, med in floor:
+        print(f"{n:>8} {b:>14.0f} {e:>17.0f} {p:>10.0f} {p / e:>11.2f} {med:>17.2f}")
+    ten = [(p / e, med) for n, b, e, p, med in floor if n == 10]
     if ten:
-        print(f"target (issue 10): pick/empty >= {TARGET_PICK_VS_EMPTY} at 10 members: {ten[0]:.2f} "
-              f"(when filed: {FILED_PICK_VS_EMPTY}) -> {'met' if ten[0] >= TARGET_PICK_VS_EMPTY else 'NOT met'}")
+        best_ratio, med = ten[0]
+        print(f"target (issue 10): pick/empty >= {TARGET_PICK_VS_EMPTY} at 10 members: {best_ratio:.2f} best-of, "
+              f"{med:.2f} median of rounds (when filed: {FILED_PICK_VS_EMPTY}) -> "
+              f"{'met' if min(best_ratio, med) >= TARGET_PICK_VS_EMPTY else 'NOT met'}")
     target = [p / b for mode, n, b, p in rows if mode == "proxy" and n == 10000]
     if target:
         print(f"target: proxy ratio >= 0.90 at 10000 members: {target[0]:.2f} -> {'met' if target[0] >= 0.9 else 'NOT met'}")

@@ -105,12 +105,16 @@ test-chaos: deps build
 
 ## ---- benchmarks ---------------------------------------------------------
 # Ratios against baselines measured in the same run; never part of `make test`.
+# The last three: scale (issue 10), many upstreams, one big service, a soak.
 BENCH_APT := nginx
 bench: deps build
 	@command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_APT) >/dev/null; }
 	$(CARGO) bench --bench snapshot
 	$(PY) benches/pick_overhead.py --wasm $(WASM)
 	$(PY) benches/propagation.py --wasm $(WASM)
+	$(PY) benches/scale.py --wasm $(WASM)
+	$(PY) benches/big_service.py --wasm $(WASM)
+	$(PY) benches/soak.py --wasm $(WASM)
 	@$(MAKE) --no-print-directory bench-zk
 
 clean:

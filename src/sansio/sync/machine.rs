@@ -147,8 +147,10 @@ enum Phase {
     /// Healthy; next call at `until`.
     Waiting { until: u64 },
     /// A call sent at `sent` is out; given up at `deadline` if the host
-    /// never answers. `failures` is the run of failed calls before it.
-    InFlight { id: u64, sent: u64, deadline: u64, failures: u32 },
+    /// never answers. `failures` is the run of failed calls before it;
+    /// `pushed`: the registry pushed news meanwhile (the answer may predate
+    /// it), so the next call goes at once.
+    InFlight { id: u64, sent: u64, deadline: u64, failures: u32, pushed: bool },
     /// `failures` calls in a row failed; next try at `until`.
     Backoff { until: u64, failures: u32 },
 }
@@ -301,15 +303,15 @@ impl SyncMachine {
         }
     }
 
-    /// The registry pushed "something changed": poll at once, unless a
-    /// call is in flight. A push also ends a backoff (the registry is
-    /// evidently there); the failure count stays, so a failure right after
-    /// backs off further.
+    /// The registry pushed "something changed": poll at once; with a call
+    /// in flight, right after its answer (which may predate the change). A
+    /// push also ends a backoff (the registry is evidently there); the
+    /// failure count stays, so a failure right after backs off further.
     pub fn handle_push(&mut self, now: u64) {
         match self.phase {
             Phase::Waiting { until } => self.phase = Phase::Waiting { until: until.min(now) },
             Phase::Backoff { until, failures } => self.phase = Phase::Backoff { until: until.min(now), failures },
-            Phase::InFlight { .. } => {}
+            Phase::InFlight { ref mut pushed, .. } => *pushed = true,
         }
     }
 
@@ -328,6 +330,7 @@ impl SyncMachine {
             sent: now,
             deadline: now.saturating_add(timeout_ms).saturating_add(DEADLINE_GRACE_MS),
             failures,
+            pushed: false,
         };
         let mut request = self.adapter.request();
         request.headers.extend(self.config.extra_headers.iter().cloned());
@@ -495,6 +498,7 @@ impl SyncMachine {
     }
 
     fn wait(&mut self, now: u64, delay: u64) {
+        let delay = if matches!(self.phase, Phase::InFlight { pushed: true, .. }) { 0 } else { delay };
         self.phase = Phase::Waiting { until: now.saturating_add(delay) };
     }
 
@@ -1058,5 +1062,25 @@ mod tests {
         assert_eq!(reported(&mut m), 1);
         assert_eq!(m.stats().bad_entries, 2);
         assert_eq!(m.published().unwrap().members.len(), 1, "0.0.0.0 is not a member");
+    }
+
+    #[test]
+    fn a_push_while_a_call_is_out_polls_again_right_after_its_answer() {
+        let mut r = Registry::new();
+        r.put("10.0.0.1:80", "{}");
+        let mut m = machine(config());
+        poll_once(&mut m, &r, 0).1.unwrap();
+        // The probe at 1000 is out when etcd pushes a change it may not include.
+        m.handle_timeout(1000);
+        let probe = m.poll_transmit(1000).unwrap();
+        let stale = r.answer(&probe.request);
+        r.put("10.0.0.2:80", "{}");
+        m.handle_push(1001);
+        m.handle_response(1002, probe.id, ok(&stale));
+        assert_eq!(m.poll_timeout(), 1002, "asked again at once, not after interval_ms");
+        let (kind, update) = poll_once(&mut m, &r, 1002);
+        assert_eq!(kind, Some("probe+fetch"));
+        assert_eq!(addrs(&update.unwrap()), ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(m.poll_timeout(), 2002, "then the normal pace");
     }
 }

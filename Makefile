@@ -110,6 +110,7 @@ bench: deps build
 	$(CARGO) bench --bench snapshot
 	$(PY) benches/pick_overhead.py --wasm $(WASM)
 	$(PY) benches/propagation.py --wasm $(WASM)
+	$(PY) benches/etcd_failover.py --wasm $(WASM)
 
 clean:
 	$(CARGO) clean

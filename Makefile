@@ -115,6 +115,7 @@ bench: deps build
 	$(PY) benches/scale.py --wasm $(WASM)
 	$(PY) benches/big_service.py --wasm $(WASM)
 	$(PY) benches/soak.py --wasm $(WASM)
+	$(PY) benches/etcd_failover.py --wasm $(WASM)
 	@$(MAKE) --no-print-directory bench-zk
 
 clean:

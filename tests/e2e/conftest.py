@@ -104,5 +104,20 @@ def pytest_runtest_makereport(item, call):
                 for r in s.consul.requests()[-30:]
             ]
             rep.sections.append(("consul emulator requests (last 30)" + tag, "\n".join(lines)))
-    if stacks:
+    fo = getattr(mod, "_failover", None) if mod is not None else None
+    if fo is not None and fo.envoy is not None:  # test_etcd_cluster.py
+        rep.sections.append(("envoy log (tail) [etcd cluster]", harness.log_tail(fo.envoy.log_path, 60)))
+        for m in fo.cluster.members if fo.cluster is not None else []:
+            rep.sections.append((f"etcd {m.name} log (tail)", harness.log_tail(m.log_path, 15)))
+    if stacks or fo is not None:
         rep.sections.append(("failure (repeated from above)", failure))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Numbers measured by the run (printed, never asserted)."""
+    failover = sys.modules.get("failover")
+    lines = getattr(failover, "REPORT", None) if failover is not None else None
+    if lines:
+        terminalreporter.section("etcd cluster: member killed -> change in traffic (this run)")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -428,6 +428,214 @@ def member_value(**attrs) -> str:
 
 
 # --------------------------------------------------------------------------
+# a multi-member etcd cluster on loopback
+
+
+class EtcdMember(Etcd):
+    """One member of an EtcdCluster: the key/value helpers of Etcd, started
+    with the cluster's --initial-cluster; restarts keep its data dir."""
+
+    def __init__(self, workdir: Path, name: str, client_port: int, peer_port: int):
+        super().__init__(workdir)
+        self.name = name
+        self.client_port, self.peer_port = client_port, peer_port
+        self.url = f"http://127.0.0.1:{client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.cluster: EtcdCluster | None = None
+
+    def argv(self) -> list[str]:
+        c = self.cluster
+        assert c is not None
+        return [
+            find_etcd(),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", c.initial_cluster(),
+            "--initial-cluster-token", c.token,
+            # ignored once the data dir exists (a restart rejoins as itself)
+            "--initial-cluster-state", "new",
+            "--heartbeat-interval", str(c.heartbeat_ms),
+            "--election-timeout", str(c.election_ms),
+            "--enable-v2",
+        ]
+
+    def start(self, timeout: float = 30.0, wait_ready: bool = True) -> "EtcdMember":
+        """Start (or restart) the member. wait_ready: until a linearizable
+        read through it succeeds (it has a leader and has caught up); a
+        member of a new cluster cannot answer before a quorum runs, so
+        EtcdCluster.start waits for them together."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = _spawn(self.argv(), self.log_path)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        try:
+            wait_until(self._ready, timeout, 0.05, f"etcd member {self.name} to answer")
+        except ProcessExited:
+            self.kill()
+            raise
+        except TimeoutError:
+            msg = f"etcd member {self.name} not ready:\n{log_tail(self.log_path)}"
+            self.kill()
+            raise RuntimeError(msg) from None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pause(self) -> None:
+        """SIGSTOP: the member keeps its sockets and answers nothing (a host
+        cut off from the network, as far as its peers and clients see)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def status(self, timeout: float = 1.0) -> dict:
+        """etcd's /v3/maintenance/status of this member (its id, the leader's
+        id as it sees it, raft index); raises when it does not answer."""
+        status, body = http_json("POST", self.url + "/v3/maintenance/status", {}, timeout=timeout)
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"etcd {self.name} status -> {status}: {body!r}")
+        return body
+
+
+class EtcdCluster:
+    """A real etcd 3.x cluster of `size` members on loopback free ports
+    (Debian's etcd, one process per member, temp data dirs).
+
+    heartbeat_ms/election_ms are etcd's --heartbeat-interval and
+    --election-timeout (etcd wants the latter >= 5x the former); members
+    wait a random 1-2 election timeouts before they campaign, so with the
+    defaults here a lost leader is replaced in about 0.3-0.7 s."""
+
+    def __init__(self, workdir: Path, size: int = 3, heartbeat_ms: int = 50, election_ms: int = 300):
+        self.workdir = Path(workdir)
+        self.heartbeat_ms = heartbeat_ms
+        self.election_ms = election_ms
+        self.token = f"upsync-{os.getpid()}-{id(self)}"
+        ports = free_ports(2 * size)  # all distinct
+        self.members = [
+            EtcdMember(self.workdir / f"m{i}", f"m{i}", ports[2 * i], ports[2 * i + 1]) for i in range(size)
+        ]
+        for m in self.members:
+            m.cluster = self
+
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    @property
+    def client_ports(self) -> list[int]:
+        return [m.client_port for m in self.members]
+
+    def start(self, timeout: float = 40.0) -> "EtcdCluster":
+        try:
+            for m in self.members:
+                m.start(wait_ready=False)
+            for m in self.members:
+                m.wait_ready(timeout)
+            self.wait_converged(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def kill(self) -> None:
+        for m in self.members:
+            m.kill()
+
+    def running(self) -> list[EtcdMember]:
+        return [m for m in self.members if m.running]
+
+    def leader(self, timeout: float = 1.0, among: list[EtcdMember] | None = None) -> EtcdMember | None:
+        """The member every running member (or every one of `among`) names
+        as leader, if they agree; None otherwise (an election under way)."""
+        ids = {}
+        seen = set()
+        for m in among if among is not None else self.running():
+            st = m.status(timeout)
+            ids[st["header"]["member_id"]] = m
+            seen.add(st.get("leader"))
+        if len(seen) != 1:
+            return None
+        return ids.get(seen.pop())
+
+    def wait_leader(
+        self, timeout: float = 20.0, exclude: EtcdMember | None = None, among: list[EtcdMember] | None = None
+    ) -> EtcdMember:
+        """Wait until the running members (or those of `among`) agree on a
+        running leader (not `exclude`); return it."""
+
+        def check():
+            lead = self.leader(timeout=0.5, among=among)
+            return lead if lead is not None and lead is not exclude else None
+
+        return wait_until(check, timeout, 0.01, "the etcd members to agree on a leader")
+
+    def wait_converged(self, timeout: float = 30.0) -> EtcdMember:
+        """Every member runs, they agree on a leader, and all have applied the
+        same raft index (a restarted member has caught up)."""
+
+        def check():
+            if len(self.running()) != len(self.members):
+                raise ProcessExited(f"an etcd member exited: {[m.name for m in self.members if not m.running]}")
+            lead = self.leader(timeout=0.5)
+            if lead is None:
+                return None
+            applied = {int(m.status(0.5)["raftAppliedIndex"]) for m in self.members}
+            return lead if len(applied) == 1 else None
+
+        return wait_until(check, timeout, 0.05, "the etcd cluster to converge")
+
+    def txn_via(
+        self, member: EtcdMember, ops: list[dict], timeout: float = 10.0, attempt_timeout: float = 5.0
+    ) -> None:
+        """A txn through `member`, sent again after a failure or after
+        attempt_timeout without an answer (after 2 s of that, doubling up
+        to 2 s, so that a slow disk still gets its answer through), until
+        one succeeds or `timeout` passes. Only for idempotent txns (puts):
+        an attempt given up on may still be applied."""
+        start = time.monotonic()
+        deadline = start + timeout
+        wait = attempt_timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                status, body = http_json(
+                    "POST", member.url + "/v3/kv/txn", {"success": ops},
+                    timeout=min(wait, max(0.05, deadline - time.monotonic())),
+                )
+                if status == 200:
+                    return
+                last = f"{status}: {body}"
+                time.sleep(0.01)
+            except (OSError, http.client.HTTPException) as e:  # no answer within `wait`, refused, reset
+                last = e
+                if time.monotonic() - start > 2.0:
+                    wait = min(wait * 2, max(wait, 2.0))
+        raise TimeoutError(f"a write through etcd member {member.name} did not succeed in {timeout} s; last: {last!r}")
+
+    def put_members_via(
+        self, member: EtcdMember, prefix: str, members: dict[str, dict], attempt_timeout: float = 5.0
+    ) -> None:
+        """Write `members` ({address: attrs}) under prefix in one txn through
+        one member (other keys under prefix are left alone)."""
+        ops = []
+        for address, attrs in members.items():
+            value = attrs if isinstance(attrs, str) else member_value(**attrs)
+            ops.append({"requestPut": {"key": b64(prefix + address), "value": b64(value)}})
+        self.txn_via(member, ops, attempt_timeout=attempt_timeout)
+
+
+# --------------------------------------------------------------------------
 # the Consul emulator and the `web` registry writers
 
 

@@ -171,6 +171,7 @@ def test_429_retry_after_is_honoured_up_to_backoff_max_ms(stacks, registry):
     backoff, would be sooner; the full 2 s would freeze updates longer than
     the operator allowed), as the emulator's request log shows."""
     s = stacks(registry)
+    assert s.backoff_max_ms >= 1000
     c, path = s.consul, _consul_path(s)
     fid = _fault_next(s, status=429, headers={"Retry-After": "2"}, body="rate limited")
     t429 = next(r["monotonic"] for r in c.requests(path) if r["fault"] == fid)

@@ -785,12 +785,17 @@ mod tests {
         let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
         let again = etcd_watch::create_request("/upstreams/web/", 3);
         assert!(actions.contains(&Action::SendWatch { stream: 0, message: again }), "{actions:?}");
-        // The stream closes after living a while: reopened at once with every watch.
+        // The stream closes after living a while: reopened on the next tick
+        // (not inside the close callback) with every watch.
         p.handle_watch_closed(2000, 0);
+        assert_eq!(p.poll_action(), None, "not inside the close callback");
+        assert_eq!(p.poll_timeout(), Some(2001));
+        p.handle_timeout(&mut store, 2001);
         let actions: Vec<Action> = std::iter::from_fn(|| p.poll_action()).collect();
         assert!(actions.iter().any(|a| matches!(a, Action::OpenWatch(w) if w.messages.len() == 3)), "{actions:?}");
         // Closing again at once backs off.
         p.handle_watch_closed(2010, 0);
+        p.handle_timeout(&mut store, 2011);
         assert!(std::iter::from_fn(|| p.poll_action()).all(|a| !matches!(a, Action::OpenWatch(_))));
         p.flush(&mut store);
         let record = StatusRecord::read(&store, "u0").unwrap();

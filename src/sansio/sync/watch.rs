@@ -45,7 +45,11 @@ enum WatchPhase {
 
 /// The first reopen after a failed one waits this long; doubles per
 /// consecutive failure up to `backoff_max_ms`.
-const REOPEN_MS: u64 = 500;
+const REOPEN_MS: u64 = 100;
+/// A first reopen waits this little: not inside the close callback, where
+/// Envoy's HTTP/2 pool still hands out the closing connection (the new
+/// stream would fail in the same millisecond), but on the next tick.
+const NEXT_TICK_MS: u64 = 1;
 /// A stream open this long closed for a reason of the moment: reopen at once.
 const STABLE_MS: u64 = 1_000;
 
@@ -108,7 +112,7 @@ impl WatchStream {
         }
         self.failures = self.failures.saturating_add(1);
         let delay = match self.failures {
-            1 => 0,
+            1 => NEXT_TICK_MS,
             n => Backoff { base_ms: REOPEN_MS, max_ms: self.backoff_max_ms }.full(n - 1),
         };
         self.phase = WatchPhase::Closed { retry_at: now.saturating_add(delay) };
@@ -132,14 +136,15 @@ mod tests {
         assert_eq!(w.handle_message(&[0x10, 0x03, 0x18, 0x01]), WatchNews::Poll(3), "created: poll once");
         w.handle_closed(10);
         assert!(!w.is_open());
-        assert!(w.poll_open(10), "the first close reopens at once");
+        assert!(!w.poll_open(10), "not inside the close callback");
+        assert!(w.poll_open(11), "the first close reopens on the next tick");
         w.handle_closed(20);
-        assert_eq!(w.poll_timeout(), Some(520), "closed again within a second: 500 ms");
-        assert!(!w.poll_open(519));
-        assert!(w.poll_open(520));
+        assert_eq!(w.poll_timeout(), Some(120), "closed again within a second: 100 ms");
+        assert!(!w.poll_open(119));
+        assert!(w.poll_open(120));
         w.handle_closed(600);
-        assert!(!w.poll_open(1599));
-        assert!(w.poll_open(1600), "third failure: 1 s");
+        assert!(!w.poll_open(799));
+        assert!(w.poll_open(800), "third failure: 200 ms");
         for _ in 0..10 {
             w.handle_closed(1601);
         }
@@ -147,7 +152,7 @@ mod tests {
         assert!(w.poll_open(5601));
         // Open for more than a second: a close is news, not a failure run.
         w.handle_closed(7000);
-        assert!(w.poll_open(7000), "a stable stream reopens at once");
+        assert!(w.poll_open(7001), "a stable stream reopens on the next tick");
         assert_eq!(w.handle_message(&[0x10, 0x02, 0x20, 0x01]), WatchNews::Canceled(2), "one watch ended");
         assert!(w.is_open(), "the stream and its other watches stay");
         assert_eq!(w.handle_message(&[0x10, 0x01]), WatchNews::Nothing, "progress only: nothing to do");

@@ -72,8 +72,12 @@ def test_digest_acl_credentials_are_used_and_never_logged(zk, bridges):
 
     # without credentials: a clear 503, never an empty list
     denied = bridges(mounts)
-    harness.wait_until(lambda: denied.kv("secure/web/")[0] == 503, 15, 0.05, "503 for the unauthenticated bridge")
+    # (while it is still connecting it answers 503 "connecting": wait for the NoAuth one)
+    harness.wait_until(
+        lambda: "NoAuth" in denied.kv("secure/web/")[2], 15, 0.05, "503 NoAuth for the unauthenticated bridge"
+    )
     code, _, body = denied.kv("secure/web/")
+    assert code == 503, (code, body)
     assert "NoAuth" in body and "zookeeper.auth" in body, body
 
     # a wrong password: ZooKeeper fails the session; 503 again

@@ -132,7 +132,7 @@ fuzz: fuzz-deps
 	  (cd fuzz && $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t -- -max_total_time=$(FUZZ_SECONDS) \
 	    -max_len=$(FUZZ_MAX_LEN) -timeout=10 -report_slow_units=1 -print_final_stats=1) \
 	    > fuzz/artifacts/$$t.log 2>&1 || { failed="$$failed $$t"; tail -40 fuzz/artifacts/$$t.log; }; \
-	  (cd fuzz && $(CARGO) +nightly fuzz cmin -s $(FUZZ_SANITIZER) $$t -- -max_len=$(FUZZ_MAX_LEN)) \
+	  (cd fuzz && $(CARGO) +nightly fuzz cmin -s $(FUZZ_SANITIZER) $$t -- -max_len=$(FUZZ_MAX_LEN) -use_counters=0) \
 	    > fuzz/artifacts/$$t.cmin.log 2>&1 || failed="$$failed $$t(cmin)"; \
 	done; \
 	for t in $(FUZZ_TARGETS); do \

@@ -12,7 +12,9 @@
 
 use upsync_wasm::sansio::adapter::{MemberList, Poll, RegistryAdapter, RegistryResponse};
 use upsync_wasm::sansio::base64;
-use upsync_wasm::sansio::config::{parse_server_config, Auth, HostKind, PluginConfig, RegistryType, Secret};
+use upsync_wasm::sansio::config::{
+    parse_server_config, Auth, HostKind, PluginConfig, RegistryConfig, RegistryType, Secret,
+};
 use upsync_wasm::sansio::consul::{Consistency, ConsulAdapter, ConsulQuery};
 use upsync_wasm::sansio::eds::{self, EdsReply};
 use upsync_wasm::sansio::etcd_v2::EtcdV2Adapter;
@@ -20,20 +22,26 @@ use upsync_wasm::sansio::etcd_v3::EtcdV3Adapter;
 use upsync_wasm::sansio::etcd_watch::{self, WatchMessage, WatchStream};
 use upsync_wasm::sansio::eureka::EurekaAdapter;
 use upsync_wasm::sansio::lease;
-use upsync_wasm::sansio::member::{parse_upsync_value, HostPort, Member, MAX_FAILS, MAX_FAIL_TIMEOUT_S, MAX_WEIGHT};
+use upsync_wasm::sansio::member::{
+    parse_upsync_value, Host, HostPort, Member, MAX_FAILS, MAX_FAIL_TIMEOUT_S, MAX_WEIGHT,
+};
 use upsync_wasm::sansio::member_set::MemberSet;
 use upsync_wasm::sansio::nacos::{instance_address, NacosAdapter};
 use upsync_wasm::sansio::node::{Dispatch, Leadership, PollerNode};
 use upsync_wasm::sansio::passive;
 use upsync_wasm::sansio::picker::UpstreamPicker;
-use upsync_wasm::sansio::request::HttpResponse;
+use upsync_wasm::sansio::request::{AdapterError, HttpResponse};
 use upsync_wasm::sansio::snapshot::{self, Snapshot};
 use upsync_wasm::sansio::status;
 use upsync_wasm::sansio::store::{self as shared, MemoryStore, SharedStore, StoreRules};
 use upsync_wasm::sansio::sync::Source;
 
-/// Every target, by the name of its `fuzz_targets/<name>.rs` and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (of `fuzz_targets/<name>.rs` and the corpus
+/// folder) and its function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
     ("etcd_v3", targets::etcd_v3),
     ("etcd_v2", targets::etcd_v2),
     ("etcd_watch", targets::etcd_watch),
@@ -149,10 +157,7 @@ pub mod raw {
     /// A store holding version 1 of [`UPSTREAM`] with `members` IPv4 members.
     pub fn store_with_members(members: u32) -> MemoryStore {
         let list = MemberSet::from_members((0..members).map(|i| Member {
-            addr: HostPort {
-                host: upsync_wasm::sansio::member::Host::Ipv4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
-                port: 80,
-            },
+            addr: HostPort { host: Host::Ipv4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), port: 80 },
             attrs: Default::default(),
         }))
         .0;
@@ -190,7 +195,7 @@ pub mod raw {
         snapshot::read(&store, UPSTREAM).ok().flatten().map_or(0, |s| s.members.len())
     }
 
-    fn count(p: Result<Poll, upsync_wasm::sansio::request::AdapterError>) -> usize {
+    fn count(p: Result<Poll, AdapterError>) -> usize {
         match p {
             Ok(Poll::Members(l)) => l.members.len(),
             _ => 0,
@@ -792,7 +797,7 @@ fn check_dispatch(d: &Dispatch, targets: &[String], auth: &[(String, String)]) {
     }
 }
 
-fn check_secrets_hidden(r: &upsync_wasm::sansio::config::RegistryConfig) {
+fn check_secrets_hidden(r: &RegistryConfig) {
     let mut secrets: Vec<String> = r.token.iter().map(|t| t.0.clone()).collect();
     let mut blank = r.clone();
     blank.token = blank.token.map(|_| Secret(String::new()));

@@ -108,7 +108,7 @@ fn main() {
                 }
             }
         }
-        times.sort_by(|a, b| b.0.cmp(&a.0));
+        times.sort_by_key(|t| std::cmp::Reverse(t.0));
         let slowest: Vec<String> = times
             .iter()
             .take(args.top)

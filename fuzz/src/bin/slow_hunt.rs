@@ -5,13 +5,15 @@
 //!
 //! Usage: `slow_hunt [--size BYTES] [--save DIR] [--runs N] [FILTER]`
 //! - `--save DIR` writes every input that took longer than 100 ms to
-//!   `DIR/<target>/<case>` (the replay's layout; gzip them to keep them);
+//!   `DIR/<target>/<case>` in the replay's layout (gzip them to keep them):
+//!   a parser's inputs under its fuzz target, the snapshots timed through
+//!   the picker as `shared_data` inputs; the rest is not saved;
 //! - `FILTER` runs only the cases whose `parser/case` name contains it.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use upsync_wasm_fuzz::{raw, ConsulQueryKind};
+use upsync_wasm_fuzz::{raw, ConsulQueryKind, PART_SEPARATOR, TARGETS};
 
 const MIB: usize = 1 << 20;
 
@@ -78,6 +80,14 @@ fn generic(size: usize) -> Vec<(&'static str, Vec<u8>)> {
         ("deep-nesting", pad("[".repeat(size))),
         ("deep-127-repeated", fill(size, "[", ",", "]", |_| format!("{}{}", "[".repeat(126), "]".repeat(126)))),
         ("many-keys", fill(size, "{", ",", "}", |i| format!(r#""k{i}":0"#))),
+        // One allocation for every few input bytes: a map node or a Vec each.
+        ("tiny-objects", fill(size, "[", ",", "]", |_| r#"{"":0}"#.to_string())),
+        (
+            "deep-objects-127-repeated",
+            fill(size, "[", ",", "]", |_| format!("{}0{}", r#"{"":"#.repeat(126), "}".repeat(126))),
+        ),
+        ("tiny-arrays", fill(size, "[", ",", "]", |_| "[0]".to_string())),
+        ("tiny-strings", fill(size, "[", ",", "]", |_| r#""a""#.to_string())),
         ("same-key-repeated", fill(size, "{", ",", "}", |_| r#""hosts":[]"#.to_string())),
         ("long-string", pad(format!(r#"{{"x":"{}"}}"#, "a".repeat(size - 10)))),
         ("escapes", fill(size, r#"{"x":""#, "", r#""}"#, |_| r"\u00e9\n".to_string())),
@@ -398,18 +408,15 @@ fn config_cases(size: usize) -> Vec<Case> {
     };
     let big_fallback = fill(size - 200, "", ",", "", |i| format!(r#""{}:80""#, ip(i)));
     vec![
+        ("256-upstreams", fill(size.min(MIB), r#"{"upstreams":["#, ",", "]}", |i| up(i, "")).into_iter().collect()),
+        ("many-upstreams-refused", fill(size, r#"{"upstreams":["#, ",", "]}", |i| up(i, ""))),
         (
-            "256-upstreams".into(),
-            fill(size.min(MIB), r#"{"upstreams":["#, ",", "]}", |i| up(i, "")).into_iter().collect(),
-        ),
-        ("many-upstreams-refused".into(), fill(size, r#"{"upstreams":["#, ",", "]}", |i| up(i, ""))),
-        (
-            "huge-fallback".into(),
+            "huge-fallback",
             format!(r#"{{"upstreams":[{}]}}"#, up(0, &String::from_utf8_lossy(&big_fallback))).into_bytes(),
         ),
     ]
     .into_iter()
-    .map(|(n, d): (&str, Vec<u8>)| (n.to_string(), d))
+    .map(|(n, d)| (n.to_string(), d))
     .chain(generic(size).into_iter().map(|(n, d)| (format!("generic-{n}"), d)))
     .collect()
 }
@@ -456,16 +463,46 @@ fn etcd_watch_cases(size: usize) -> Vec<Case> {
     vec![("empty-events".to_string(), events), ("long-varints".to_string(), varints)]
 }
 
+/// Where and how an input timed by `parser` is saved for the replay.
+fn saved_form(parser: &str, data: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+    if let Some((target, _)) = TARGETS.iter().find(|(t, _)| *t == parser) {
+        return Some((target, data.to_vec()));
+    }
+    if parser.starts_with("picker") {
+        // shared_data parts: index, status record, snapshot, version.
+        let index = br#"{"key":"upsync/v1/index","upstreams":["web"]}"#;
+        let version = br#"{"key":"upsync/v1/ver/web","version":1}"#;
+        let parts: [&[u8]; 4] = [index, b"", data, version];
+        return Some(("shared_data", parts.join(&PART_SEPARATOR)));
+    }
+    None
+}
+
+/// A timed function: the members (or items) it read.
+type RunFn = Box<dyn Fn(&[u8]) -> usize>;
+
 struct Parser {
     name: &'static str,
     cases: fn(usize) -> Vec<Case>,
-    run: Box<dyn Fn(&[u8]) -> usize>,
+    run: RunFn,
 }
 
 fn parsers() -> Vec<Parser> {
     let store_100 = raw::store_with_members(100);
-    let p = |name, cases, run: Box<dyn Fn(&[u8]) -> usize>| Parser { name, cases, run };
+    let p = |name, cases, run: RunFn| Parser { name, cases, run };
     vec![
+        // Baselines: serde_json alone, into a Value tree (what every adapter
+        // does first) and into IgnoredAny (a typed reader skipping the value).
+        p(
+            "serde_json_value",
+            eureka_cases,
+            Box::new(|d| usize::from(serde_json::from_slice::<serde_json::Value>(d).is_ok())),
+        ),
+        p(
+            "serde_json_ignored",
+            eureka_cases,
+            Box::new(|d| usize::from(serde_json::from_slice::<serde::de::IgnoredAny>(d).is_ok())),
+        ),
         p("etcd_v3", etcd_v3_cases, Box::new(raw::etcd_v3)),
         p("etcd_v2", etcd_v2_cases, Box::new(raw::etcd_v2)),
         p("consul_kv", consul_kv_cases, Box::new(|d| raw::consul(ConsulQueryKind::Kv, d))),
@@ -527,11 +564,12 @@ fn main() {
             if slowest.as_ref().is_none_or(|(_, d)| best > *d) {
                 slowest = Some((case.clone(), best));
             }
-            if let Some(dir) = &save {
+            if let (Some(dir), Some((target, bytes))) = (&save, saved_form(p.name, &data)) {
                 if best > Duration::from_millis(100) {
-                    let folder = dir.join(p.name);
+                    let folder = dir.join(target);
+                    let file = if target == p.name { case.clone() } else { format!("{}-{case}", p.name) };
                     let written =
-                        std::fs::create_dir_all(&folder).and_then(|()| std::fs::write(folder.join(&case), &data));
+                        std::fs::create_dir_all(&folder).and_then(|()| std::fs::write(folder.join(file), &bytes));
                     if let Err(e) = written {
                         eprintln!("cannot save {}/{case}: {e}", p.name);
                     }

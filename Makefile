@@ -132,7 +132,7 @@ fuzz: fuzz-deps
 	  (cd fuzz && $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t -- -max_total_time=$(FUZZ_SECONDS) \
 	    -max_len=$(FUZZ_MAX_LEN) -timeout=10 -report_slow_units=1 -print_final_stats=1) \
 	    > fuzz/artifacts/$$t.log 2>&1 || { failed="$$failed $$t"; tail -40 fuzz/artifacts/$$t.log; }; \
-	  (cd fuzz && $(CARGO) +nightly fuzz cmin -s $(FUZZ_SANITIZER) $$t -- -max_len=$(FUZZ_MAX_LEN) -use_counters=0) \
+	  (cd fuzz && $(CARGO) +nightly fuzz cmin -s $(FUZZ_SANITIZER) $$t -- -max_len=$(FUZZ_MAX_LEN) -use_counters=0 -set_cover_merge=1) \
 	    > fuzz/artifacts/$$t.cmin.log 2>&1 || failed="$$failed $$t(cmin)"; \
 	done; \
 	for t in $(FUZZ_TARGETS); do \
@@ -152,7 +152,7 @@ fuzz-slow:
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	for f in fuzz/slow/*/*.gz; do mkdir -p "$$tmp/$$(basename $$(dirname $$f))"; \
 	  gunzip -c "$$f" > "$$tmp/$$(basename $$(dirname $$f))/$$(basename $$f .gz)"; done; \
-	$(FUZZ_TOOL) replay --dir "$$tmp" --top 5
+	$(FUZZ_TOOL) replay -- --dir "$$tmp" --top 5
 
 ## ---- OCI image (make oci, make publish, make test-oci) ------------------
 include oci/oci.mk

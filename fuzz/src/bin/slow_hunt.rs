@@ -526,6 +526,7 @@ fn parsers() -> Vec<Parser> {
         p("poller_etcd_v3", etcd_v3_cases, Box::new(|d| raw::poller_answer(0, d))),
         p("poller_nacos", nacos_cases, Box::new(|d| raw::poller_answer(5, d))),
         p("poller_eureka", eureka_cases, Box::new(|d| raw::poller_answer(6, d))),
+        p("poller_consul_health", consul_health_cases, Box::new(|d| raw::poller_answer(4, d))),
     ]
 }
 

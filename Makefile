@@ -62,7 +62,7 @@ demo: deps build
 	$(PY) scripts/demo.py --wasm $(WASM)
 
 ## ---- tests --------------------------------------------------------------
-test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci test-chaos test-zk
+test: deps lint test-unit test-wasm test-emulator test-module test-e2e test-pick test-oci test-chaos test-zk test-fuzz-replay
 
 lint:
 	$(CARGO) fmt --check
@@ -152,6 +152,53 @@ demo-zk: deps zk-deps build build-zk-bridge
 
 bench-zk: deps zk-deps build build-zk-bridge
 	$(PY) benches/zk_propagation.py --wasm $(WASM)
+
+## ---- fuzzing (fuzz/, README "Fuzzing") ----------------------------------
+# `make fuzz` needs nightly and cargo-fuzz (installed when missing) and runs
+# every target for FUZZ_SECONDS, then minimises its corpus in place.
+# `make test-fuzz-replay` (part of `make test`) replays every corpus file on
+# stable, timing each. `make fuzz-slow` times the crafted slow inputs.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+FUZZ_SANITIZER ?= none
+FUZZ_MAX_LEN ?= 32768
+FUZZ_TOOL = cd fuzz && $(CARGO) run --quiet --release --no-default-features --features tools --bin
+
+.PHONY: fuzz fuzz-deps fuzz-slow test-fuzz-replay
+
+fuzz-deps:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+
+fuzz: fuzz-deps
+	$(FUZZ_TOOL) seeds
+	@mkdir -p fuzz/artifacts; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: fuzz/artifacts/$$t.log)"; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=$(FUZZ_MAX_LEN) -timeout=10 -report_slow_units=1 -print_final_stats=1) \
+	    > fuzz/artifacts/$$t.log 2>&1 || { failed="$$failed $$t"; tail -40 fuzz/artifacts/$$t.log; }; \
+	  (cd fuzz && $(CARGO) +nightly fuzz cmin -s $(FUZZ_SANITIZER) $$t -- -max_len=$(FUZZ_MAX_LEN) -use_counters=0 -set_cover_merge=1) \
+	    > fuzz/artifacts/$$t.cmin.log 2>&1 || failed="$$failed $$t(cmin)"; \
+	done; \
+	for t in $(FUZZ_TARGETS); do \
+	  printf '%-15s %12s executions, corpus %s files\n' $$t \
+	    "$$(sed -n 's/^stat::number_of_executed_units: *//p' fuzz/artifacts/$$t.log)" "$$(ls fuzz/corpus/$$t | wc -l)"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failures in$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
+	$(FUZZ_TOOL) replay
+
+test-fuzz-replay:
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
+	cd fuzz && $(CARGO) clippy --quiet --release --no-default-features --features tools --all-targets -- -D warnings
+	$(FUZZ_TOOL) replay
+
+# The slow inputs (gzip) under fuzz/slow/<target>/, through the replay.
+fuzz-slow:
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for f in fuzz/slow/*/*.gz; do mkdir -p "$$tmp/$$(basename $$(dirname $$f))"; \
+	  gunzip -c "$$f" > "$$tmp/$$(basename $$(dirname $$f))/$$(basename $$f .gz)"; done; \
+	$(FUZZ_TOOL) replay -- --dir "$$tmp" --top 5
 
 ## ---- OCI image (make oci, make publish, make test-oci) ------------------
 include oci/oci.mk

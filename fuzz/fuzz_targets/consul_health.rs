@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| upsync_wasm_fuzz::targets::consul_health(data));

@@ -10,31 +10,31 @@
 //! promises (checked with `assert!`): that is how libFuzzer and the
 //! replay see a failure.
 
-use upsync_wasm::sansio::adapter::{MemberList, Poll, RegistryAdapter, RegistryResponse};
-use upsync_wasm::sansio::base64;
 use upsync_wasm::sansio::config::{
-    parse_server_config, Auth, HostKind, PluginConfig, RegistryConfig, RegistryType, Secret,
+    parse_server_config, Auth, Consistency, ConsulQuery, HostKind, PluginConfig, RegistryConfig, RegistrySpec, Secret,
 };
-use upsync_wasm::sansio::consul::{Consistency, ConsulAdapter, ConsulQuery};
-use upsync_wasm::sansio::eds::{self, EdsReply};
-use upsync_wasm::sansio::etcd_v2::EtcdV2Adapter;
-use upsync_wasm::sansio::etcd_v3::EtcdV3Adapter;
-use upsync_wasm::sansio::etcd_watch::{self, WatchMessage, WatchStream};
-use upsync_wasm::sansio::eureka::EurekaAdapter;
-use upsync_wasm::sansio::lease;
-use upsync_wasm::sansio::member::{
+use upsync_wasm::sansio::model::member::{
     parse_upsync_value, Host, HostPort, Member, MAX_FAILS, MAX_FAIL_TIMEOUT_S, MAX_WEIGHT,
 };
-use upsync_wasm::sansio::member_set::MemberSet;
-use upsync_wasm::sansio::nacos::{instance_address, NacosAdapter};
-use upsync_wasm::sansio::node::{Dispatch, Leadership, PollerNode};
-use upsync_wasm::sansio::passive;
-use upsync_wasm::sansio::picker::UpstreamPicker;
-use upsync_wasm::sansio::request::{AdapterError, HttpResponse};
-use upsync_wasm::sansio::snapshot::{self, Snapshot};
-use upsync_wasm::sansio::status;
-use upsync_wasm::sansio::store::{self as shared, MemoryStore, SharedStore, StoreRules};
-use upsync_wasm::sansio::sync::Source;
+use upsync_wasm::sansio::model::member_set::MemberSet;
+use upsync_wasm::sansio::model::update::Source;
+use upsync_wasm::sansio::pick::picker::UpstreamPicker;
+use upsync_wasm::sansio::registry::consul::ConsulAdapter;
+use upsync_wasm::sansio::registry::etcd_v2::EtcdV2Adapter;
+use upsync_wasm::sansio::registry::etcd_v3::EtcdV3Adapter;
+use upsync_wasm::sansio::registry::etcd_watch::{self, WatchMessage};
+use upsync_wasm::sansio::registry::eureka::EurekaAdapter;
+use upsync_wasm::sansio::registry::nacos::NacosAdapter;
+use upsync_wasm::sansio::registry::{AdapterError, HttpResponse, MemberList, Poll, RegistryAdapter};
+use upsync_wasm::sansio::serve::eds::{self, EdsReply};
+use upsync_wasm::sansio::shared::health as passive;
+use upsync_wasm::sansio::shared::keys;
+use upsync_wasm::sansio::shared::lease;
+use upsync_wasm::sansio::shared::snapshot::{self, Snapshot};
+use upsync_wasm::sansio::shared::store::{self as shared, MemoryStore, SharedStore, StoreRules};
+use upsync_wasm::sansio::sync::poller::{Action, Dispatch, Leadership, Poller};
+use upsync_wasm::sansio::sync::watch::{WatchNews, WatchStream};
+use upsync_wasm::sansio::util::base64;
 
 /// A fuzz target: its name (of `fuzz_targets/<name>.rs` and the corpus
 /// folder) and its function.
@@ -84,13 +84,13 @@ pub mod raw {
     pub fn etcd_v2(data: &[u8]) -> usize {
         let headers = [("X-Etcd-Index".to_string(), ETCD_INDEX.to_string())];
         let mut a = EtcdV2Adapter::new(PREFIX, 1000);
-        count(a.parse(&RegistryResponse { status: Some(200), headers: &headers, body: data }))
+        count(a.parse(&HttpResponse::new(Some(200), &headers, data)))
     }
 
     pub fn consul(query: ConsulQueryKind, data: &[u8]) -> usize {
         let headers = [("X-Consul-Index".to_string(), CONSUL_INDEX.to_string())];
         let mut a = consul_adapter(query);
-        count(a.parse(&RegistryResponse { status: Some(200), headers: &headers, body: data }))
+        count(a.parse(&HttpResponse::new(Some(200), &headers, data)))
     }
 
     pub fn nacos(data: &[u8]) -> usize {
@@ -106,7 +106,7 @@ pub mod raw {
     }
 
     pub fn snapshot(data: &[u8]) -> usize {
-        Snapshot::decode(&snapshot::snapshot_key(UPSTREAM), data).map_or(0, |s| s.members.len())
+        Snapshot::decode(&keys::snapshot_key(UPSTREAM), data).map_or(0, |s| s.members.len())
     }
 
     pub fn eds_request(data: &[u8]) -> usize {
@@ -115,7 +115,10 @@ pub mod raw {
 
     pub fn etcd_watch(data: &[u8]) -> usize {
         match etcd_watch::decode_response(data) {
-            Ok(WatchMessage::Events(n)) => n,
+            Ok(r) => match r.message {
+                WatchMessage::Events(n) => n,
+                _ => 0,
+            },
             _ => 0,
         }
     }
@@ -124,8 +127,8 @@ pub mod raw {
     /// [`UPSTREAM`] (written by the plugin, so this is a cost, not an attack).
     pub fn eds_answer(snapshot_bytes: &[u8]) -> usize {
         let mut store = MemoryStore::new(StoreRules::Envoy);
-        let _ = shared::put(&mut store, &snapshot::snapshot_key(UPSTREAM), snapshot_bytes);
-        match eds::handle_discovery(&store, br#"{"resource_names":["web"]}"#) {
+        let _ = shared::put(&mut store, &keys::snapshot_key(UPSTREAM), snapshot_bytes);
+        match handle_discovery(&store, br#"{"resource_names":["web"]}"#) {
             EdsReply::Assignment { body, .. } => body.len(),
             _ => 0,
         }
@@ -146,9 +149,9 @@ pub mod raw {
         let Ok(cfg) = PluginConfig::parse(json.as_bytes()) else { return 0 };
         let Some(up) = cfg.upstreams.first() else { return 0 };
         let mut store = MemoryStore::new(StoreRules::NgxWasm);
-        let _ = shared::put(&mut store, &snapshot::snapshot_key(UPSTREAM), snapshot_bytes);
+        let _ = shared::put(&mut store, &keys::snapshot_key(UPSTREAM), snapshot_bytes);
         let version = br#"{"key":"upsync/v1/ver/web","version":1}"#;
-        let _ = shared::put(&mut store, &snapshot::version_key(UPSTREAM), version);
+        let _ = shared::put(&mut store, &keys::version_key(UPSTREAM), version);
         let mut p = UpstreamPicker::new(up, 1);
         p.refresh(&store, 0);
         p.pick(Some(b"user-1")).map_or(0, |x| x.index)
@@ -156,16 +159,18 @@ pub mod raw {
 
     /// A store holding version 1 of [`UPSTREAM`] with `members` IPv4 members.
     pub fn store_with_members(members: u32) -> MemoryStore {
-        let list = MemberSet::from_members((0..members).map(|i| Member {
-            addr: HostPort { host: Host::Ipv4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), port: 80 },
-            attrs: Default::default(),
+        let list = MemberSet::from_members((0..members).map(|i| {
+            Member::new(
+                HostPort { host: Host::Ipv4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), port: 80 },
+                Default::default(),
+            )
         }))
         .0;
         let mut store = MemoryStore::new(StoreRules::Envoy);
-        let key = snapshot::snapshot_key(UPSTREAM);
+        let key = keys::snapshot_key(UPSTREAM);
         let snap = Snapshot { version: 1, source: Source::Registry, members: list };
         let _ = shared::put(&mut store, &key, &snap.encode(&key));
-        let vkey = snapshot::version_key(UPSTREAM);
+        let vkey = keys::version_key(UPSTREAM);
         let _ = shared::put(&mut store, &vkey, format!(r#"{{"key":"{vkey}","version":1}}"#).as_bytes());
         store
     }
@@ -173,7 +178,7 @@ pub mod raw {
     /// An EDS request answered from `store` (see [`store_with_members`]);
     /// the size of the answer body.
     pub fn eds_handle(store: &MemoryStore, request: &[u8]) -> usize {
-        match eds::handle_discovery(store, request) {
+        match handle_discovery(store, request) {
             EdsReply::Assignment { body, .. } => body.len(),
             _ => 0,
         }
@@ -186,12 +191,19 @@ pub mod raw {
     pub fn poller_answer(kind: usize, body: &[u8]) -> usize {
         let name = REGISTRY_KINDS.get(kind).copied().unwrap_or("etcd_v3");
         let Ok(config) = PluginConfig::parse(poller_config(name, false).as_bytes()) else { return 0 };
-        let mut node = PollerNode::new(&config, Leadership::Singleton, 1);
+        let mut node = Poller::new(&config, Leadership::Singleton, 1);
         let mut store = MemoryStore::new(StoreRules::Envoy);
-        let Some(d) = node.on_tick(&mut store, 0).pop() else { return 0 };
+        node.handle_timeout(&mut store, 0);
+        let Some(d) = std::iter::from_fn(|| node.poll_action()).find_map(|a| match a {
+            Action::Dispatch(d) => Some(d),
+            _ => None,
+        }) else {
+            return 0;
+        };
         let headers = [("X-Consul-Index".to_string(), "5".to_string()), ("X-Etcd-Index".to_string(), "7".to_string())];
         let response = HttpResponse { status: Some(200), headers: &headers, body, body_size: body.len() };
-        node.on_response(&mut store, 1, d.upstream, d.id, response);
+        node.handle_response(1, d.upstream, d.id, response);
+        node.flush(&mut store);
         snapshot::read(&store, UPSTREAM).ok().flatten().map_or(0, |s| s.members.len())
     }
 
@@ -248,7 +260,7 @@ fn check_set(members: &MemberSet) {
         let text = m.addr.to_string();
         assert_eq!(text.parse::<HostPort>().as_ref(), Ok(&m.addr), "address {text:?} does not read back");
     }
-    let key = snapshot::snapshot_key(UPSTREAM);
+    let key = keys::snapshot_key(UPSTREAM);
     let snap = Snapshot { version: 1, source: Source::Registry, members: members.clone() };
     assert_eq!(Snapshot::decode(&key, &snap.encode(&key)).as_ref(), Ok(&snap), "snapshot does not round-trip");
 }
@@ -288,7 +300,7 @@ pub mod targets {
         }
         let _ = a.parse_probe(data);
         let mut cycle = EtcdV3Adapter::new(PREFIX);
-        let ok = RegistryResponse { status: Some(200), headers: &[], body: data };
+        let ok = HttpResponse::new(Some(200), &[], data);
         let first = cycle.parse(&ok);
         match (&first, &fetched) {
             // The first answer is a full read: the same members as parse_fetch.
@@ -310,7 +322,7 @@ pub mod targets {
         let headers = [("X-Etcd-Index".to_string(), ETCD_INDEX.to_string())];
         for status in [Some(200), Some(404), None] {
             let mut a = EtcdV2Adapter::new(PREFIX, 1000);
-            let r = RegistryResponse { status, headers: &headers, body: data };
+            let r = HttpResponse::new(status, &headers, data);
             let read = a.parse(&r);
             if let Ok(p) = &read {
                 check_poll(p);
@@ -319,7 +331,7 @@ pub mod targets {
                 // Watches from the index after the one the read was made at.
                 assert!(a.request().path.ends_with("&waitIndex=8"), "{}", a.request().path);
                 // In watching mode a hold that ran out is "unchanged", whatever the body.
-                assert_eq!(a.parse(&RegistryResponse { status: Some(504), ..r }), Ok(Poll::Unchanged));
+                assert_eq!(a.parse(&HttpResponse { status: Some(504), ..r }), Ok(Poll::Unchanged));
                 // Any answer to the watch is never a member list: at most "changed".
                 if let Ok(p) = a.parse(&r) {
                     assert!(!matches!(p, Poll::Members(_)), "a watch answer gave members");
@@ -331,23 +343,29 @@ pub mod targets {
     /// etcd v3 gRPC `WatchResponse` decoding and the stream's reaction.
     pub fn etcd_watch(data: &[u8]) {
         let decoded = etcd_watch::decode_response(data);
-        if let Ok(WatchMessage::Events(n)) = decoded {
-            assert!(n > 0);
+        if let Ok(r) = &decoded {
+            if let WatchMessage::Events(n) = r.message {
+                assert!(n > 0);
+            }
         }
         let mut w = WatchStream::new(4000);
         assert!(w.poll_open(0));
-        let poll = w.handle_message(1, data);
+        let news = w.handle_message(data);
         match decoded {
-            Ok(WatchMessage::Canceled(_)) => assert!(poll && !w.is_open(), "a canceled watch stays open"),
-            Ok(WatchMessage::Other) => assert!(!poll && w.is_open()),
-            Ok(WatchMessage::Created | WatchMessage::Events(_)) | Err(_) => assert!(poll && w.is_open()),
+            Ok(r) => match r.message {
+                WatchMessage::Canceled(_) => assert_eq!(news, WatchNews::Canceled(r.watch_id)),
+                WatchMessage::Other => assert_eq!(news, WatchNews::Nothing),
+                WatchMessage::Created | WatchMessage::Events(_) => assert_eq!(news, WatchNews::Poll(r.watch_id)),
+            },
+            Err(_) => assert_eq!(news, WatchNews::PollAll),
         }
+        assert!(w.is_open(), "a message never closes the stream (one watch may end, the others stay)");
     }
 
     fn consul(kind: ConsulQueryKind, data: &[u8]) -> Option<MemberSet> {
         let headers = [("X-Consul-Index".to_string(), CONSUL_INDEX.to_string())];
         let mut a = consul_adapter(kind);
-        let r = RegistryResponse { status: Some(200), headers: &headers, body: data };
+        let r = HttpResponse::new(Some(200), &headers, data);
         let first = a.parse(&r);
         if let Ok(p) = &first {
             check_poll(p);
@@ -361,11 +379,11 @@ pub mod targets {
     /// Consul KV (`?recurse`, base64 values, upsync key layout).
     pub fn consul_kv(data: &[u8]) {
         consul(ConsulQueryKind::Kv, data);
-        // A 404 (prefix emptied) is an empty list.
+        // A 404 (prefix emptied) is "not found", whatever the body.
         let headers = [("X-Consul-Index".to_string(), CONSUL_INDEX.to_string())];
         let mut a = consul_adapter(ConsulQueryKind::Kv);
-        let gone = a.parse(&RegistryResponse { status: Some(404), headers: &headers, body: data });
-        assert!(matches!(gone, Ok(Poll::Members(l)) if l.members.is_empty()));
+        let gone = a.parse(&HttpResponse::new(Some(404), &headers, data));
+        assert_eq!(gone, Ok(Poll::NotFound));
     }
 
     /// Consul catalog (`/v1/catalog/service/<name>`, tags).
@@ -397,7 +415,7 @@ pub mod targets {
             check_list(l);
         }
         let mut a = NacosAdapter::new(UPSTREAM, None, None);
-        let via_trait = a.parse(&RegistryResponse { status: Some(200), headers: &[], body: data });
+        let via_trait = a.parse(&HttpResponse::new(Some(200), &[], data));
         assert_eq!(via_trait, parsed.map(Poll::Members));
     }
 
@@ -408,7 +426,7 @@ pub mod targets {
             check_list(l);
         }
         let mut a = EurekaAdapter::new(UPSTREAM);
-        let via_trait = a.parse(&RegistryResponse { status: Some(200), headers: &[], body: data });
+        let via_trait = a.parse(&HttpResponse::new(Some(200), &[], data));
         assert_eq!(via_trait, parsed.map(Poll::Members));
     }
 
@@ -420,7 +438,7 @@ pub mod targets {
             assert!(s.eds_hold_ms <= 60_000);
         }
         let Ok(c) = PluginConfig::parse(data) else { return };
-        assert!((1..=256).contains(&c.upstreams.len()));
+        assert!((1..=10_000).contains(&c.upstreams.len()));
         for (i, u) in c.upstreams.iter().enumerate() {
             assert!(!u.name.is_empty() && u.name.len() <= 64);
             assert!(u.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)), "{:?}", u.name);
@@ -431,14 +449,13 @@ pub mod targets {
             assert!((1024..=256 * 1024 * 1024).contains(&u.max_body_bytes));
             let r = &u.registry;
             assert!(!r.targets.is_empty() && r.targets.iter().all(|t| !t.is_empty()));
-            let kv = matches!(r.kind, RegistryType::EtcdV3 | RegistryType::EtcdV2 | RegistryType::ConsulKv);
-            if kv {
-                assert!(r.prefix.ends_with('/') && r.service.is_empty(), "prefix {:?}", r.prefix);
-            } else {
-                assert!(!r.service.is_empty() && !r.service.contains('/') && r.prefix.is_empty());
+            match (r.spec.prefix(), r.spec.service()) {
+                (Some(prefix), None) => assert!(prefix.ends_with('/'), "prefix {prefix:?}"),
+                (None, Some(service)) => assert!(!service.is_empty() && !service.contains('/')),
+                other => panic!("a registry with prefix and service {other:?}"),
             }
             if c.host == HostKind::Nginx {
-                assert!(r.grpc_target.is_none());
+                assert!(r.spec.grpc_target().is_none());
             }
             let fallback = MemberSet::from_members(u.fallback.iter().cloned()).0;
             check_members(&fallback);
@@ -454,20 +471,26 @@ pub mod targets {
             HostKind::Envoy => Leadership::Singleton,
             HostKind::Nginx => Leadership::Lease { me: 1, ttl_ms: c.lease_ms },
         };
-        let mut node = PollerNode::new(&c, leadership, 7);
+        let mut node = Poller::new(&c, leadership, 7);
         let mut store = MemoryStore::new(StoreRules::Envoy);
-        let calls = node.on_tick(&mut store, 0);
+        node.handle_timeout(&mut store, 0);
+        let calls: Vec<Dispatch> = std::iter::from_fn(|| node.poll_action())
+            .filter_map(|a| match a {
+                Action::Dispatch(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        // nginx workers elect first: each upstream's lease is taken, then it polls.
         assert_eq!(calls.len(), c.upstreams.len(), "one first call per upstream");
         for d in &calls {
             let Some(u) = c.upstreams.get(d.upstream) else { panic!("dispatch for upstream {}", d.upstream) };
             check_dispatch(d, &u.registry.targets, &u.registry.auth_headers());
         }
-        let _ = node.poll_watch_opens(0);
     }
 
     /// Snapshot decoding: whatever decodes re-encodes to the same snapshot.
     pub fn snapshot(data: &[u8]) {
-        let key = snapshot::snapshot_key(UPSTREAM);
+        let key = keys::snapshot_key(UPSTREAM);
         if let Ok(s) = Snapshot::decode(&key, data) {
             // Attribute bounds are the adapters' promise; a snapshot holds what they published.
             check_set(&s.members);
@@ -486,15 +509,15 @@ pub mod targets {
         let members = MemberSet::from_members(
             ["10.0.0.1:80", "[::1]:81", "db.internal:82"]
                 .iter()
-                .filter_map(|a| a.parse().ok().map(|addr| Member { addr, attrs: Default::default() })),
+                .filter_map(|a| a.parse().ok().map(|addr| Member::new(addr, Default::default()))),
         )
         .0;
         let snap = Snapshot { version: 1, source: Source::Registry, members };
-        let key = snapshot::snapshot_key(UPSTREAM);
+        let key = keys::snapshot_key(UPSTREAM);
         assert!(shared::put(&mut store, &key, &snap.encode(&key)).is_ok());
-        let vkey = snapshot::version_key(UPSTREAM);
+        let vkey = keys::version_key(UPSTREAM);
         assert!(shared::put(&mut store, &vkey, format!(r#"{{"key":"{vkey}","version":1}}"#).as_bytes()).is_ok());
-        let reply = eds::handle_discovery(&store, data);
+        let reply = handle_discovery(&store, data);
         match (&parsed, &reply) {
             (Err(_), EdsReply::BadRequest(_)) => {}
             (Err(e), other) => panic!("bad request {e:?} answered {other:?}"),
@@ -534,7 +557,7 @@ pub mod targets {
         if let [a, b, rest @ ..] = data {
             let port = u16::from_le_bytes([*a, *b]);
             // Callers pass ports already checked to be in 1..=65535.
-            if let (true, Ok(hp)) = (port != 0, instance_address(&text(rest), port)) {
+            if let (true, Ok(hp)) = (port != 0, HostPort::from_parts(&text(rest), port)) {
                 assert_eq!(hp.port, port);
                 assert_eq!(hp.to_string().parse::<HostPort>().as_ref(), Ok(&hp), "{hp} does not read back");
             }
@@ -558,12 +581,12 @@ pub mod targets {
         let mut parts = data.split(|b| *b == PART_SEPARATOR);
         let mut next = || parts.next().unwrap_or_default();
         let keys = [
-            snapshot::index_key(),
-            snapshot::status_key(UPSTREAM),
-            snapshot::snapshot_key(UPSTREAM),
-            snapshot::version_key(UPSTREAM),
-            lease::lease_key(UPSTREAM),
-            passive::health_key(UPSTREAM),
+            keys::index_key(),
+            keys::status_key(UPSTREAM),
+            keys::snapshot_key(UPSTREAM),
+            keys::version_key(UPSTREAM),
+            keys::lease_key(UPSTREAM),
+            keys::health_key(UPSTREAM),
         ];
         let mut store = MemoryStore::new(StoreRules::NgxWasm);
         for key in &keys {
@@ -573,13 +596,13 @@ pub mod targets {
             }
         }
         let path = text(next());
-        let filter = status::upstream_filter(&path);
+        let filter = upsync_wasm::sansio::serve::status::upstream_filter(&path);
         for f in [None, Some(UPSTREAM), filter] {
-            let reply = status::status_reply(&store, f);
+            let reply = upsync_wasm::sansio::serve::status::status_reply(&store, f, None);
             assert!(reply.status == 200 || reply.status == 404, "status {}", reply.status);
             assert!(serde_json::from_str::<serde_json::Value>(&reply.body).is_ok(), "status body is not JSON");
         }
-        let reply = eds::handle_discovery(&store, br#"{"resource_names":["web"],"version_info":"0"}"#);
+        let reply = handle_discovery(&store, br#"{"resource_names":["web"],"version_info":"0"}"#);
         if let EdsReply::Assignment { body, .. } = &reply {
             assert!(serde_json::from_str::<serde_json::Value>(body).is_ok(), "EDS body is not JSON");
         }
@@ -627,7 +650,7 @@ pub mod targets {
         let targets = up.registry.targets.clone();
         let auth = up.registry.auth_headers();
         let leadership = if nginx { Leadership::Lease { me: 1, ttl_ms: 3000 } } else { Leadership::Singleton };
-        let mut node = PollerNode::new(&config, leadership, 11);
+        let mut node = Poller::new(&config, leadership, 11);
         let mut store = MemoryStore::new(if nginx { StoreRules::NgxWasm } else { StoreRules::Envoy });
         // A credential the input itself carries may come back in an error text.
         let input_has_secret = SECRETS.iter().any(|s| contains(data, s.as_bytes()));
@@ -646,11 +669,8 @@ pub mod targets {
                     let (dt, tail) = take(rest, 1);
                     rest = tail;
                     now += u64::from(dt.first().copied().unwrap_or(1)) * 250;
-                    let calls = node.on_tick(&mut store, now);
-                    for w in node.poll_watch_opens(now) {
-                        assert_eq!(w.upstream, 0);
-                    }
-                    calls
+                    node.handle_timeout(&mut store, now);
+                    drain(&mut node, &mut store)
                 }
                 1 | 2 => {
                     let (head, tail) = take(rest, 4);
@@ -671,13 +691,16 @@ pub mod targets {
                     let body = if oversize { &[][..] } else { body };
                     let response = HttpResponse { status, headers: &headers, body, body_size };
                     match (op % 6, pending.pop()) {
-                        (1, Some(d)) => node.on_response(&mut store, now, d.upstream, d.id, response),
+                        (1, Some(d)) => {
+                            node.handle_response(now, d.upstream, d.id, response);
+                            drain(&mut node, &mut store)
+                        }
                         (2, Some(d)) => {
                             // A stale or foreign answer: ignored, nothing published.
-                            let before = store.get(&snapshot::snapshot_key(UPSTREAM)).ok();
-                            let calls =
-                                node.on_response(&mut store, now, d.upstream, d.id.wrapping_add(1000), response);
-                            assert_eq!(store.get(&snapshot::snapshot_key(UPSTREAM)).ok(), before);
+                            let before = store.get(&keys::snapshot_key(UPSTREAM)).ok();
+                            node.handle_response(now, d.upstream, d.id.wrapping_add(1000), response);
+                            let calls = drain(&mut node, &mut store);
+                            assert_eq!(store.get(&keys::snapshot_key(UPSTREAM)).ok(), before);
                             pending.push(d);
                             calls
                         }
@@ -685,18 +708,22 @@ pub mod targets {
                     }
                 }
                 3 => match pending.pop() {
-                    Some(d) => node.on_dispatch_failed(&mut store, now, d.upstream, d.id, "fuzz: no such cluster"),
+                    Some(d) => {
+                        node.handle_dispatch_failed(now, d.upstream, d.id, "fuzz: no such cluster");
+                        drain(&mut node, &mut store)
+                    }
                     None => Vec::new(),
                 },
                 4 => {
                     let (len, tail) = take(rest, 1);
                     let (message, tail) = take(tail, usize::from(len.first().copied().unwrap_or(0)));
                     rest = tail;
-                    node.on_watch_message(&mut store, now, 0, message).0
+                    node.handle_watch_message(now, 0, message);
+                    drain(&mut node, &mut store)
                 }
                 _ => {
-                    node.on_watch_closed(now, 0);
-                    Vec::new()
+                    node.handle_watch_closed(now, 0);
+                    drain(&mut node, &mut store)
                 }
             };
             for d in &calls {
@@ -705,14 +732,14 @@ pub mod targets {
             pending.extend(calls);
             seen.check(&store);
             if !input_has_secret {
-                let reply = status::status_reply(&store, None);
+                let reply = upsync_wasm::sansio::serve::status::status_reply(&store, None, None);
                 for s in SECRETS {
                     assert!(!reply.body.contains(s), "status shows the credential {s:?}: {}", reply.body);
                 }
             }
         }
         // EDS serves what was published, at its version.
-        let reply = eds::handle_discovery(&store, br#"{"resource_names":["web"]}"#);
+        let reply = handle_discovery(&store, br#"{"resource_names":["web"]}"#);
         match (&seen.last, reply) {
             (Some(s), EdsReply::Assignment { version, .. }) => assert_eq!(version, s.version.to_string()),
             (None, EdsReply::Unavailable(_)) => {}
@@ -809,9 +836,14 @@ fn check_dispatch(d: &Dispatch, targets: &[String], auth: &[(String, String)]) {
 }
 
 fn check_secrets_hidden(r: &RegistryConfig) {
-    let mut secrets: Vec<String> = r.token.iter().map(|t| t.0.clone()).collect();
     let mut blank = r.clone();
-    blank.token = blank.token.map(|_| Secret(String::new()));
+    let mut secrets: Vec<String> = Vec::new();
+    if let RegistrySpec::Consul(c) = &mut blank.spec {
+        if let Some(t) = c.token.take() {
+            secrets.push(t.0);
+            c.token = Some(Secret(String::new()));
+        }
+    }
     match &r.auth {
         Some(Auth::Bearer(s)) => {
             secrets.push(s.0.clone());
@@ -885,4 +917,28 @@ pub fn poller_input(kind: u8, nginx: bool, ops: &[Op]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// What the host does with an EDS request body: parse, then answer.
+fn handle_discovery(store: &dyn SharedStore, body: &[u8]) -> EdsReply {
+    match eds::parse_request(body) {
+        Ok(request) => eds::answer(store, &request),
+        Err(e) => EdsReply::BadRequest(e),
+    }
+}
+
+/// What a host does after every input: carries out the poller's actions
+/// (the calls are returned; a watch stream is always stream 0 here, one
+/// etcd target) and flushes.
+fn drain(node: &mut Poller, store: &mut MemoryStore) -> Vec<Dispatch> {
+    let mut calls = Vec::new();
+    while let Some(action) = node.poll_action() {
+        match action {
+            Action::Dispatch(d) => calls.push(d),
+            Action::OpenWatch(w) => assert_eq!(w.stream, 0),
+            Action::SendWatch { stream, .. } => assert_eq!(stream, 0),
+        }
+    }
+    node.flush(store);
+    calls
 }

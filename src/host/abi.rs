@@ -169,6 +169,18 @@ unsafe extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_grpc_send(token: u32, message_ptr: *const u8, message_len: usize, end_stream: bool) -> u32;
+    fn proxy_grpc_stream(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        service_name_data: *const u8,
+        service_name_size: usize,
+        method_name_data: *const u8,
+        method_name_size: usize,
+        initial_metadata_data: *const u8,
+        initial_metadata_size: usize,
+        return_stream_id: *mut u32,
+    ) -> u32;
+    fn proxy_grpc_cancel(token: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
@@ -434,14 +446,39 @@ pub fn dispatch_http_call(
 
 /// The SDK's call, for the same reason as [`dispatch_http_call`]: only
 /// streams its dispatcher registered reach `on_grpc_stream_*`. It panics on
-/// a status other than Ok, ParseFailure and InternalFailure; Envoy returns
-/// BadArgument when it cannot create the gRPC client (docs/sdk-panics.md).
+/// a status other than Ok, ParseFailure and InternalFailure, and Envoy
+/// returns BadArgument when it cannot create the gRPC client for the
+/// cluster (docs/sdk-panics.md). So the target is first tried with the raw
+/// call: a stream that opens is canceled at once (the SDK's dispatcher does
+/// not know its token and ignores its close), one that cannot is an error
+/// here, and only a target that opens is handed to the SDK.
 pub fn open_grpc_stream(
     cluster_name: &str,
     service_name: &str,
     method_name: &str,
     initial_metadata: Vec<(&str, &[u8])>,
 ) -> Result<u32, Status> {
+    let mut token = 0u32;
+    // An empty header map: its pair count, 0, as a little-endian u32.
+    let no_metadata = [0u8; 4];
+    // SAFETY: every pointer/length pair describes a live slice the host only
+    // reads during the call; `token` is a live u32 the host writes.
+    let opened = check(unsafe {
+        proxy_grpc_stream(
+            cluster_name.as_ptr(),
+            cluster_name.len(),
+            service_name.as_ptr(),
+            service_name.len(),
+            method_name.as_ptr(),
+            method_name.len(),
+            no_metadata.as_ptr(),
+            no_metadata.len(),
+            &mut token,
+        )
+    });
+    opened?;
+    // SAFETY: no pointers.
+    let _ = check(unsafe { proxy_grpc_cancel(token) });
     hostcalls::open_grpc_stream(cluster_name, service_name, method_name, initial_metadata).map_err(from_sdk)
 }
 

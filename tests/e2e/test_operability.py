@@ -139,3 +139,23 @@ def test_status_token_guards_status_and_metrics(make_stack, tmp_path):
     assert _metrics(stack)[0] == 401
     assert _metrics(stack, token)[0] == 200
     assert token not in stack.envoy.log_path.read_text(), "the token is never logged"
+
+
+GRPC_TARGET = "no_such_cluster"
+
+
+def test_a_grpc_target_envoy_cannot_use_costs_the_watch_not_the_vm(make_stack):
+    """`grpc_target` naming no Envoy cluster: Envoy refuses the gRPC stream.
+    The stream is first tried with the raw ABI (on a BadArgument the SDK's
+    own call would panic and kill every root context of the VM), so any
+    refusal is a logged error: the plugin keeps polling and routing."""
+    stack = make_stack(registry_options={"grpc_target": GRPC_TARGET})
+    stack.set_web(alpha={})
+    stack.wait_routing(lambda s: s.only("alpha"), what="alpha, polled without a watch")
+    st = stack.wait_status(lambda s: s.get("watch") == "closed", "the watch shown closed")
+    assert st["syncs_ok"] >= 1, st
+    stack.put_web("beta")
+    stack.wait_routing(lambda s: s.only("alpha", "beta"), what="beta still followed")
+    log = stack.envoy.log_path.read_text()
+    assert "cannot open the etcd watch stream" in log, log[-3000:]
+    assert "panicked" not in log and "RuntimeError" not in log, log[-3000:]

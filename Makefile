@@ -162,6 +162,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
 FUZZ_SANITIZER ?= none
 FUZZ_MAX_LEN ?= 32768
+FUZZ_DICT ?= $(CURDIR)/fuzz/dicts/json.dict
 FUZZ_TOOL = cd fuzz && $(CARGO) run --quiet --release --no-default-features --features tools --bin
 
 .PHONY: fuzz fuzz-deps fuzz-slow test-fuzz-replay
@@ -176,7 +177,7 @@ fuzz: fuzz-deps
 	for t in $(FUZZ_TARGETS); do \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: fuzz/artifacts/$$t.log)"; \
 	  (cd fuzz && $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t -- -max_total_time=$(FUZZ_SECONDS) \
-	    -max_len=$(FUZZ_MAX_LEN) -timeout=10 -report_slow_units=1 -print_final_stats=1) \
+	    -max_len=$(FUZZ_MAX_LEN) -dict=$(FUZZ_DICT) -timeout=10 -report_slow_units=1 -print_final_stats=1) \
 	    > fuzz/artifacts/$$t.log 2>&1 || { failed="$$failed $$t"; tail -40 fuzz/artifacts/$$t.log; }; \
 	  (cd fuzz && $(CARGO) +nightly fuzz cmin -s $(FUZZ_SANITIZER) $$t -- -max_len=$(FUZZ_MAX_LEN) -use_counters=0 -set_cover_merge=1) \
 	    > fuzz/artifacts/$$t.cmin.log 2>&1 || failed="$$failed $$t(cmin)"; \

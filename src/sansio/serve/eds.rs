@@ -69,6 +69,9 @@ pub struct DiscoveryRequest {
     pub resource_names: Vec<String>,
 }
 
+/// A DiscoveryRequest names at most as many clusters as a configuration has upstreams.
+pub const MAX_RESOURCE_NAMES: usize = crate::sansio::config::MAX_UPSTREAMS;
+
 pub fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let version_info = match v.get("version_info") {
@@ -81,13 +84,20 @@ pub fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
             return Err(format!("type_url {t:?} is not {CLA_TYPE_URL}"));
         }
     }
-    let names = v
-        .get("resource_names")
-        .and_then(Value::as_array)
-        .ok_or("resource_names must list the clusters")?
-        .iter()
-        .map(|n| n.as_str().map(str::to_string).ok_or("resource_names must be strings"))
-        .collect::<Result<Vec<String>, _>>()?;
+    let listed = v.get("resource_names").and_then(Value::as_array).ok_or("resource_names must list the clusters")?;
+    if listed.len() > MAX_RESOURCE_NAMES {
+        return Err(format!("more than {MAX_RESOURCE_NAMES} resource_names"));
+    }
+    // Each name once: a request repeating a name must not make the answer
+    // (and its cost) grow with the repeats (found by fuzzing).
+    let mut seen = std::collections::HashSet::with_capacity(listed.len());
+    let mut names = Vec::with_capacity(listed.len());
+    for n in listed {
+        let name = n.as_str().ok_or("resource_names must be strings")?;
+        if seen.insert(name) {
+            names.push(name.to_string());
+        }
+    }
     if names.is_empty() {
         return Err("resource_names is empty".into());
     }
@@ -443,5 +453,17 @@ mod tests {
         let canary = &groups[1]["lb_endpoints"][0];
         assert_eq!(canary["metadata"], json!({"filter_metadata": {"envoy.lb": {"canary": "true"}}}));
         assert!(groups[1]["lb_endpoints"][1].get("metadata").is_none(), "no tags, no metadata");
+    }
+
+    #[test]
+    fn repeated_names_are_answered_once() {
+        let store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
+        let names: Vec<&str> = std::iter::repeat("web").take(1000).collect();
+        let EdsReply::Assignment { body, .. } = handle_discovery(&store, &request(&names, "")) else { panic!() };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["resources"].as_array().unwrap().len(), 1);
+        let too_many: Vec<String> = (0..=MAX_RESOURCE_NAMES).map(|i| format!("u{i}")).collect();
+        let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        assert!(matches!(handle_discovery(&store, &request(&refs, "")), EdsReply::BadRequest(_)));
     }
 }

@@ -56,7 +56,7 @@ pub fn report_failure(
         let mut wire = snapshot::keyed_value(&entry, &key, |w: &HealthWire| &w.key)
             .unwrap_or_else(|| HealthWire { key: key.clone(), members: Vec::new() });
         // Forget members that are healthy again, so the record stays small.
-        wire.members.retain(|m| m.out_until > now || m.fails.iter().any(|&t| t + window > now));
+        wire.members.retain(|m| m.out_until > now || m.fails.iter().any(|&t| t.saturating_add(window) > now));
         let pos = match wire.members.iter().position(|m| m.address == address) {
             Some(p) => p,
             None => {
@@ -71,12 +71,12 @@ pub fn report_failure(
             // Already out: failures of requests sent before it went out.
             return Ok(CasStep::Keep);
         }
-        m.fails.retain(|&t| t + window > now);
+        m.fails.retain(|&t| t.saturating_add(window) > now);
         m.fails.push(now);
         newly_out = m.fails.len() >= max_fails as usize;
         if newly_out {
             m.fails.clear();
-            m.out_until = now + window.max(1);
+            m.out_until = now.saturating_add(window.max(1));
         }
         let bytes = serde_json::to_vec(&wire).map_err(|e| StoreError::Host(e.to_string()))?;
         Ok(CasStep::Write(bytes))
@@ -136,5 +136,22 @@ mod tests {
         let worker_1_report = report_failure(&mut zone, "web", "10.0.0.1:80", 2, 10, 100);
         let worker_2_report = report_failure(&mut zone, "web", "10.0.0.1:80", 2, 10, 200);
         assert_eq!((worker_1_report, worker_2_report), (Ok(false), Ok(true)));
+    }
+
+    #[test]
+    fn a_corrupt_failure_time_does_not_overflow() {
+        // Shared data another writer garbled: a failure at u64::MAX (found by fuzzing).
+        let mut s = MemoryStore::new(StoreRules::NgxWasm);
+        let key = health_key("web");
+        let record = format!(
+            r#"{{"key":"{key}","members":[{{"address":"10.0.0.1:80","fails":[{}],"out_until":0}}]}}"#,
+            u64::MAX
+        );
+        crate::sansio::shared::store::put(&mut s, &key, record.as_bytes()).unwrap();
+        assert_eq!(
+            report_failure(&mut s, "web", "10.0.0.1:80", 2, 10, 5),
+            Ok(true),
+            "the garbled time counts as recent"
+        );
     }
 }

@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn repeated_names_are_answered_once() {
         let store = store_with("web", &[("10.0.0.1:80", MemberAttrs::default())]);
-        let names: Vec<&str> = std::iter::repeat("web").take(1000).collect();
+        let names: Vec<&str> = std::iter::repeat_n("web", 1000).collect();
         let EdsReply::Assignment { body, .. } = handle_discovery(&store, &request(&names, "")) else { panic!() };
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["resources"].as_array().unwrap().len(), 1);

@@ -1,7 +1,7 @@
 //! The proxy-wasm ABI 0.2.1 host calls the plugin makes, made directly.
 //!
 //! proxy-wasm 0.2.5's `hostcalls` panic when a host answers with a status
-//! they do not expect (`panic!("unexpected status")`, and a status the SDK's
+//! they do not expect (a panic with "unexpected status", and a status the SDK's
 //! `Status` enum lacks, such as 6 `InvalidMemoryAccess`, is not even a valid
 //! value of its return type), and their header decoders unwrap UTF-8 and
 //! index slices. A panic traps the VM: every root context in it dies, and

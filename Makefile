@@ -116,6 +116,7 @@ bench: deps build
 	$(PY) benches/big_service.py --wasm $(WASM)
 	$(PY) benches/soak.py --wasm $(WASM)
 	$(PY) benches/etcd_failover.py --wasm $(WASM)
+	$(PY) benches/parse_v8.py --wasm $(WASM)
 	@$(MAKE) --no-print-directory bench-zk
 
 clean:

@@ -13,6 +13,9 @@ use proxy_wasm::types::{BufferType, MapType};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Handling an answer for this long on the host's thread is logged as a warning.
+const SLOW_ANSWER_MS: u64 = 100;
+
 pub struct HostPoller {
     poller: Poller,
     /// Envoy only: the counters as Envoy stats too.
@@ -138,6 +141,14 @@ impl HostPoller {
             Vec::new()
         };
         self.poller.handle_response(now, i, id, HttpResponse { status, headers: &headers, body: &body, body_size });
+        // The answer was parsed, checked and diffed on this (Envoy: the main)
+        // thread: say so when that took long (benches/parse_v8.py reads it).
+        let took = now_ms().saturating_sub(now);
+        if took >= SLOW_ANSWER_MS {
+            log::warn!("upstream {}: an answer of {body_size} bytes took {took} ms to handle", self.poller.name(i));
+        } else {
+            log::debug!("upstream {}: an answer of {body_size} bytes took {took} ms to handle", self.poller.name(i));
+        }
         if self.defer_from_responses {
             while let Some(action) = self.poller.poll_action() {
                 self.deferred.push(action);

@@ -20,11 +20,11 @@ struct LeaseWire {
 
 /// The outcome of one election round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum Election {
     /// We hold the lease until `expires_ms`.
-    Leader { expires_ms: u64 },
+    Won { expires_ms: u64 },
     /// `holder` does, until `expires_ms` (0 when unknown: a race just lost).
-    Follower { holder: u64, expires_ms: u64 },
+    Lost { holder: u64, expires_ms: u64 },
 }
 
 /// The worker holding `upstream`'s lease at `now`, if any.
@@ -36,29 +36,35 @@ pub fn holder(store: &dyn SharedStore, upstream: &str, now: u64) -> Option<u64> 
 
 /// Takes or renews the lease of `upstream` for `me` until `now + ttl_ms`,
 /// unless another holder's lease is still running.
-pub fn elect(store: &mut dyn SharedStore, upstream: &str, me: u64, now: u64, ttl_ms: u64) -> Result<Role, StoreError> {
+pub fn elect(
+    store: &mut dyn SharedStore,
+    upstream: &str,
+    me: u64,
+    now: u64,
+    ttl_ms: u64,
+) -> Result<Election, StoreError> {
     let key = lease_key(upstream);
     let key_of: fn(&LeaseWire) -> &str = |l| &l.key;
     let (current, cas) = get_keyed(store, &key, key_of)?;
     if let Some(l) = &current {
         if l.holder != me && l.expires_ms > now {
-            return Ok(Role::Follower { holder: l.holder, expires_ms: l.expires_ms });
+            return Ok(Election::Lost { holder: l.holder, expires_ms: l.expires_ms });
         }
         // Ours with more than half its time left: no write (every write
         // takes the shared zone's lock on nginx).
         if l.holder == me && l.expires_ms.saturating_sub(now) > ttl_ms / 2 {
-            return Ok(Role::Leader { expires_ms: l.expires_ms });
+            return Ok(Election::Won { expires_ms: l.expires_ms });
         }
     }
     let expires_ms = now.saturating_add(ttl_ms);
     let wire = LeaseWire { key: key.clone(), holder: me, expires_ms };
     let bytes = serde_json::to_vec(&wire).map_err(|e| StoreError::Host(e.to_string()))?;
     match store.set(&key, &bytes, cas) {
-        Ok(()) => Ok(Role::Leader { expires_ms }),
+        Ok(()) => Ok(Election::Won { expires_ms }),
         Err(StoreError::CasMismatch) => {
             // Someone else wrote in between: whoever it was holds it now.
             let (now_held, _) = get_keyed(store, &key, key_of)?;
-            Ok(now_held.map_or(Role::Follower { holder: 0, expires_ms: 0 }, |l| Role::Follower {
+            Ok(now_held.map_or(Election::Lost { holder: 0, expires_ms: 0 }, |l| Election::Lost {
                 holder: l.holder,
                 expires_ms: l.expires_ms,
             }))
@@ -80,15 +86,15 @@ mod tests {
     fn one_leader_renews_others_follow_until_it_expires() {
         for rules in [StoreRules::Envoy, StoreRules::NgxWasm] {
             let mut s = MemoryStore::new(rules);
-            assert_eq!(elect(&mut s, "web", 1, 0, 1000), Ok(Role::Leader { expires_ms: 1000 }));
-            assert_eq!(elect(&mut s, "web", 2, 10, 1000), Ok(Role::Follower { holder: 1, expires_ms: 1000 }));
-            assert_eq!(elect(&mut s, "web", 1, 900, 1000), Ok(Role::Leader { expires_ms: 1900 }), "renewed");
-            assert_eq!(elect(&mut s, "web", 2, 1500, 1000), Ok(Role::Follower { holder: 1, expires_ms: 1900 }));
+            assert_eq!(elect(&mut s, "web", 1, 0, 1000), Ok(Election::Won { expires_ms: 1000 }));
+            assert_eq!(elect(&mut s, "web", 2, 10, 1000), Ok(Election::Lost { holder: 1, expires_ms: 1000 }));
+            assert_eq!(elect(&mut s, "web", 1, 900, 1000), Ok(Election::Won { expires_ms: 1900 }), "renewed");
+            assert_eq!(elect(&mut s, "web", 2, 1500, 1000), Ok(Election::Lost { holder: 1, expires_ms: 1900 }));
             // Worker 1 stops ticking: its lease runs out at 1900.
-            assert_eq!(elect(&mut s, "web", 2, 1900, 1000), Ok(Role::Leader { expires_ms: 2900 }));
-            assert_eq!(elect(&mut s, "web", 1, 1901, 1000), Ok(Role::Follower { holder: 2, expires_ms: 2900 }));
+            assert_eq!(elect(&mut s, "web", 2, 1900, 1000), Ok(Election::Won { expires_ms: 2900 }));
+            assert_eq!(elect(&mut s, "web", 1, 1901, 1000), Ok(Election::Lost { holder: 2, expires_ms: 2900 }));
             // Leases are per upstream.
-            assert_eq!(elect(&mut s, "api", 1, 1901, 1000), Ok(Role::Leader { expires_ms: 2901 }));
+            assert_eq!(elect(&mut s, "api", 1, 1901, 1000), Ok(Election::Won { expires_ms: 2901 }));
         }
     }
 
@@ -120,6 +126,6 @@ mod tests {
     #[test]
     fn a_lost_race_makes_a_follower() {
         let mut s = Racing(MemoryStore::new(StoreRules::NgxWasm));
-        assert_eq!(elect(&mut s, "web", 1, 0, 1000), Ok(Role::Follower { holder: 99, expires_ms: 10_000 }));
+        assert_eq!(elect(&mut s, "web", 1, 0, 1000), Ok(Election::Lost { holder: 99, expires_ms: 10_000 }));
     }
 }

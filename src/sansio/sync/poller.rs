@@ -18,7 +18,7 @@ use crate::sansio::config::{HostKind, PluginConfig, RegistryConfig};
 use crate::sansio::model::update::Source;
 use crate::sansio::registry::etcd_watch;
 use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse};
-use crate::sansio::shared::lease::{self, Role};
+use crate::sansio::shared::lease::{self, Election};
 use crate::sansio::shared::snapshot::{self, PublishOutcome};
 use crate::sansio::shared::status::{self, StatusRecord, SyncStats};
 use crate::sansio::shared::store::SharedStore;
@@ -414,9 +414,9 @@ impl Poller {
         };
         let (part, check_at) = match lease::elect(store, u.machine.name(), me, now, ttl_ms) {
             // Renew once half the lease is gone.
-            Ok(Role::Leader { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
+            Ok(Election::Won { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
             // Look again the moment the holder's lease could run out.
-            Ok(Role::Follower { expires_ms, .. }) => (Part::Following, expires_ms.max(now + LEASE_RETRY_MS)),
+            Ok(Election::Lost { expires_ms, .. }) => (Part::Following, expires_ms.max(now + LEASE_RETRY_MS)),
             Err(e) => {
                 log::warn!("upstream {}: lease unreadable ({e}); not polling this round", u.machine.name());
                 (Part::Following, now + LEASE_RETRY_MS)

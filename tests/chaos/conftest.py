@@ -13,31 +13,7 @@ sys.path.insert(0, str(HERE))
 
 import chaoskit  # noqa: E402  (puts tests/e2e on sys.path)
 from chaoskit import harness  # noqa: E402
-
-
-def pytest_addoption(parser):
-    try:
-        parser.addoption(
-            "--wasm",
-            default=str(harness.DEFAULT_WASM),
-            help="path of the built plugin (default: %(default)s; `make build` makes it)",
-        )
-    except ValueError:
-        pass  # already added by another conftest (e.g. tests/e2e) in the same run
-
-
-def pytest_configure(config):
-    # SIGTERM/SIGHUP -> KeyboardInterrupt, so the finalizers stop etcd,
-    # Envoy, wrk and the backends.
-    harness.raise_keyboard_interrupt_on_sigterm()
-
-
-@pytest.fixture(scope="session")
-def wasm(pytestconfig) -> Path:
-    path = Path(pytestconfig.getoption("--wasm")).resolve()
-    if not path.is_file():
-        pytest.fail(f"plugin not built: {path} does not exist (run `make build`)", pytrace=False)
-    return path
+from suite_options import pytest_addoption, pytest_configure, wasm  # noqa: E402,F401
 
 
 @pytest.hookimpl(hookwrapper=True)

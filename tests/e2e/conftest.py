@@ -10,28 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-
-
-def pytest_addoption(parser):
-    parser.addoption(
-        "--wasm",
-        default=str(harness.DEFAULT_WASM),
-        help="path of the built plugin (default: %(default)s; `make build` makes it)",
-    )
-
-
-def pytest_configure(config):
-    # SIGTERM/SIGHUP -> KeyboardInterrupt, so fixture finalizers stop
-    # etcd and Envoy instead of leaving them behind.
-    harness.raise_keyboard_interrupt_on_sigterm()
-
-
-@pytest.fixture(scope="session")
-def wasm(pytestconfig) -> Path:
-    path = Path(pytestconfig.getoption("--wasm")).resolve()
-    if not path.is_file():
-        pytest.fail(f"plugin not built: {path} does not exist (run `make build`)", pytrace=False)
-    return path
+from suite_options import pytest_addoption, pytest_configure, wasm  # noqa: E402,F401
 
 
 def _new_stack(request, wasm: Path, **kwargs) -> harness.Stack:

@@ -11,22 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zk_harness  # noqa: E402
 from zk_harness import harness  # noqa: E402
-
-
-def pytest_addoption(parser):
-    parser.addoption("--wasm", default=str(harness.DEFAULT_WASM), help="the built plugin (`make build`)")
-
-
-def pytest_configure(config):
-    harness.raise_keyboard_interrupt_on_sigterm()
-
-
-@pytest.fixture(scope="session")
-def wasm(pytestconfig) -> Path:
-    path = Path(pytestconfig.getoption("--wasm")).resolve()
-    if not path.is_file():
-        pytest.fail(f"plugin not built: {path} does not exist (run `make build`)", pytrace=False)
-    return path
+from suite_options import pytest_addoption, pytest_configure, wasm  # noqa: E402,F401
 
 
 def _track(node, stack):

@@ -41,8 +41,6 @@ pub struct UpstreamPicker {
     zone: Option<String>,
     routing: UpstreamRouting,
     in_flight: Vec<u32>,
-    /// Scratch for carrying in-flight counts across a member list change.
-    in_flight_of: Vec<(String, u32)>,
     rng: Rng,
 }
 
@@ -81,7 +79,6 @@ impl UpstreamPicker {
             zone: None,
             routing: config.routing.clone(),
             in_flight: Vec::new(),
-            in_flight_of: Vec::new(),
             rng: Rng::new(seed),
         }
     }
@@ -153,15 +150,18 @@ impl UpstreamPicker {
     }
 
     fn rebuild(&mut self, members_changed: bool) {
-        if members_changed {
-            self.in_flight_of = self
-                .candidates
+        // The busy members of the old list, by address (empty when only
+        // availability changed: the indices stay).
+        let busy: Vec<(String, u32)> = if members_changed {
+            self.candidates
                 .iter()
                 .zip(&self.in_flight)
                 .filter(|(_, n)| **n > 0)
                 .map(|(c, n)| (c.address.clone(), *n))
-                .collect();
-        }
+                .collect()
+        } else {
+            Vec::new()
+        };
         let zone = self.zone.as_deref();
         self.candidates = self
             .members
@@ -191,15 +191,13 @@ impl UpstreamPicker {
             // Members that stay keep their requests in flight (linkerd's
             // pool keeps unchanged endpoints): least-request must not see
             // a busy member as idle because another one joined.
-            let before = &self.in_flight_of;
             self.in_flight = self
                 .candidates
                 .iter()
                 // Only busy members are listed: few, whatever the member count.
-                .map(|c| before.iter().find(|(a, _)| *a == c.address).map_or(0, |(_, n)| *n))
+                .map(|c| busy.iter().find(|(a, _)| *a == c.address).map_or(0, |(_, n)| *n))
                 .collect();
         }
-        self.in_flight_of.clear();
     }
 
     /// Picks a member; `key` is the hash key for [`BalancePolicy::Hash`].

@@ -4,6 +4,7 @@
 
 mod auth;
 mod balance;
+mod discover;
 mod fields;
 mod registry;
 pub mod roles;
@@ -11,6 +12,7 @@ mod routing;
 
 pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
 pub use balance::{BalancePolicy, HashKey};
+pub use discover::{DiscoverConfig, NamePattern, DEFAULT_DISCOVER_INTERVAL_MS};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
 pub use routing::{SubsetRule, UpstreamRouting};
 
@@ -48,6 +50,8 @@ pub enum LogLevel {
 pub struct PluginConfig {
     pub host: HostKind,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Upstreams found in the registry, besides `upstreams`.
+    pub discover: Vec<DiscoverConfig>,
     pub log_level: LogLevel,
     /// nginx: how long a worker's poller lease lasts without renewal.
     pub lease_ms: u64,
@@ -134,6 +138,7 @@ impl PluginConfig {
             &[
                 "host",
                 "upstreams",
+                "discover",
                 "log_level",
                 "lease_ms",
                 "pick",
@@ -192,11 +197,25 @@ impl PluginConfig {
                 ))
             }
         };
-        let list = f
-            .required("upstreams")?
-            .as_array()
-            .ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?;
-        if list.is_empty() || list.len() > MAX_UPSTREAMS {
+        let discover = match f.get("discover") {
+            None => Vec::new(),
+            Some(Value::Array(entries)) if (1..=16).contains(&entries.len()) => entries
+                .iter()
+                .enumerate()
+                .map(|(i, d)| DiscoverConfig::parse(&format!("discover[{i}]"), d, host))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(Value::Array(entries)) => {
+                return Err(err("discover", format!("must hold 1..=16 entries, got {}", entries.len())))
+            }
+            Some(other) => return Err(err("discover", format!("must be an array of entries, got {}", kind(other)))),
+        };
+        let empty = Vec::new();
+        let list = match f.get("upstreams") {
+            None if !discover.is_empty() => &empty,
+            None => return Err(err("upstreams", "is required (or discover, to find upstreams in the registry)")),
+            Some(v) => v.as_array().ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?,
+        };
+        if (list.is_empty() && discover.is_empty()) || list.len() > MAX_UPSTREAMS {
             return Err(err("upstreams", format!("must hold 1..={MAX_UPSTREAMS} upstreams, got {}", list.len())));
         }
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(list.len());
@@ -210,7 +229,11 @@ impl PluginConfig {
         }
         let pick = match f.string("pick")? {
             Some(name) if upstreams.iter().any(|u| u.name == name) => Some(name.to_string()),
+            // An upstream the registry lists later.
+            Some(name) if !discover.is_empty() && valid_upstream_name(name) => Some(name.to_string()),
             Some(name) => return Err(err("pick", format!("{name:?} is not the name of an upstream"))),
+            // A poller that finds upstreams for other filters to pick from.
+            None if !discover.is_empty() => None,
             None if host == HostKind::Nginx && upstreams.len() == 1 => upstreams.first().map(|u| u.name.clone()),
             None if host == HostKind::Nginx => {
                 return Err(err("pick", "is required with several upstreams: which one this filter routes to"))
@@ -227,6 +250,7 @@ impl PluginConfig {
         Ok(PluginConfig {
             host,
             upstreams,
+            discover,
             log_level,
             lease_ms,
             pick,
@@ -239,33 +263,46 @@ impl PluginConfig {
     }
 }
 
+/// The fields of an upstream besides `name` and `registry`: what
+/// `discover[].defaults` may set for every upstream it finds.
+pub(crate) const UPSTREAM_SETTINGS: [&str; 11] = [
+    "interval_ms",
+    "timeout_ms",
+    "backoff_max_ms",
+    "max_body_bytes",
+    "allow_empty",
+    "max_removal_share",
+    "fallback",
+    "balance",
+    "passive_health",
+    "zone_min_healthy_share",
+    "subset",
+];
+
+/// Upstream names: what an Envoy cluster name, a shared-data key and a
+/// status label can all carry.
+pub fn valid_upstream_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 impl UpstreamConfig {
     fn parse(path: &str, v: &Value, host: HostKind) -> Result<UpstreamConfig, ConfigError> {
-        let f = Fields::new(
-            path,
-            v,
-            &[
-                "name",
-                "registry",
-                "interval_ms",
-                "timeout_ms",
-                "backoff_max_ms",
-                "max_body_bytes",
-                "allow_empty",
-                "max_removal_share",
-                "fallback",
-                "balance",
-                "passive_health",
-                "zone_min_healthy_share",
-                "subset",
-            ],
-        )?;
+        let known: Vec<&str> = ["name", "registry"].into_iter().chain(UPSTREAM_SETTINGS).collect();
+        let f = Fields::new(path, v, &known)?;
         let name = f.required_string("name")?;
-        let name_ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !name_ok {
+        if !valid_upstream_name(name) {
             return Err(err(&f.path("name"), format!("must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name:?}")));
         }
         let registry = RegistryConfig::parse(&f.path("registry"), f.required("registry")?, host)?;
+        Self::parse_settings(&f, name, registry)
+    }
+
+    /// Reads [`UPSTREAM_SETTINGS`] from `f` for an upstream `name` on `registry`.
+    pub(crate) fn parse_settings(
+        f: &Fields<'_>,
+        name: &str,
+        registry: RegistryConfig,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let balance = match f.get("balance") {
             None => BalancePolicy::RoundRobin,
             Some(b) => parse_balance(&f.path("balance"), b)?,

@@ -142,6 +142,37 @@ impl RegistryConfig {
     }
 
     pub(crate) fn parse(path: &str, v: &Value, host: HostKind) -> Result<RegistryConfig, ConfigError> {
+        Self::parse_as(path, v, host, Role::Upstream)
+    }
+
+    /// `discover[].registry`: the same object, naming the parent of many
+    /// upstreams: a key/value type's `prefix` is the parent prefix, and a
+    /// service registry takes no `service` (each listed service is one).
+    pub(crate) fn parse_parent(path: &str, v: &Value, host: HostKind) -> Result<RegistryConfig, ConfigError> {
+        Self::parse_as(path, v, host, Role::Parent)
+    }
+
+    /// The registry of the upstream `name` found under this parent.
+    pub fn child(&self, name: &str) -> RegistryConfig {
+        let mut child = self.clone();
+        match &mut child.spec {
+            RegistrySpec::EtcdV3 { prefix, .. }
+            | RegistrySpec::EtcdV2 { prefix, .. }
+            | RegistrySpec::Consul(ConsulSpec { query: ConsulQuery::Kv { prefix }, .. }) => {
+                prefix.push_str(name);
+                prefix.push('/');
+            }
+            RegistrySpec::Consul(ConsulSpec {
+                query: ConsulQuery::Catalog { service } | ConsulQuery::Health { service, .. },
+                ..
+            })
+            | RegistrySpec::Nacos { service, .. }
+            | RegistrySpec::Eureka { service } => *service = name.to_string(),
+        }
+        child
+    }
+
+    fn parse_as(path: &str, v: &Value, host: HostKind, role: Role) -> Result<RegistryConfig, ConfigError> {
         let type_path = join(path, "type");
         let type_name = match v.get("type") {
             None | Some(Value::Null) => return Err(err(&type_path, "is required")),
@@ -160,7 +191,12 @@ impl RegistryConfig {
             "nacos" => &["service", "group", "namespace"],
             _ => &["service"],
         };
-        let allowed: Vec<&'static str> = COMMON.iter().chain(own).copied().collect();
+        let allowed: Vec<&'static str> =
+            COMMON.iter().chain(own).copied().filter(|k| role == Role::Upstream || *k != "service").collect();
+        let service_of = |f: &Fields<'_>| match role {
+            Role::Upstream => service(f),
+            Role::Parent => Ok(String::new()),
+        };
         let f = Fields::new(path, v, &allowed)?;
         let targets = parse_targets(&f.path("target"), f.required("target")?, host)?;
         let first = targets.first().map(String::as_str).unwrap_or_default();
@@ -178,19 +214,26 @@ impl RegistryConfig {
             }
             "etcd_v2" => RegistrySpec::EtcdV2 { prefix: prefix(&f, true)?, wait_ms: wait_ms(&f)? },
             "consul_kv" => consul(&f, ConsulQuery::Kv { prefix: prefix(&f, false)? })?,
-            "consul_catalog" => consul(&f, ConsulQuery::Catalog { service: service(&f)? })?,
+            "consul_catalog" => consul(&f, ConsulQuery::Catalog { service: service_of(&f)? })?,
             "consul_health" => {
-                consul(&f, ConsulQuery::Health { service: service(&f)?, passing_only: f.bool("passing_only", true)? })?
+                consul(&f, ConsulQuery::Health { service: service_of(&f)?, passing_only: f.bool("passing_only", true)? })?
             }
             "nacos" => RegistrySpec::Nacos {
-                service: service(&f)?,
+                service: service_of(&f)?,
                 group: non_empty(&f, "group")?,
                 namespace: non_empty(&f, "namespace")?,
             },
-            _ => RegistrySpec::Eureka { service: service(&f)? },
+            _ => RegistrySpec::Eureka { service: service_of(&f)? },
         };
         Ok(RegistryConfig { targets, authority, auth, spec })
     }
+}
+
+/// Whether a registry object names one upstream or the parent of many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Upstream,
+    Parent,
 }
 
 fn non_empty(f: &Fields<'_>, name: &str) -> Result<Option<String>, ConfigError> {

@@ -44,13 +44,7 @@ impl DiscoverConfig {
 
     /// Why a listed name does not become an upstream, if it does not.
     pub fn refuses(&self, name: &str) -> Option<&'static str> {
-        if !valid_upstream_name(name) {
-            return Some("is not an upstream name (1-64 characters of A-Z a-z 0-9 _ . -)");
-        }
-        if self.name_pattern.as_ref().is_some_and(|p| !p.matches(name)) {
-            return Some("does not match name_pattern");
-        }
-        None
+        refusal(self.name_pattern.as_ref(), name)
     }
 
     pub(crate) fn parse(path: &str, v: &Value, host: HostKind) -> Result<DiscoverConfig, ConfigError> {
@@ -129,6 +123,17 @@ impl DiscoverConfig {
             defaults,
         })
     }
+}
+
+/// Why a listed name does not become an upstream under `pattern`, if it does not.
+pub fn refusal(pattern: Option<&NamePattern>, name: &str) -> Option<&'static str> {
+    if !valid_upstream_name(name) {
+        return Some("is not an upstream name (1-64 characters of A-Z a-z 0-9 _ . -)");
+    }
+    if pattern.is_some_and(|p| !p.matches(name)) {
+        return Some("does not match name_pattern");
+    }
+    None
 }
 
 /// A glob over upstream names: `*` any run of characters, `?` one character.
@@ -236,15 +241,51 @@ mod tests {
     #[test]
     fn discover_errors_name_the_field_and_what_is_allowed() {
         let cases = [
-            (r#"{"discover":[{"registry":{"type":"consul_kv","target":"c","prefix":"/u/"},"tag":"x"}]}"#, "discover[0].tag", "consul_catalog"),
-            (r#"{"discover":[{"registry":{"type":"nacos","target":"n","service":"web"}}]}"#, "discover[0].registry.service", "unknown field"),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u"}}]}"#, "discover[0].registry.prefix", "end with '/'"),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"name":"x"}}]}"#, "discover[0].defaults.name", "per upstream"),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"fallback":[]}}]}"#, "discover[0].defaults.fallback", "fallback"),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"interval_ms":1}}]}"#, "discover[0].defaults.interval_ms", "10..="),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"bogus":1}}]}"#, "discover[0].defaults.bogus", "allowed fields here: interval_ms"),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"interval_ms":50}]}"#, "discover[0].interval_ms", "100..="),
-            (r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"name_pattern":""}]}"#, "discover[0].name_pattern", "glob"),
+            (
+                r#"{"discover":[{"registry":{"type":"consul_kv","target":"c","prefix":"/u/"},"tag":"x"}]}"#,
+                "discover[0].tag",
+                "consul_catalog",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"nacos","target":"n","service":"web"}}]}"#,
+                "discover[0].registry.service",
+                "unknown field",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u"}}]}"#,
+                "discover[0].registry.prefix",
+                "end with '/'",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"name":"x"}}]}"#,
+                "discover[0].defaults.name",
+                "per upstream",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"fallback":[]}}]}"#,
+                "discover[0].defaults.fallback",
+                "fallback",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"interval_ms":1}}]}"#,
+                "discover[0].defaults.interval_ms",
+                "10..=",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"defaults":{"bogus":1}}]}"#,
+                "discover[0].defaults.bogus",
+                "allowed fields here: interval_ms",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"interval_ms":50}]}"#,
+                "discover[0].interval_ms",
+                "100..=",
+            ),
+            (
+                r#"{"discover":[{"registry":{"type":"etcd_v3","target":"e","prefix":"/u/"},"name_pattern":""}]}"#,
+                "discover[0].name_pattern",
+                "glob",
+            ),
             (r#"{"discover":{}}"#, "discover", "array"),
             (r#"{"discover":[]}"#, "discover", "1..="),
             (r#"{}"#, "upstreams", "discover"),

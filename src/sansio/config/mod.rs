@@ -12,7 +12,7 @@ mod routing;
 
 pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
 pub use balance::{BalancePolicy, HashKey};
-pub use discover::{DiscoverConfig, NamePattern, DEFAULT_DISCOVER_INTERVAL_MS};
+pub use discover::{refusal, DiscoverConfig, NamePattern, DEFAULT_DISCOVER_INTERVAL_MS};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
 pub use routing::{SubsetRule, UpstreamRouting};
 
@@ -355,7 +355,7 @@ impl UpstreamConfig {
             allow_empty,
             max_removal_share,
             fallback,
-            routing: routing::parse_upstream_routing(&f)?,
+            routing: routing::parse_upstream_routing(f)?,
         })
     }
 }

@@ -215,9 +215,10 @@ impl RegistryConfig {
             "etcd_v2" => RegistrySpec::EtcdV2 { prefix: prefix(&f, true)?, wait_ms: wait_ms(&f)? },
             "consul_kv" => consul(&f, ConsulQuery::Kv { prefix: prefix(&f, false)? })?,
             "consul_catalog" => consul(&f, ConsulQuery::Catalog { service: service_of(&f)? })?,
-            "consul_health" => {
-                consul(&f, ConsulQuery::Health { service: service_of(&f)?, passing_only: f.bool("passing_only", true)? })?
-            }
+            "consul_health" => consul(
+                &f,
+                ConsulQuery::Health { service: service_of(&f)?, passing_only: f.bool("passing_only", true)? },
+            )?,
             "nacos" => RegistrySpec::Nacos {
                 service: service_of(&f)?,
                 group: non_empty(&f, "group")?,

@@ -9,6 +9,7 @@ pub mod etcd_watch;
 pub mod eureka;
 mod http;
 pub mod kv_layout;
+pub mod listing;
 pub mod nacos;
 
 use crate::sansio::model::member::Member;

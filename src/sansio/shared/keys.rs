@@ -44,3 +44,13 @@ pub fn publish_sequence_key() -> String {
 pub fn memory_key() -> String {
     format!("{KEY_NAMESPACE}/memory")
 }
+
+/// The names a `discover[]` entry's leader found, for the other workers (nginx).
+pub fn discovered_key(entry: usize) -> String {
+    format!("{KEY_NAMESPACE}/discovered/{entry}")
+}
+
+/// Every upstream found by `discover[]`, for the CDS endpoint (Envoy).
+pub fn cds_key() -> String {
+    format!("{KEY_NAMESPACE}/cds")
+}

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod keys;
 pub mod lease;
+pub mod names;
 pub mod snapshot;
 pub mod status;
 pub mod store;

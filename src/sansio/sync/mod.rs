@@ -3,6 +3,7 @@
 //! table, elects who polls, fails over between registry addresses and is
 //! the sole writer of snapshots and status ([`poller`]).
 
+pub mod discovery;
 pub mod machine;
 pub mod poller;
 pub mod timers;

@@ -14,18 +14,22 @@
 //! [`Poller::poll_timeout`] is due: an idle tick costs one comparison, and
 //! a due one touches only the upstreams whose deadlines passed.
 
-use crate::sansio::config::{HostKind, PluginConfig, RegistryConfig};
+use crate::sansio::config::{DiscoverConfig, HostKind, PluginConfig, RegistryConfig, UpstreamConfig, MAX_UPSTREAMS};
 use crate::sansio::model::update::Source;
 use crate::sansio::registry::etcd_watch;
 use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse};
+use crate::sansio::shared::keys::{cds_key, discovered_key};
 use crate::sansio::shared::lease::{self, Election};
+use crate::sansio::shared::names;
 use crate::sansio::shared::snapshot::{self, PublishOutcome};
 use crate::sansio::shared::status::{self, StatusRecord, SyncStats};
 use crate::sansio::shared::store::SharedStore;
+use crate::sansio::sync::discovery::{DiscoveryEvent, ListingMachine};
 use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
 use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
 use crate::sansio::sync::watch::{WatchNews, WatchStream};
 use crate::sansio::util::text::clip;
+use std::collections::{BTreeSet, HashMap};
 
 /// Who polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +40,15 @@ pub enum Leadership {
     Lease { me: u64, ttl_ms: u64 },
 }
 
+/// `Dispatch::upstream` of the listing calls of `discover[d]` is
+/// `DISCOVERY_CALLER + d`: far above any upstream index, even on 32 bits.
+pub const DISCOVERY_CALLER: usize = usize::MAX / 2;
+
 /// A registry call for the host to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatch {
+    /// Who asked: an upstream index, or [`DISCOVERY_CALLER`] + a
+    /// `discover[]` entry. The host hands it back with the answer.
     pub upstream: usize,
     pub id: u64,
     /// Envoy cluster name, or an nginx `ip:port` / `unix:` address.
@@ -90,7 +100,17 @@ enum Part {
 /// When a lease is unreadable, how soon to look again.
 const LEASE_RETRY_MS: u64 = 100;
 
+/// How often a worker that does not list a `discover[]` entry reads the
+/// leader's listing.
+const FOLLOWER_LOOK_MS: u64 = 1_000;
+
 struct Upstream {
+    /// The `discover[]` entry that found it (its lease decides who polls it on nginx).
+    group: Option<usize>,
+    /// Found by `discover[]` and gone from the registry since: no timers,
+    /// not in the index. Its index (and etcd watch id) stays reserved, so a
+    /// name that comes back gets it again.
+    retired: bool,
     registry: RegistryConfig,
     machine: SyncMachine,
     /// The watch stream (index into `Poller::watches`) this upstream's watch is on.
@@ -106,11 +126,29 @@ struct Upstream {
     queued: bool,
 }
 
+/// One `discover[]` entry: its listing machine and what it found.
+struct Discovery {
+    config: DiscoverConfig,
+    machine: ListingMachine,
+    /// Index into `config.registry.targets` of the address in use.
+    target: usize,
+    part: Part,
+    /// The leader's listing waits for [`Poller::flush`] (nginx followers read it).
+    unwritten: bool,
+}
+
 pub struct Poller {
     upstreams: Vec<Upstream>,
+    /// Every upstream's index by name, retired ones included.
+    by_name: HashMap<String, usize>,
+    discoveries: Vec<Discovery>,
+    /// The CDS list (every live upstream found by `discover[]`) waits for flush.
+    cds_stale: bool,
     watches: Vec<WatchSlot>,
     leadership: Leadership,
     host: HostKind,
+    /// Seeds the jitter of every upstream's machine.
+    seed: u64,
     timers: TimerTable,
     /// Carried out in any order: each stands alone.
     actions: Vec<Action>,
@@ -128,74 +166,162 @@ const MEMORY_REPORT_STEP: u64 = 64 * 1024;
 impl Poller {
     pub fn new(config: &PluginConfig, leadership: Leadership, seed: u64) -> Self {
         let part = if leadership == Leadership::Singleton { Part::Leading } else { Part::Following };
-        let upstreams = config
-            .upstreams
+        let discoveries = config
+            .discover
             .iter()
-            .zip(0u64..)
-            .map(|(u, i)| Upstream {
-                watch: None,
-                registry: u.registry.clone(),
-                machine: SyncMachine::new(
-                    SyncConfig::from(u),
-                    adapter_for(&u.registry.spec),
-                    seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                ),
+            .zip(1u64..)
+            .map(|(d, i)| Discovery {
+                config: d.clone(),
+                machine: ListingMachine::new(d, seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03)),
                 target: 0,
                 part,
-                unpublished: false,
-                // Every upstream shows up in status from the first flush.
-                status_stale: true,
-                queued: true,
+                unwritten: false,
             })
             .collect();
-        // One stream per etcd gRPC target, however many upstreams use it.
-        let mut watches: Vec<WatchSlot> = Vec::new();
-        let mut upstreams: Vec<Upstream> = upstreams;
-        for (i, (u, cfg)) in upstreams.iter_mut().zip(&config.upstreams).enumerate() {
-            let Some(target) = cfg.registry.spec.grpc_target() else {
-                continue;
-            };
-            let slot = match watches.iter().position(|w| w.target == target) {
-                Some(slot) => slot,
-                None => {
-                    let stream = WatchStream::new(cfg.backoff_max_ms);
-                    watches.push(WatchSlot { target: target.to_string(), stream, upstreams: Vec::new() });
-                    watches.len() - 1
-                }
-            };
-            if let Some(w) = watches.get_mut(slot) {
-                w.upstreams.push(i);
-            }
-            u.watch = Some(slot);
-        }
         let mut poller = Poller {
-            upstreams,
-            watches,
+            upstreams: Vec::with_capacity(config.upstreams.len()),
+            by_name: HashMap::with_capacity(config.upstreams.len()),
+            discoveries,
+            cds_stale: false,
+            watches: Vec::new(),
             leadership,
             host: config.host,
+            seed,
             timers: TimerTable::default(),
             actions: Vec::new(),
-            dirty: (0..config.upstreams.len()).collect(),
+            dirty: Vec::new(),
             index_written: false,
             memory: None,
             memory_written: None,
         };
-        for i in 0..poller.upstreams.len() {
-            let kind = if leadership == Leadership::Singleton { TimerKind::Sync } else { TimerKind::Lease };
-            poller.timers.set(Timer { index: i, kind }, Some(0));
+        for u in &config.upstreams {
+            poller.add_upstream(u, None, 0);
         }
-        for slot in 0..poller.watches.len() {
-            poller.timers.set(Timer { index: slot, kind: TimerKind::Watch }, Some(0));
+        for d in 0..poller.discoveries.len() {
+            let kind = if leadership == Leadership::Singleton { TimerKind::Discover } else { TimerKind::DiscoverLease };
+            poller.timers.set(Timer { index: d, kind }, Some(0));
         }
         poller
     }
 
+    /// Adds (or, for a retired name, brings back) the upstream `cfg`,
+    /// found by `discover[group]` or listed in the configuration. Its first
+    /// poll is due at `now`. `None` when the name is taken or the poller is full.
+    fn add_upstream(&mut self, cfg: &UpstreamConfig, group: Option<usize>, now: u64) -> Option<usize> {
+        let seed = self.seed;
+        let machine = |i: usize| {
+            let i = u64::try_from(i).unwrap_or(u64::MAX);
+            SyncMachine::new(
+                SyncConfig::from(cfg),
+                adapter_for(&cfg.registry.spec),
+                seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            )
+        };
+        let part = match group {
+            Some(d) => self.discoveries.get(d).map_or(Part::Following, |d| d.part),
+            None if self.leadership == Leadership::Singleton => Part::Leading,
+            None => Part::Following,
+        };
+        let i = match self.by_name.get(&cfg.name) {
+            Some(&i) => {
+                let u = self.upstreams.get_mut(i)?;
+                if !u.retired || u.group != group {
+                    return None;
+                }
+                u.retired = false;
+                u.machine = machine(i);
+                u.registry = cfg.registry.clone();
+                u.part = part;
+                i
+            }
+            None => {
+                if self.upstreams.len() >= MAX_UPSTREAMS {
+                    return None;
+                }
+                let i = self.upstreams.len();
+                self.upstreams.push(Upstream {
+                    group,
+                    retired: false,
+                    watch: None,
+                    registry: cfg.registry.clone(),
+                    machine: machine(i),
+                    target: 0,
+                    part,
+                    unpublished: false,
+                    status_stale: true,
+                    queued: false,
+                });
+                self.by_name.insert(cfg.name.clone(), i);
+                self.join_watch(i, cfg, now);
+                i
+            }
+        };
+        self.index_written = false;
+        if let Some(u) = self.upstreams.get_mut(i) {
+            u.status_stale = true;
+            u.queue(&mut self.dirty, i);
+        }
+        match (group, self.leadership) {
+            // Explicit upstreams on nginx elect their own poller.
+            (None, Leadership::Lease { .. }) => self.timers.set(Timer { index: i, kind: TimerKind::Lease }, Some(now)),
+            _ if part == Part::Leading => self.timers.set(Timer { index: i, kind: TimerKind::Sync }, Some(now)),
+            _ => {}
+        }
+        Some(i)
+    }
+
+    /// Puts upstream `i` on the watch stream of its etcd gRPC target (one
+    /// stream per target); an open stream gets the new watch at once.
+    fn join_watch(&mut self, i: usize, cfg: &UpstreamConfig, now: u64) {
+        let Some(target) = cfg.registry.spec.grpc_target() else {
+            return;
+        };
+        let slot = match self.watches.iter().position(|w| w.target == target) {
+            Some(slot) => slot,
+            None => {
+                let stream = WatchStream::new(cfg.backoff_max_ms);
+                self.watches.push(WatchSlot { target: target.to_string(), stream, upstreams: Vec::new() });
+                let slot = self.watches.len() - 1;
+                self.timers.set(Timer { index: slot, kind: TimerKind::Watch }, Some(now));
+                slot
+            }
+        };
+        if let Some(w) = self.watches.get_mut(slot) {
+            w.upstreams.push(i);
+            let id = u64::try_from(i).ok().and_then(|i| i.checked_add(1));
+            if let (true, Some(id), Some(prefix)) = (w.stream.is_open(), id, cfg.registry.spec.prefix()) {
+                self.actions.push(Action::SendWatch { stream: slot, message: etcd_watch::create_request(prefix, id) });
+            }
+        }
+        if let Some(u) = self.upstreams.get_mut(i) {
+            u.watch = Some(slot);
+        }
+    }
+
+    /// Stops polling a found upstream that left the registry.
+    fn retire(&mut self, i: usize) {
+        let Some(u) = self.upstreams.get_mut(i) else {
+            return;
+        };
+        u.retired = true;
+        u.unpublished = false;
+        self.index_written = false;
+        self.timers.set(Timer { index: i, kind: TimerKind::Sync }, None);
+        self.timers.set(Timer { index: i, kind: TimerKind::Lease }, None);
+    }
+
     pub fn name(&self, upstream: usize) -> &str {
+        if upstream >= DISCOVERY_CALLER {
+            return "(discover)";
+        }
         self.upstreams.get(upstream).map_or("", |u| u.machine.name())
     }
 
     /// The largest registry body to read for `upstream`.
     pub fn max_body_bytes(&self, upstream: usize) -> usize {
+        if let Some(d) = upstream.checked_sub(DISCOVERY_CALLER) {
+            return self.discoveries.get(d).map_or(0, |d| d.config.max_body_bytes);
+        }
         self.upstreams.get(upstream).map_or(0, |u| u.machine.max_body_bytes())
     }
 
@@ -226,6 +352,17 @@ impl Poller {
                     self.drive_watch(i, now);
                     continue;
                 }
+                TimerKind::Discover => {
+                    if let Some(d) = self.discoveries.get_mut(i) {
+                        d.machine.handle_timeout(now);
+                    }
+                    self.drive_discovery(i, now);
+                    continue;
+                }
+                TimerKind::DiscoverLease => {
+                    self.elect_discovery(store, i, now);
+                    continue;
+                }
             }
             self.drive(i, now);
         }
@@ -233,6 +370,15 @@ impl Poller {
 
     /// An answer to call `id` of `upstream`.
     pub fn handle_response(&mut self, now: u64, upstream: usize, id: u64, response: HttpResponse<'_>) {
+        if let Some(d) = upstream.checked_sub(DISCOVERY_CALLER) {
+            if let Some(entry) = self.discoveries.get_mut(d) {
+                if entry.part == Part::Leading {
+                    entry.machine.handle_response(now, id, response);
+                }
+            }
+            self.drive_discovery(d, now);
+            return;
+        }
         if let Some(u) = self.upstreams.get_mut(upstream) {
             // A worker that lost the lease meanwhile leaves the answer to the new leader.
             if u.part == Part::Leading {
@@ -244,6 +390,13 @@ impl Poller {
 
     /// The host could not send call `id` of `upstream`.
     pub fn handle_dispatch_failed(&mut self, now: u64, upstream: usize, id: u64, reason: &str) {
+        if let Some(d) = upstream.checked_sub(DISCOVERY_CALLER) {
+            if let Some(entry) = self.discoveries.get_mut(d) {
+                entry.machine.handle_dispatch_failed(now, id, reason);
+            }
+            self.drive_discovery(d, now);
+            return;
+        }
         if let Some(u) = self.upstreams.get_mut(upstream) {
             u.machine.handle_dispatch_failed(now, id, reason);
         }
@@ -346,17 +499,22 @@ impl Poller {
         let mut written = Vec::new();
         let mut published_any = false;
         if !self.index_written {
-            let names: Vec<String> = self.upstreams.iter().map(|u| u.machine.name().to_string()).collect();
+            let names: Vec<String> =
+                self.upstreams.iter().filter(|u| !u.retired).map(|u| u.machine.name().to_string()).collect();
             match status::write_index(store, &names) {
                 Ok(()) => self.index_written = true,
                 Err(e) => log::warn!("cannot write the upstream index: {e}"),
             }
         }
+        self.flush_discoveries(store);
         for i in std::mem::take(&mut self.dirty) {
             let Some(u) = self.upstreams.get_mut(i) else {
                 continue;
             };
             u.queued = false;
+            if u.retired {
+                continue;
+            }
             if std::mem::take(&mut u.unpublished) {
                 if let Some(published) = u.machine.published() {
                     let name = u.machine.name();
@@ -405,11 +563,208 @@ impl Poller {
         written
     }
 
+    /// Writes what `discover[]` found: each led entry's names (nginx: for
+    /// the other workers) and, on Envoy, the CDS list.
+    fn flush_discoveries(&mut self, store: &mut dyn SharedStore) {
+        for (d, entry) in self.discoveries.iter_mut().enumerate() {
+            if entry.part == Part::Leading && self.leadership != Leadership::Singleton && entry.unwritten {
+                let found: Vec<String> = entry.machine.names().iter().cloned().collect();
+                match names::write(store, &discovered_key(d), &found) {
+                    Ok(()) => entry.unwritten = false,
+                    Err(e) => log::warn!("discover[{d}]: cannot share the listing with the other workers: {e}"),
+                }
+            }
+        }
+        if self.cds_stale && self.host == HostKind::Envoy {
+            let mut found: Vec<String> = self
+                .upstreams
+                .iter()
+                .filter(|u| u.group.is_some() && !u.retired)
+                .map(|u| u.machine.name().to_string())
+                .collect();
+            found.sort_unstable();
+            match names::write(store, &cds_key(), &found) {
+                Ok(()) => self.cds_stale = false,
+                Err(e) => log::warn!("cannot write the CDS cluster list: {e}"),
+            }
+        }
+    }
+
+    /// Drains `discover[d]`'s listing machine: sends its call, applies what
+    /// it found, re-arms its timer.
+    fn drive_discovery(&mut self, d: usize, now: u64) {
+        let Some(entry) = self.discoveries.get_mut(d) else {
+            return;
+        };
+        if entry.part != Part::Leading {
+            self.timers.set(Timer { index: d, kind: TimerKind::Discover }, None);
+            return;
+        }
+        let mut events = Vec::new();
+        while let Some(event) = entry.machine.poll_event() {
+            events.push(event);
+        }
+        while let Some(call) = entry.machine.poll_transmit(now) {
+            self.actions.push(Action::Dispatch(Dispatch {
+                upstream: DISCOVERY_CALLER + d,
+                id: call.id,
+                target: entry.config.registry.targets.get(entry.target).cloned().unwrap_or_default(),
+                authority: entry.config.registry.authority.clone(),
+                request: call.request,
+                timeout_ms: call.timeout_ms,
+            }));
+        }
+        let at = entry.machine.poll_timeout();
+        self.timers.set(Timer { index: d, kind: TimerKind::Discover }, Some(at));
+        for event in events {
+            self.react_discovery(d, event, now);
+        }
+    }
+
+    fn react_discovery(&mut self, d: usize, event: DiscoveryEvent, now: u64) {
+        match event {
+            DiscoveryEvent::Changed { added, removed } => {
+                if let Some(entry) = self.discoveries.get_mut(d) {
+                    entry.unwritten = true;
+                }
+                self.apply_listing(d, &added, &removed, now);
+            }
+            DiscoveryEvent::Skipped { name, why } => {
+                log::warn!("discover[{d}]: {:?} {why}; not an upstream", clip(&name))
+            }
+            DiscoveryEvent::RemovalHeld { names } => log::warn!(
+                "discover[{d}]: {} upstream(s) no longer listed ({}{}); kept until a later listing confirms",
+                names.len(),
+                names.iter().take(5).map(|n| clip(n)).collect::<Vec<_>>().join(", "),
+                if names.len() > 5 { ", ..." } else { "" }
+            ),
+            DiscoveryEvent::EmptyRefused => {
+                log::warn!("discover[{d}]: the registry lists no upstreams; keeping every upstream found so far")
+            }
+            DiscoveryEvent::Failed { reason, retry_in_ms } => {
+                log::warn!(
+                    "discover[{d}]: listing failed: {reason}; keeping what was found, next try in {retry_in_ms} ms"
+                );
+                if let Some(entry) = self.discoveries.get_mut(d) {
+                    let n = entry.config.registry.targets.len();
+                    if n > 1 {
+                        entry.target = (entry.target + 1) % n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts polling the upstreams `discover[d]` found and stops the ones
+    /// that left the registry.
+    fn apply_listing(&mut self, d: usize, added: &[String], removed: &[String], now: u64) {
+        let Some(entry) = self.discoveries.get(d) else {
+            return;
+        };
+        let configs: Vec<UpstreamConfig> = added.iter().map(|name| entry.config.upstream(name)).collect();
+        let (mut started, mut taken) = (0usize, Vec::new());
+        for cfg in &configs {
+            match self.add_upstream(cfg, Some(d), now) {
+                Some(i) => {
+                    started += 1;
+                    self.drive(i, now);
+                }
+                None => taken.push(cfg.name.as_str()),
+            }
+        }
+        for name in removed {
+            let i = self.by_name.get(name).copied();
+            if let Some(i) = i.filter(|&i| self.upstreams.get(i).is_some_and(|u| u.group == Some(d))) {
+                self.retire(i);
+            }
+        }
+        if !taken.is_empty() {
+            log::warn!(
+                "discover[{d}]: {} listed name(s) not added: already an upstream of the configuration or of an \
+                 earlier discover[] entry, or {MAX_UPSTREAMS} upstreams reached (first: {:?})",
+                taken.len(),
+                taken.first().map(|n| clip(n)).unwrap_or_default()
+            );
+        }
+        if started > 0 || !removed.is_empty() {
+            log::info!("discover[{d}]: {started} upstream(s) added, {} removed", removed.len());
+            self.cds_stale = true;
+        }
+    }
+
+    /// nginx: elects who lists `discover[d]`; the followers take the
+    /// leader's listing from shared data. The upstreams an entry found
+    /// are polled by the worker holding that entry's lease.
+    fn elect_discovery(&mut self, store: &mut dyn SharedStore, d: usize, now: u64) {
+        let Leadership::Lease { me, ttl_ms } = self.leadership else {
+            return;
+        };
+        let Some(entry) = self.discoveries.get_mut(d) else {
+            return;
+        };
+        let lease_name = format!("~discover/{d}");
+        let (part, check_at) = match lease::elect(store, &lease_name, me, now, ttl_ms) {
+            Ok(Election::Won { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
+            // Followers look at the leader's listing at least every second.
+            Ok(Election::Lost { expires_ms, .. }) => {
+                (Part::Following, expires_ms.max(now + LEASE_RETRY_MS).min(now + FOLLOWER_LOOK_MS))
+            }
+            Err(e) => {
+                log::warn!("discover[{d}]: lease unreadable ({e}); not listing this round");
+                (Part::Following, now + LEASE_RETRY_MS)
+            }
+        };
+        self.timers.set(Timer { index: d, kind: TimerKind::DiscoverLease }, Some(check_at));
+        let changed = part != entry.part;
+        entry.part = part;
+        if part == Part::Following {
+            match names::read(store, &discovered_key(d)) {
+                Ok(Some(found)) => {
+                    if let Some(DiscoveryEvent::Changed { added, removed }) =
+                        entry.machine.adopt(found.into_iter().collect::<BTreeSet<String>>())
+                    {
+                        self.apply_listing(d, &added, &removed, now);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::debug!("discover[{d}]: cannot read the leader's listing: {e}"),
+            }
+        }
+        if changed {
+            log::info!(
+                "discover[{d}]: this worker {} the poller of the upstreams it finds",
+                if part == Part::Leading { "becomes" } else { "is no longer" }
+            );
+            let members: Vec<usize> = self
+                .upstreams
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| u.group == Some(d) && !u.retired)
+                .map(|(i, _)| i)
+                .collect();
+            for i in members {
+                if let Some(u) = self.upstreams.get_mut(i) {
+                    u.part = part;
+                    if part == Part::Leading {
+                        // Catch up at once: the previous leader may have died mid-poll.
+                        u.machine.handle_push(now);
+                    }
+                }
+                self.drive(i, now);
+            }
+            if part == Part::Leading {
+                self.timers.set(Timer { index: d, kind: TimerKind::Discover }, Some(now));
+            } else {
+                self.timers.set(Timer { index: d, kind: TimerKind::Discover }, None);
+            }
+        }
+    }
+
     fn elect(&mut self, store: &mut dyn SharedStore, i: usize, now: u64) {
         let Leadership::Lease { me, ttl_ms } = self.leadership else {
             return;
         };
-        let Some(u) = self.upstreams.get_mut(i) else {
+        let Some(u) = self.upstreams.get_mut(i).filter(|u| !u.retired && u.group.is_none()) else {
             return;
         };
         let (part, check_at) = match lease::elect(store, u.machine.name(), me, now, ttl_ms) {
@@ -440,7 +795,7 @@ impl Poller {
     /// Drains `i`'s machine and watch into actions, reacts to its events,
     /// and re-arms its timers.
     fn drive(&mut self, i: usize, now: u64) {
-        let Some(u) = self.upstreams.get_mut(i) else {
+        let Some(u) = self.upstreams.get_mut(i).filter(|u| !u.retired) else {
             return;
         };
         let leading = u.part == Part::Leading;

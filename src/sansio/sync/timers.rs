@@ -14,11 +14,19 @@ pub enum TimerKind {
     Lease = 1,
     /// The next reopen of a closed etcd watch stream (one per etcd target).
     Watch = 2,
+    /// A `discover[]` entry's next listing call or call deadline.
+    Discover = 3,
+    /// A `discover[]` entry's lease renewal or takeover check, and (on a
+    /// follower) its next look at the leader's listing (nginx).
+    DiscoverLease = 4,
 }
+
+const KINDS: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timer {
-    /// The upstream (`Sync`, `Lease`) or the watch stream (`Watch`).
+    /// The upstream (`Sync`, `Lease`), the watch stream (`Watch`) or the
+    /// `discover[]` entry (`Discover`, `DiscoverLease`).
     pub index: usize,
     pub kind: TimerKind,
 }
@@ -31,18 +39,18 @@ pub struct Timer {
 pub struct TimerTable {
     heap: BinaryHeap<Reverse<(u64, Timer)>>,
     /// Per upstream, the armed deadline of each [`TimerKind`].
-    armed: Vec<[Option<u64>; 3]>,
+    armed: Vec<[Option<u64>; KINDS]>,
     live: usize,
 }
 
-fn live_in(armed: &[[Option<u64>; 3]], at: u64, timer: Timer) -> bool {
+fn live_in(armed: &[[Option<u64>; KINDS]], at: u64, timer: Timer) -> bool {
     armed.get(timer.index).and_then(|a| a.get(timer.kind as usize)).is_some_and(|d| *d == Some(at))
 }
 
 impl TimerTable {
     fn slot(&mut self, timer: Timer) -> Option<&mut Option<u64>> {
         if self.armed.len() <= timer.index {
-            self.armed.resize(timer.index + 1, [None; 3]);
+            self.armed.resize(timer.index + 1, [None; KINDS]);
         }
         self.armed.get_mut(timer.index)?.get_mut(timer.kind as usize)
     }

@@ -1,0 +1,401 @@
+//! Registry listings for `discover[]`: which upstreams exist under a parent.
+//! Like the member adapters, pure: a request built from the cursor, an
+//! answer turned into names.
+//!
+//! | type | request | names |
+//! |---|---|---|
+//! | etcd_v3 | `POST /v3/kv/range` over the parent prefix, `keys_only` | the first path segment after the parent |
+//! | etcd_v2 | `GET /v2/keys<parent>` (one level) | child directories |
+//! | consul_kv | `GET /v1/kv/<parent>?keys&separator=/`, blocking | child prefixes |
+//! | consul_catalog, consul_health | `GET /v1/catalog/services`, blocking | services (with `tag`, those carrying it) |
+//! | nacos | `GET /nacos/v1/ns/service/list` | `doms` |
+//! | eureka | `GET /eureka/apps` | application names, lower-cased |
+//!
+//! etcd v3 has no "children of" read: the listing carries every key name
+//! under the parent (no values), about 100 bytes per member; the parent's
+//! `max_body_bytes` bounds it.
+
+use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec, RegistrySpec};
+use crate::sansio::registry::etcd_v3::prefix_range_end;
+use crate::sansio::registry::{check_json_budget, get_json, short_text, AdapterError, HttpRequest, HttpResponse};
+use crate::sansio::util::{base64, url};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+/// What a listing answer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// Nothing changed since the last listing (a blocking query's index held).
+    Unchanged,
+    /// Every name found, sorted, each once (not yet checked as upstream names).
+    Names(BTreeSet<String>),
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    EtcdV3 { parent: String },
+    EtcdV2 { parent: String },
+    ConsulKv { parent: String },
+    ConsulServices { tag: Option<String> },
+    Nacos { group: Option<String>, namespace: Option<String> },
+    Eureka,
+}
+
+/// Reads the names under one `discover[]` parent.
+#[derive(Debug, Clone)]
+pub struct ListingAdapter {
+    kind: Kind,
+    /// Consul only.
+    dc: Option<String>,
+    consistency: Consistency,
+    wait_ms: u64,
+    /// The last `X-Consul-Index`; 0 → the next call is a plain read.
+    index: u64,
+    /// Nacos: the page size asked for.
+    most: usize,
+}
+
+impl ListingAdapter {
+    /// `most`: the most names the entry takes (Nacos pages by it).
+    pub fn new(spec: &RegistrySpec, tag: Option<&str>, most: usize) -> Self {
+        let (mut dc, mut consistency, mut wait_ms) = (None, Consistency::Default, 0);
+        let kind = match spec {
+            RegistrySpec::EtcdV3 { prefix, .. } => Kind::EtcdV3 { parent: prefix.clone() },
+            RegistrySpec::EtcdV2 { prefix, .. } => Kind::EtcdV2 { parent: prefix.clone() },
+            RegistrySpec::Consul(ConsulSpec { query, dc: d, consistency: c, wait_ms: w, .. }) => {
+                (dc, consistency, wait_ms) = (d.clone(), *c, *w);
+                match query {
+                    ConsulQuery::Kv { prefix } => Kind::ConsulKv { parent: prefix.clone() },
+                    _ => Kind::ConsulServices { tag: tag.map(str::to_string) },
+                }
+            }
+            RegistrySpec::Nacos { group, namespace, .. } => {
+                Kind::Nacos { group: group.clone(), namespace: namespace.clone() }
+            }
+            RegistrySpec::Eureka { .. } => Kind::Eureka,
+        };
+        ListingAdapter { kind, dc, consistency, wait_ms, index: 0, most }
+    }
+
+    /// How long the registry may hold the next request (Consul's blocking
+    /// query once an index is known, plus Consul's wait/16 jitter).
+    pub fn hold_ms(&self) -> u64 {
+        if self.index > 0 {
+            self.wait_ms.saturating_add(self.wait_ms / 16)
+        } else {
+            0
+        }
+    }
+
+    /// Blocking queries are asked again right after an answer.
+    pub fn blocks(&self) -> bool {
+        matches!(self.kind, Kind::ConsulKv { .. } | Kind::ConsulServices { .. })
+    }
+
+    /// The next listing is a plain read.
+    pub fn reset(&mut self) {
+        self.index = 0;
+    }
+
+    pub fn request(&self) -> HttpRequest {
+        match &self.kind {
+            Kind::EtcdV3 { parent } => {
+                let body = json!({
+                    "key": base64::encode(parent.as_bytes()),
+                    "range_end": base64::encode(&prefix_range_end(parent.as_bytes())),
+                    "keys_only": true,
+                });
+                HttpRequest {
+                    method: "POST",
+                    path: "/v3/kv/range".to_string(),
+                    headers: vec![("content-type".to_string(), "application/json".to_string())],
+                    body: body.to_string().into_bytes(),
+                }
+            }
+            Kind::EtcdV2 { parent } => get_json(format!("/v2/keys{}", url::encode(parent, true))),
+            Kind::ConsulKv { parent } => {
+                let path = format!("/v1/kv/{}", url::encode(parent.trim_start_matches('/'), true));
+                self.consul(path, vec![("keys", "true".into()), ("separator", "/".into())])
+            }
+            Kind::ConsulServices { .. } => self.consul("/v1/catalog/services".to_string(), Vec::new()),
+            Kind::Nacos { group, namespace } => {
+                let mut params: Vec<(&str, String)> = vec![("pageNo", "1".into()), ("pageSize", self.most.to_string())];
+                if let Some(g) = group {
+                    params.push(("groupName", g.clone()));
+                }
+                if let Some(n) = namespace {
+                    params.push(("namespaceId", n.clone()));
+                }
+                get_json(format!("/nacos/v1/ns/service/list{}", url::query(&params)))
+            }
+            Kind::Eureka => get_json("/eureka/apps".to_string()),
+        }
+    }
+
+    fn consul(&self, path: String, mut params: Vec<(&str, String)>) -> HttpRequest {
+        if let Some(dc) = &self.dc {
+            params.push(("dc", dc.clone()));
+        }
+        match self.consistency {
+            Consistency::Default => {}
+            Consistency::Stale => params.push(("stale", "true".into())),
+            Consistency::Consistent => params.push(("consistent", "true".into())),
+        }
+        if self.index > 0 {
+            params.push(("index", self.index.to_string()));
+            params.push(("wait", format!("{}ms", self.wait_ms)));
+        }
+        HttpRequest {
+            method: "GET",
+            path: format!("{path}{}", url::query(&params)),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Listed, AdapterError> {
+        let missing = response.status == Some(404);
+        match &self.kind {
+            // A parent that does not exist (yet) lists nothing.
+            Kind::EtcdV2 { .. } | Kind::ConsulKv { .. } | Kind::Eureka if missing => {}
+            _ => response.expect_ok().map_err(|e| match e {
+                AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
+                other => other,
+            })?,
+        }
+        if self.blocks() {
+            let index = response
+                .header("x-consul-index")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| AdapterError::BadShape("no X-Consul-Index header".into()))?
+                .max(1);
+            let previous = std::mem::replace(&mut self.index, index);
+            if index < previous {
+                self.index = 0;
+            } else if previous > 0 && index == previous {
+                return Ok(Listed::Unchanged);
+            }
+        }
+        if missing {
+            return Ok(Listed::Names(BTreeSet::new()));
+        }
+        check_json_budget(response.body)?;
+        let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+        let names = match &self.kind {
+            Kind::EtcdV3 { parent } => etcd_v3_children(parent, &root)?,
+            Kind::EtcdV2 { parent } => etcd_v2_children(parent, &root)?,
+            Kind::ConsulKv { parent } => consul_kv_children(parent.trim_start_matches('/'), &root)?,
+            Kind::ConsulServices { tag } => consul_services(tag.as_deref(), &root)?,
+            Kind::Nacos { .. } => nacos_services(&root)?,
+            Kind::Eureka => eureka_apps(&root)?,
+        };
+        Ok(Listed::Names(names))
+    }
+}
+
+/// The name of the child a key lies under: `<parent><name>/...`. Keys
+/// directly under the parent (no second '/') belong to no child.
+fn child_of<'a>(parent: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(parent)?;
+    let (name, _) = rest.split_once('/')?;
+    (!name.is_empty()).then_some(name)
+}
+
+fn etcd_v3_children(parent: &str, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+    if let Some(e) = root.get("error").or_else(|| root.get("message")).and_then(Value::as_str) {
+        return Err(AdapterError::Registry(e.chars().take(200).collect()));
+    }
+    let kvs = match root.get("kvs") {
+        None => return Ok(BTreeSet::new()),
+        Some(Value::Array(kvs)) => kvs,
+        Some(_) => return Err(AdapterError::BadShape("kvs is not an array".into())),
+    };
+    let mut names = BTreeSet::new();
+    for kv in kvs {
+        let key = kv
+            .get("key")
+            .and_then(Value::as_str)
+            .and_then(|k| base64::decode(k).ok())
+            .ok_or_else(|| AdapterError::BadShape("kvs[].key is not base64".into()))?;
+        if let Some(name) = std::str::from_utf8(&key).ok().and_then(|k| child_of(parent, k)) {
+            names.insert(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+fn etcd_v2_children(parent: &str, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+    if let Some(code) = root.get("errorCode") {
+        let message = root.get("message").and_then(Value::as_str).unwrap_or("");
+        return Err(AdapterError::Registry(format!(
+            "etcd error {code}: {}",
+            message.chars().take(200).collect::<String>()
+        )));
+    }
+    let node = root.get("node").ok_or_else(|| AdapterError::BadShape("no node".into()))?;
+    let children = match node.get("nodes") {
+        None => return Ok(BTreeSet::new()),
+        Some(Value::Array(nodes)) => nodes,
+        Some(_) => return Err(AdapterError::BadShape("node.nodes is not an array".into())),
+    };
+    let mut names = BTreeSet::new();
+    for child in children {
+        if child.get("dir").and_then(Value::as_bool) != Some(true) {
+            continue;
+        }
+        let key = child.get("key").and_then(Value::as_str).unwrap_or("");
+        if let Some(name) = key.strip_prefix(parent).filter(|n| !n.is_empty() && !n.contains('/')) {
+            names.insert(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+fn consul_kv_children(parent: &str, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+    let keys = root.as_array().ok_or_else(|| AdapterError::BadShape("answer is not a JSON array of keys".into()))?;
+    Ok(keys.iter().filter_map(Value::as_str).filter_map(|k| child_of(parent, k)).map(str::to_string).collect())
+}
+
+fn consul_services(tag: Option<&str>, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+    let services = root.as_object().ok_or_else(|| AdapterError::BadShape("answer is not a JSON object".into()))?;
+    Ok(services
+        .iter()
+        .filter(|(_, tags)| match tag {
+            None => true,
+            Some(t) => tags.as_array().is_some_and(|tags| tags.iter().any(|x| x.as_str() == Some(t))),
+        })
+        .map(|(name, _)| name.clone())
+        .collect())
+}
+
+fn nacos_services(root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+    let doms = root.get("doms").and_then(Value::as_array).ok_or_else(|| {
+        let said = root.get("message").and_then(Value::as_str).unwrap_or("no doms list");
+        AdapterError::BadShape(said.chars().take(200).collect())
+    })?;
+    Ok(doms.iter().filter_map(Value::as_str).map(str::to_string).collect())
+}
+
+fn eureka_apps(root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+    let apps = root.get("applications").ok_or_else(|| AdapterError::BadShape("no applications".into()))?;
+    // Eureka's JSON gives one application as an object, several as an array.
+    let list: Vec<&Value> = match apps.get("application") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(one @ Value::Object(_)) => vec![one],
+        Some(_) => return Err(AdapterError::BadShape("applications.application is not a list".into())),
+    };
+    Ok(list.iter().filter_map(|a| a.get("name").and_then(Value::as_str)).map(str::to_ascii_lowercase).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::sansio::config::{ConsulSpec, RegistrySpec};
+
+    fn consul(query: ConsulQuery) -> RegistrySpec {
+        RegistrySpec::Consul(ConsulSpec {
+            query,
+            wait_ms: 50_000,
+            token: None,
+            dc: None,
+            consistency: Consistency::Default,
+        })
+    }
+
+    fn names(list: &[&str]) -> Listed {
+        Listed::Names(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn answer<'a>(status: u16, headers: &'a [(String, String)], body: &'a str) -> HttpResponse<'a> {
+        HttpResponse::new(Some(status), headers, body.as_bytes())
+    }
+
+    #[test]
+    fn etcd_v3_lists_the_first_segment_under_the_parent_from_key_names_only() {
+        let mut a =
+            ListingAdapter::new(&RegistrySpec::EtcdV3 { prefix: "/upstreams/".into(), grpc_target: None }, None, 10);
+        let r = a.request();
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["keys_only"], true);
+        assert_eq!(base64::decode(body["key"].as_str().unwrap()).unwrap(), b"/upstreams/");
+        assert_eq!(base64::decode(body["range_end"].as_str().unwrap()).unwrap(), b"/upstreams0");
+        let keys: Vec<Value> = [
+            "/upstreams/web/10.0.0.1:80",
+            "/upstreams/web/10.0.0.2:80",
+            "/upstreams/api/1.1.1.1:1",
+            "/upstreams/stray",
+        ]
+        .iter()
+        .map(|k| json!({"key": base64::encode(k.as_bytes())}))
+        .collect();
+        let body = json!({"header": {"revision": "9"}, "kvs": keys, "count": "4"}).to_string();
+        assert_eq!(a.parse(&answer(200, &[], &body)).unwrap(), names(&["api", "web"]));
+        assert_eq!(a.parse(&answer(200, &[], r#"{"header":{}}"#)).unwrap(), names(&[]));
+        assert!(matches!(a.parse(&answer(200, &[], r#"{"kvs":[{"key":"%%"}]}"#)), Err(AdapterError::BadShape(_))));
+        assert!(matches!(a.parse(&answer(503, &[], "down")), Err(AdapterError::Registry(_))));
+    }
+
+    #[test]
+    fn etcd_v2_lists_child_directories_and_a_missing_parent_is_empty() {
+        let mut a = ListingAdapter::new(&RegistrySpec::EtcdV2 { prefix: "/upstreams/".into(), wait_ms: 1 }, None, 10);
+        assert_eq!(a.request().path, "/v2/keys/upstreams/");
+        let body = r#"{"action":"get","node":{"key":"/upstreams","dir":true,"nodes":[
+            {"key":"/upstreams/web","dir":true},{"key":"/upstreams/api","dir":true},{"key":"/upstreams/file","value":"x"}]}}"#;
+        assert_eq!(a.parse(&answer(200, &[], body)).unwrap(), names(&["api", "web"]));
+        let missing = r#"{"errorCode":100,"message":"Key not found","cause":"/upstreams","index":5}"#;
+        assert_eq!(a.parse(&answer(404, &[], missing)).unwrap(), names(&[]));
+        assert!(matches!(
+            a.parse(&answer(200, &[], r#"{"errorCode":300,"message":"raft"}"#)),
+            Err(AdapterError::Registry(_))
+        ));
+    }
+
+    #[test]
+    fn consul_kv_lists_child_prefixes_as_a_blocking_query() {
+        let mut a = ListingAdapter::new(&consul(ConsulQuery::Kv { prefix: "upstreams/".into() }), None, 10);
+        assert_eq!(a.request().path, "/v1/kv/upstreams/?keys=true&separator=%2F");
+        let h = vec![("x-consul-index".to_string(), "7".to_string())];
+        let body = r#"["upstreams/api/","upstreams/web/","upstreams/loose-key"]"#;
+        assert_eq!(a.parse(&answer(200, &h, body)).unwrap(), names(&["api", "web"]));
+        assert!(a.request().path.contains("index=7&wait=50000ms"));
+        assert_eq!(a.hold_ms(), 50_000 + 50_000 / 16);
+        assert_eq!(a.parse(&answer(200, &h, body)).unwrap(), Listed::Unchanged);
+        let h9 = vec![("x-consul-index".to_string(), "9".to_string())];
+        assert_eq!(a.parse(&answer(404, &h9, "")).unwrap(), names(&[]));
+        assert!(matches!(a.parse(&answer(200, &[], body)), Err(AdapterError::BadShape(_))), "no index header");
+    }
+
+    #[test]
+    fn consul_services_are_filtered_by_tag() {
+        let spec = consul(ConsulQuery::Health { service: String::new(), passing_only: true });
+        let mut a = ListingAdapter::new(&spec, Some("http"), 10);
+        assert_eq!(a.request().path, "/v1/catalog/services");
+        let h = vec![("x-consul-index".to_string(), "3".to_string())];
+        let body = r#"{"consul":[],"web":["http","v2"],"db":["tcp"],"api":["http"]}"#;
+        assert_eq!(a.parse(&answer(200, &h, body)).unwrap(), names(&["api", "web"]));
+        let mut untagged = ListingAdapter::new(&spec, None, 10);
+        assert_eq!(untagged.parse(&answer(200, &h, body)).unwrap(), names(&["api", "consul", "db", "web"]));
+    }
+
+    #[test]
+    fn nacos_and_eureka_list_their_services() {
+        let spec = RegistrySpec::Nacos { service: String::new(), group: Some("G".into()), namespace: None };
+        let mut n = ListingAdapter::new(&spec, None, 500);
+        assert_eq!(n.request().path, "/nacos/v1/ns/service/list?pageNo=1&pageSize=500&groupName=G");
+        assert_eq!(n.parse(&answer(200, &[], r#"{"count":2,"doms":["a","b"]}"#)).unwrap(), names(&["a", "b"]));
+        assert!(
+            matches!(n.parse(&answer(200, &[], r#"{"code":500,"message":"boom"}"#)), Err(AdapterError::BadShape(m)) if m == "boom")
+        );
+        let mut e = ListingAdapter::new(&RegistrySpec::Eureka { service: String::new() }, None, 10);
+        assert_eq!(e.request().path, "/eureka/apps");
+        let one = r#"{"applications":{"application":{"name":"WEB","instance":[]}}}"#;
+        assert_eq!(e.parse(&answer(200, &[], one)).unwrap(), names(&["web"]));
+        let two = r#"{"applications":{"application":[{"name":"WEB"},{"name":"API"}]}}"#;
+        assert_eq!(e.parse(&answer(200, &[], two)).unwrap(), names(&["api", "web"]));
+        assert_eq!(e.parse(&answer(200, &[], r#"{"applications":{}}"#)).unwrap(), names(&[]));
+    }
+}

@@ -1,0 +1,270 @@
+//! The listing machine of one `discover[]` entry: when to read the
+//! listing, backoff, and which names become or stop being upstreams.
+//!
+//! Nothing is lost on a bad answer: an error, an odd status or a body that
+//! does not parse keeps every upstream found so far. Names are added at
+//! once; a name that vanished is removed only when a listing at least
+//! `interval_ms` after the first one without it still lacks it (a
+//! half-written registry does not take upstreams away), and an empty
+//! listing never removes every upstream.
+
+use crate::sansio::config::{refusal, DiscoverConfig, NamePattern};
+use crate::sansio::registry::listing::{Listed, ListingAdapter};
+use crate::sansio::registry::{HttpRequest, HttpResponse};
+use crate::sansio::util::backoff::Backoff;
+use crate::sansio::util::rng::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// After a blocking query answers "unchanged", the next waits this long,
+/// so that a registry answering at once can never make a hot loop.
+const UNCHANGED_GAP_MS: u64 = 1_000;
+
+/// A listing call for the host to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingCall {
+    pub id: u64,
+    pub request: HttpRequest,
+    pub timeout_ms: u64,
+}
+
+/// What happened, for the poller to act on and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryEvent {
+    /// New upstreams and confirmed removals, in name order.
+    Changed {
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+    /// Names in the listing that do not become upstreams (reported once per name).
+    Skipped {
+        name: String,
+        why: String,
+    },
+    /// Names missing from the listing, kept until a later listing confirms.
+    RemovalHeld {
+        names: Vec<String>,
+    },
+    /// An empty listing was refused: every upstream found so far stays.
+    EmptyRefused,
+    Failed {
+        reason: String,
+        retry_in_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting { until: u64 },
+    InFlight { id: u64, deadline: u64 },
+    Backoff { until: u64, failures: u32 },
+}
+
+pub struct ListingMachine {
+    adapter: ListingAdapter,
+    headers: Vec<(String, String)>,
+    interval_ms: u64,
+    timeout_ms: u64,
+    backoff: Backoff,
+    max_upstreams: usize,
+    name_pattern: Option<NamePattern>,
+    /// The last listing was empty and refused (reported once).
+    refusing_empty: bool,
+    phase: Phase,
+    next_id: u64,
+    rng: Rng,
+    /// The names in force (accepted upstream names only).
+    names: BTreeSet<String>,
+    /// Names missing from a listing, with when they were first missed.
+    missing_since: BTreeMap<String, u64>,
+    /// Skipped names already reported.
+    reported: BTreeSet<String>,
+    events: Vec<DiscoveryEvent>,
+    failures_total: u64,
+    listings_ok: u64,
+}
+
+impl ListingMachine {
+    pub fn new(config: &DiscoverConfig, seed: u64) -> Self {
+        ListingMachine {
+            adapter: ListingAdapter::new(&config.registry.spec, config.tag.as_deref(), config.max_upstreams),
+            headers: config.registry.auth_headers(),
+            interval_ms: config.interval_ms,
+            timeout_ms: config.timeout_ms,
+            backoff: Backoff { base_ms: config.interval_ms.min(1_000), max_ms: config.backoff_max_ms },
+            max_upstreams: config.max_upstreams,
+            name_pattern: config.name_pattern.clone(),
+            refusing_empty: false,
+            phase: Phase::Waiting { until: 0 },
+            next_id: 1,
+            rng: Rng::new(seed),
+            names: BTreeSet::new(),
+            missing_since: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            events: Vec::new(),
+            failures_total: 0,
+            listings_ok: 0,
+        }
+    }
+
+    /// The names of the upstreams found, in force.
+    pub fn names(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    /// Counters: listings read, calls failed.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.listings_ok, self.failures_total)
+    }
+
+    /// Takes names from another worker's listing (nginx followers adopt
+    /// what the leader found), without a registry call.
+    pub fn adopt(&mut self, names: BTreeSet<String>) -> Option<DiscoveryEvent> {
+        let added: Vec<String> = names.difference(&self.names).cloned().collect();
+        let removed: Vec<String> = self.names.difference(&names).cloned().collect();
+        self.names = names;
+        (!added.is_empty() || !removed.is_empty()).then_some(DiscoveryEvent::Changed { added, removed })
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> u64 {
+        match self.phase {
+            Phase::Waiting { until } | Phase::Backoff { until, .. } => until,
+            Phase::InFlight { deadline, .. } => deadline,
+        }
+    }
+
+    /// The call to send now, if one is due.
+    pub fn poll_transmit(&mut self, now: u64) -> Option<ListingCall> {
+        match self.phase {
+            Phase::Waiting { until } | Phase::Backoff { until, .. } if until <= now => {}
+            _ => return None,
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let timeout_ms = self.timeout_ms.saturating_add(self.adapter.hold_ms());
+        self.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout_ms) };
+        let mut request = self.adapter.request();
+        request.headers.extend(self.headers.iter().cloned());
+        Some(ListingCall { id, request, timeout_ms })
+    }
+
+    pub fn poll_event(&mut self) -> Option<DiscoveryEvent> {
+        (!self.events.is_empty()).then(|| self.events.remove(0))
+    }
+
+    /// A deadline passed: a call that outlived its timeout is given up.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if let Phase::InFlight { deadline, .. } = self.phase {
+            if deadline <= now {
+                self.fail(now, "no answer within the timeout".to_string());
+            }
+        }
+    }
+
+    pub fn handle_dispatch_failed(&mut self, now: u64, id: u64, reason: &str) {
+        if matches!(self.phase, Phase::InFlight { id: current, .. } if current == id) {
+            self.fail(now, format!("cannot send the listing call: {reason}"));
+        }
+    }
+
+    pub fn handle_response(&mut self, now: u64, id: u64, response: HttpResponse<'_>) {
+        if !matches!(self.phase, Phase::InFlight { id: current, .. } if current == id) {
+            return;
+        }
+        match self.adapter.parse(&response) {
+            Err(e) => {
+                self.adapter.reset();
+                self.fail(now, e.to_string());
+            }
+            Ok(Listed::Unchanged) => {
+                self.listings_ok += 1;
+                let next = now + if self.adapter.blocks() { UNCHANGED_GAP_MS } else { self.interval_ms };
+                self.phase = Phase::Waiting { until: self.confirm_by(next) };
+            }
+            Ok(Listed::Names(listed)) => {
+                self.listings_ok += 1;
+                self.apply(now, listed);
+                let next = if self.adapter.blocks() { now } else { now + self.interval_ms };
+                self.phase = Phase::Waiting { until: self.confirm_by(next) };
+            }
+        }
+    }
+
+    /// `next`, or sooner when a held removal becomes confirmable; the
+    /// confirming read of a blocking query must not block.
+    fn confirm_by(&mut self, next: u64) -> u64 {
+        match self.missing_since.values().min() {
+            Some(since) if since + self.interval_ms < next => {
+                self.adapter.reset();
+                since + self.interval_ms
+            }
+            _ => next,
+        }
+    }
+
+    fn fail(&mut self, now: u64, reason: String) {
+        let failures = match self.phase {
+            Phase::Backoff { failures, .. } => failures,
+            _ => 0,
+        }
+        .saturating_add(1);
+        self.failures_total += 1;
+        let retry_in_ms = self.backoff.jittered(failures, &mut self.rng);
+        self.phase = Phase::Backoff { until: now + retry_in_ms, failures };
+        self.events.push(DiscoveryEvent::Failed { reason, retry_in_ms });
+    }
+
+    fn apply(&mut self, now: u64, listed: BTreeSet<String>) {
+        let mut accepted = BTreeSet::new();
+        for name in listed {
+            let refusal = if accepted.len() >= self.max_upstreams {
+                Some(format!("over max_upstreams ({})", self.max_upstreams))
+            } else {
+                refusal(self.name_pattern.as_ref(), &name).map(str::to_string)
+            };
+            match refusal {
+                Some(why) => {
+                    if self.reported.insert(name.clone()) {
+                        self.events.push(DiscoveryEvent::Skipped { name, why });
+                    }
+                }
+                None => {
+                    accepted.insert(name);
+                }
+            }
+        }
+        if accepted.is_empty() && !self.names.is_empty() {
+            if !std::mem::replace(&mut self.refusing_empty, true) {
+                self.events.push(DiscoveryEvent::EmptyRefused);
+            }
+            return;
+        }
+        self.refusing_empty = false;
+        let added: Vec<String> = accepted.difference(&self.names).cloned().collect();
+        let missing: Vec<String> = self.names.difference(&accepted).cloned().collect();
+        self.missing_since.retain(|name, _| missing.contains(name));
+        let mut removed = Vec::new();
+        let mut held = Vec::new();
+        for name in missing {
+            let since = *self.missing_since.entry(name.clone()).or_insert(now);
+            if now.saturating_sub(since) >= self.interval_ms {
+                self.missing_since.remove(&name);
+                removed.push(name);
+            } else if since == now {
+                held.push(name);
+            }
+        }
+        for name in &added {
+            self.names.insert(name.clone());
+        }
+        for name in &removed {
+            self.names.remove(name);
+        }
+        if !held.is_empty() {
+            self.events.push(DiscoveryEvent::RemovalHeld { names: held });
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            self.events.push(DiscoveryEvent::Changed { added, removed });
+        }
+    }
+}

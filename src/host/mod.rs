@@ -176,7 +176,12 @@ impl RootContext for Root {
             RoleConfig::Server(server) => Role::Server(std::rc::Rc::new(server)),
             RoleConfig::Poller(cfg) => {
                 logger::set_level(cfg.log_level);
-                log::info!("configured for {:?} with {} upstream(s)", cfg.host, cfg.upstreams.len());
+                log::info!(
+                    "configured for {:?} with {} upstream(s) and {} discover entries",
+                    cfg.host,
+                    cfg.upstreams.len(),
+                    cfg.discover.len()
+                );
                 Role::Poller(Box::new(poller::HostPoller::new(&cfg, Leadership::Singleton, now, false)))
             }
             RoleConfig::EnvoyPick(cfg) | RoleConfig::NginxWorker(cfg) => {

@@ -8,6 +8,7 @@ use super::contexts::{Context, HttpContext};
 use super::store::HostStore;
 use super::{now_ms, read_buffer, request_header, send, send_metrics, send_status};
 use crate::sansio::config::ServerConfig;
+use crate::sansio::serve::cds;
 use crate::sansio::serve::eds::{self, EdsReply};
 use crate::sansio::serve::eds_hold::EdsHold;
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
@@ -23,12 +24,13 @@ thread_local! {
 pub struct ServerStream {
     context_id: u32,
     config: Rc<ServerConfig>,
-    awaiting_eds_body: bool,
+    /// The xDS request whose body is awaited.
+    awaiting: Option<Endpoint>,
 }
 
 impl ServerStream {
     pub fn new(context_id: u32, config: Rc<ServerConfig>) -> Self {
-        ServerStream { context_id, config, awaiting_eds_body: false }
+        ServerStream { context_id, config, awaiting: None }
     }
 }
 
@@ -81,7 +83,7 @@ impl HttpContext for ServerStream {
         match endpoint(&method, &path, end_of_stream, authorization.as_deref(), token) {
             Endpoint::Status => send_status(&path),
             Endpoint::Metrics => send_metrics(),
-            Endpoint::Eds => self.awaiting_eds_body = true,
+            xds @ (Endpoint::Eds | Endpoint::Cds) => self.awaiting = Some(xds),
             Endpoint::Reply(reply) => send(&reply),
             Endpoint::Other => return Action::Continue,
         }
@@ -89,11 +91,11 @@ impl HttpContext for ServerStream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.awaiting_eds_body {
+        if self.awaiting.is_none() {
             return Action::Continue;
         }
         if let Some(reply) = body_too_large(body_size) {
-            self.awaiting_eds_body = false;
+            self.awaiting = None;
             send(&reply);
             return Action::Pause;
         }
@@ -101,8 +103,19 @@ impl HttpContext for ServerStream {
             // Pausing here makes the host buffer the body until the end.
             return Action::Pause;
         }
-        self.awaiting_eds_body = false;
-        let request = match eds::parse_request(&read_buffer(BufferType::HttpRequestBody, body_size)) {
+        let body = read_buffer(BufferType::HttpRequestBody, body_size);
+        if self.awaiting.take() == Some(Endpoint::Cds) {
+            let reply = match cds::parse_request(&body) {
+                Ok(version) => cds::answer(&HostStore, &self.config.cds, &version),
+                Err(e) => cds::CdsReply::BadRequest(e),
+            };
+            if let cds::CdsReply::Clusters { version, count, .. } = &reply {
+                log::info!("CDS: version {version} served ({count} clusters)");
+            }
+            send(&reply.to_json_reply());
+            return Action::Pause;
+        }
+        let request = match eds::parse_request(&body) {
             Ok(r) => r,
             Err(e) => {
                 send_eds(&EdsReply::BadRequest(e));

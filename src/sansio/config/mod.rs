@@ -368,6 +368,79 @@ pub struct ServerConfig {
     pub eds_hold_ms: u64,
     /// A bearer token the status and metrics endpoints require.
     pub status_token: Option<Secret>,
+    /// How the clusters served by CDS look.
+    pub cds: CdsConfig,
+}
+
+/// `cds` of the request-serving role: the clusters `POST
+/// /v3/discovery:clusters` makes of the upstreams `discover[]` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdsConfig {
+    /// The Envoy cluster that reaches this plugin's EDS listener.
+    pub eds_cluster: String,
+    pub refresh_delay_ms: u64,
+    /// Must exceed `eds_hold_ms`.
+    pub request_timeout_ms: u64,
+    /// Cluster fields (envoy.config.cluster.v3.Cluster in JSON) every
+    /// served cluster gets; `name`, `type` and `eds_cluster_config` are the plugin's.
+    pub template: serde_json::Map<String, Value>,
+}
+
+pub const DEFAULT_EDS_CLUSTER: &str = "upsync_eds";
+pub const DEFAULT_CDS_REFRESH_DELAY_MS: u64 = 20;
+
+impl Default for CdsConfig {
+    fn default() -> Self {
+        CdsConfig {
+            eds_cluster: DEFAULT_EDS_CLUSTER.to_string(),
+            refresh_delay_ms: DEFAULT_CDS_REFRESH_DELAY_MS,
+            request_timeout_ms: 5_000,
+            template: serde_json::Map::new(),
+        }
+    }
+}
+
+impl CdsConfig {
+    /// Everything that shapes a served cluster, as one string.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.eds_cluster,
+            self.refresh_delay_ms,
+            self.request_timeout_ms,
+            Value::Object(self.template.clone())
+        )
+    }
+
+    fn parse(v: Option<&Value>, eds_hold_ms: u64) -> Result<CdsConfig, ConfigError> {
+        let no_cds = Value::Object(serde_json::Map::new());
+        let f = Fields::new(
+            "cds",
+            v.unwrap_or(&no_cds),
+            &["eds_cluster", "refresh_delay_ms", "request_timeout_ms", "cluster"],
+        )?;
+        let eds_cluster = match f.string("eds_cluster")? {
+            None => DEFAULT_EDS_CLUSTER.to_string(),
+            Some(c) if !c.is_empty() && !c.chars().any(char::is_control) => c.to_string(),
+            Some(c) => return Err(err("cds.eds_cluster", format!("must be an Envoy cluster name, got {c:?}"))),
+        };
+        let refresh_delay_ms = f.uint("refresh_delay_ms", DEFAULT_CDS_REFRESH_DELAY_MS, 1, 600_000)?;
+        let request_timeout_ms = f.uint("request_timeout_ms", eds_hold_ms + 5_000, 1, 3_600_000)?;
+        if request_timeout_ms <= eds_hold_ms {
+            return Err(err(
+                "cds.request_timeout_ms",
+                format!("must exceed eds_hold_ms ({eds_hold_ms}): Envoy would give up on held requests"),
+            ));
+        }
+        let template = match f.get("cluster") {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => {
+                return Err(err("cds.cluster", format!("must be an object of Cluster fields, got {}", kind(other))))
+            }
+        };
+        Ok(CdsConfig { eds_cluster, refresh_delay_ms, request_timeout_ms, template })
+    }
 }
 
 /// Parses the request-serving role's configuration: empty, `{}`, or
@@ -400,8 +473,9 @@ pub fn parse_server_config(bytes: &[u8]) -> Result<ServerConfig, ConfigError> {
     }
     let root: Value =
         serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
-    let f = Fields::new("", &root, &["eds_hold_ms", "status_token"])?;
-    Ok(ServerConfig { eds_hold_ms: f.uint("eds_hold_ms", 0, 0, 60_000)?, status_token: status_token(&f)? })
+    let f = Fields::new("", &root, &["eds_hold_ms", "status_token", "cds"])?;
+    let eds_hold_ms = f.uint("eds_hold_ms", 0, 0, 60_000)?;
+    Ok(ServerConfig { eds_hold_ms, status_token: status_token(&f)?, cds: CdsConfig::parse(f.get("cds"), eds_hold_ms)? })
 }
 
 #[cfg(test)]
@@ -729,12 +803,10 @@ mod tests {
 
     #[test]
     fn server_config_is_empty_or_an_empty_object() {
-        assert_eq!(parse_server_config(b""), Ok(ServerConfig { eds_hold_ms: 0, status_token: None }));
-        assert_eq!(parse_server_config(b" {} "), Ok(ServerConfig { eds_hold_ms: 0, status_token: None }));
-        assert_eq!(
-            parse_server_config(br#"{"eds_hold_ms":400}"#),
-            Ok(ServerConfig { eds_hold_ms: 400, status_token: None })
-        );
+        assert_eq!(parse_server_config(b""), Ok(ServerConfig::default()));
+        assert_eq!(parse_server_config(b" {} "), Ok(ServerConfig::default()));
+        let held = parse_server_config(br#"{"eds_hold_ms":400}"#).unwrap();
+        assert_eq!((held.eds_hold_ms, held.status_token, held.cds.request_timeout_ms), (400, None, 5400));
         assert_eq!(parse_server_config(br#"{"eds_hold_ms":-1}"#).unwrap_err().field, "eds_hold_ms");
         assert_eq!(parse_server_config(MINIMAL.as_bytes()).unwrap_err().field, "upstreams");
         assert!(parse_server_config(b"nope").is_err());

@@ -92,16 +92,19 @@ mod tests {
         assert!(matches!(role(POLLER_ROOT_ID, &poller), Ok(RoleConfig::Poller(_))));
         assert_eq!(
             role(SERVER_ROOT_ID, r#"{"eds_hold_ms":300}"#),
-            Ok(RoleConfig::Server(ServerConfig { eds_hold_ms: 300, status_token: None }))
+            Ok(RoleConfig::Server(ServerConfig {
+                eds_hold_ms: 300,
+                ..parse_server_config(b"{\"eds_hold_ms\":300}").unwrap()
+            }))
         );
         let pick = format!(r#"{{"pick":"web","upstreams":[{UP}]}}"#);
         assert!(matches!(role(PICK_ROOT_ID, &pick), Ok(RoleConfig::EnvoyPick(_))));
         let nginx = format!(r#"{{"host":"nginx","upstreams":[{}]}}"#, UP.replace("\"etcd\"", "\"127.0.0.1:2379\""));
         let Ok(RoleConfig::NginxWorker(cfg)) = role("anything", &nginx) else { panic!() };
         assert_eq!(RoleConfig::NginxWorker(cfg.clone()).tick_ms(), Some(NGINX_TICK_MS));
-        assert_eq!(RoleConfig::Server(ServerConfig { eds_hold_ms: 0, status_token: None }).tick_ms(), None);
+        assert_eq!(RoleConfig::Server(ServerConfig { eds_hold_ms: 0, ..ServerConfig::default() }).tick_ms(), None);
         assert_eq!(
-            RoleConfig::Server(ServerConfig { eds_hold_ms: 9, status_token: None }).tick_ms(),
+            RoleConfig::Server(ServerConfig { eds_hold_ms: 9, ..ServerConfig::default() }).tick_ms(),
             Some(HOLD_TICK_MS)
         );
         assert_eq!(cfg.pick.as_deref(), Some("web"), "nginx picks its only upstream by default");

@@ -5,6 +5,7 @@ use crate::sansio::config::{authorized, Secret, UNAUTHORIZED};
 use crate::sansio::serve::reply::LocalReply;
 
 pub const EDS_PATH: &str = "/v3/discovery:endpoints";
+pub const CDS_PATH: &str = "/v3/discovery:clusters";
 pub const STATUS_PATH: &str = "/upsync/status";
 pub const METRICS_PATH: &str = "/upsync/metrics";
 /// DiscoveryRequests are small; anything larger is refused.
@@ -19,6 +20,8 @@ pub enum Endpoint {
     Metrics,
     /// `POST /v3/discovery:endpoints`: read the body, then answer.
     Eds,
+    /// `POST /v3/discovery:clusters`: read the body, then answer.
+    Cds,
     /// Answer at once with this.
     Reply(LocalReply),
     /// Not ours: let it through.
@@ -47,7 +50,11 @@ pub fn endpoint(
             Endpoint::Reply(LocalReply::error(400, "a DiscoveryRequest body is required"))
         }
         (EDS_PATH, "POST") => Endpoint::Eds,
-        (EDS_PATH, _) => Endpoint::Reply(LocalReply::error(405, "use POST with a JSON DiscoveryRequest")),
+        (CDS_PATH, "POST") if end_of_stream => {
+            Endpoint::Reply(LocalReply::error(400, "a DiscoveryRequest body is required"))
+        }
+        (CDS_PATH, "POST") => Endpoint::Cds,
+        (EDS_PATH | CDS_PATH, _) => Endpoint::Reply(LocalReply::error(405, "use POST with a JSON DiscoveryRequest")),
         _ => Endpoint::Other,
     }
 }
@@ -79,6 +86,9 @@ mod tests {
         assert_eq!(endpoint("POST", EDS_PATH, false), Endpoint::Eds);
         assert!(matches!(endpoint("POST", EDS_PATH, true), Endpoint::Reply(r) if r.status == 400));
         assert!(matches!(endpoint("GET", EDS_PATH, true), Endpoint::Reply(r) if r.status == 405));
+        assert_eq!(endpoint("POST", CDS_PATH, false), Endpoint::Cds);
+        assert!(matches!(endpoint("POST", CDS_PATH, true), Endpoint::Reply(r) if r.status == 400));
+        assert!(matches!(endpoint("GET", CDS_PATH, true), Endpoint::Reply(r) if r.status == 405));
         assert_eq!(endpoint("GET", "/", true), Endpoint::Other);
         assert_eq!(body_too_large(MAX_REQUEST_BODY), None);
         assert!(matches!(body_too_large(MAX_REQUEST_BODY + 1), Some(r) if r.status == 413));

@@ -1,6 +1,7 @@
 //! Answering local requests from shared data: REST EDS for Envoy (with
 //! long-poll holding) and the status endpoint.
 
+pub mod cds;
 pub mod eds;
 pub mod eds_hold;
 pub mod local;

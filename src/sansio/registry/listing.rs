@@ -20,7 +20,7 @@ use crate::sansio::registry::etcd_v3::prefix_range_end;
 use crate::sansio::registry::{check_json_budget, get_json, short_text, AdapterError, HttpRequest, HttpResponse};
 use crate::sansio::util::{base64, url};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What a listing answer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,29 @@ pub enum Listed {
     Unchanged,
     /// Every name found, sorted, each once (not yet checked as upstream names).
     Names(BTreeSet<String>),
+    /// etcd v3: every name found with its [`ChildMark`].
+    Marked(BTreeMap<String, ChildMark>),
+}
+
+/// What an etcd v3 listing says of one child: how many keys it has and the
+/// newest `mod_revision` among them. Any put or delete under the child
+/// moves one of them, so the listing doubles as the safety probe of every
+/// upstream found (the same test the member adapter's own probe makes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChildMark {
+    pub keys: u64,
+    pub newest: i64,
+}
+
+impl Listed {
+    /// The names listed, marks dropped.
+    pub fn into_names(self) -> Option<BTreeSet<String>> {
+        match self {
+            Listed::Unchanged => None,
+            Listed::Names(names) => Some(names),
+            Listed::Marked(marks) => Some(marks.into_keys().collect()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -179,10 +202,16 @@ impl ListingAdapter {
         if missing {
             return Ok(Listed::Names(BTreeSet::new()));
         }
+        if let Kind::EtcdV3 { parent } = &self.kind {
+            check_json_budget(response.body)?;
+            let root: Value =
+                serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+            return Ok(Listed::Marked(etcd_v3_children(parent, &root)?));
+        }
         check_json_budget(response.body)?;
         let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
         let names = match &self.kind {
-            Kind::EtcdV3 { parent } => etcd_v3_children(parent, &root)?,
+            Kind::EtcdV3 { parent } => etcd_v3_children(parent, &root)?.into_keys().collect(),
             Kind::EtcdV2 { parent } => etcd_v2_children(parent, &root)?,
             Kind::ConsulKv { parent } => consul_kv_children(parent.trim_start_matches('/'), &root)?,
             Kind::ConsulServices { tag } => consul_services(tag.as_deref(), &root)?,
@@ -201,24 +230,33 @@ fn child_of<'a>(parent: &str, key: &'a str) -> Option<&'a str> {
     (!name.is_empty()).then_some(name)
 }
 
-fn etcd_v3_children(parent: &str, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
+fn etcd_v3_children(parent: &str, root: &Value) -> Result<BTreeMap<String, ChildMark>, AdapterError> {
     if let Some(e) = root.get("error").or_else(|| root.get("message")).and_then(Value::as_str) {
         return Err(AdapterError::Registry(e.chars().take(200).collect()));
     }
     let kvs = match root.get("kvs") {
-        None => return Ok(BTreeSet::new()),
+        None => return Ok(BTreeMap::new()),
         Some(Value::Array(kvs)) => kvs,
         Some(_) => return Err(AdapterError::BadShape("kvs is not an array".into())),
     };
-    let mut names = BTreeSet::new();
+    let mut names: BTreeMap<String, ChildMark> = BTreeMap::new();
     for kv in kvs {
         let key = kv
             .get("key")
             .and_then(Value::as_str)
             .and_then(|k| base64::decode(k).ok())
             .ok_or_else(|| AdapterError::BadShape("kvs[].key is not base64".into()))?;
+        // The gateway writes int64 as a string.
+        let revision = match kv.get("mod_revision") {
+            Some(Value::String(r)) => r.parse::<i64>().ok(),
+            Some(v) => v.as_i64(),
+            None => Some(0),
+        }
+        .ok_or_else(|| AdapterError::BadShape("kvs[].mod_revision is not an integer".into()))?;
         if let Some(name) = std::str::from_utf8(&key).ok().and_then(|k| child_of(parent, k)) {
-            names.insert(name.to_string());
+            let mark = names.entry(name.to_string()).or_default();
+            mark.keys += 1;
+            mark.newest = mark.newest.max(revision);
         }
     }
     Ok(names)

@@ -9,7 +9,7 @@
 //! listing never removes every upstream.
 
 use crate::sansio::config::{refusal, DiscoverConfig, NamePattern};
-use crate::sansio::registry::listing::{Listed, ListingAdapter};
+use crate::sansio::registry::listing::{ChildMark, Listed, ListingAdapter};
 use crate::sansio::registry::{HttpRequest, HttpResponse};
 use crate::sansio::util::backoff::Backoff;
 use crate::sansio::util::rng::Rng;
@@ -35,6 +35,9 @@ pub enum DiscoveryEvent {
         added: Vec<String>,
         removed: Vec<String>,
     },
+    /// etcd v3: each listed child's key count and newest revision, for the
+    /// poller to read again the found upstreams whose mark moved.
+    Marks(BTreeMap<String, ChildMark>),
     /// Names in the listing that do not become upstreams (reported once per name).
     Skipped {
         name: String,
@@ -181,9 +184,12 @@ impl ListingMachine {
                 let next = now + if self.adapter.blocks() { UNCHANGED_GAP_MS } else { self.interval_ms };
                 self.phase = Phase::Waiting { until: self.confirm_by(next) };
             }
-            Ok(Listed::Names(listed)) => {
+            Ok(listed @ (Listed::Names(_) | Listed::Marked(_))) => {
                 self.listings_ok += 1;
-                self.apply(now, listed);
+                if let Listed::Marked(marks) = &listed {
+                    self.events.push(DiscoveryEvent::Marks(marks.clone()));
+                }
+                self.apply(now, listed.into_names().unwrap_or_default());
                 let next = if self.adapter.blocks() { now } else { now + self.interval_ms };
                 self.phase = Phase::Waiting { until: self.confirm_by(next) };
             }

@@ -17,6 +17,7 @@
 use crate::sansio::config::{DiscoverConfig, HostKind, PluginConfig, RegistryConfig, UpstreamConfig, MAX_UPSTREAMS};
 use crate::sansio::model::update::Source;
 use crate::sansio::registry::etcd_watch;
+use crate::sansio::registry::listing::ChildMark;
 use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse};
 use crate::sansio::shared::keys::{cds_key, discovered_key};
 use crate::sansio::shared::lease::{self, Election};
@@ -29,7 +30,7 @@ use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
 use crate::sansio::sync::timers::{Timer, TimerKind, TimerTable};
 use crate::sansio::sync::watch::{WatchNews, WatchStream};
 use crate::sansio::util::text::clip;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Who polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +125,8 @@ struct Upstream {
     status_stale: bool,
     /// Listed in [`Poller::dirty`].
     queued: bool,
+    /// What the last etcd v3 listing of its `discover[]` parent said of it.
+    mark: Option<ChildMark>,
 }
 
 /// One `discover[]` entry: its listing machine and what it found.
@@ -229,6 +232,7 @@ impl Poller {
                     return None;
                 }
                 u.retired = false;
+                u.mark = None;
                 u.machine = machine(i);
                 u.registry = cfg.registry.clone();
                 u.part = part;
@@ -250,6 +254,7 @@ impl Poller {
                     unpublished: false,
                     status_stale: true,
                     queued: false,
+                    mark: None,
                 });
                 self.by_name.insert(cfg.name.clone(), i);
                 self.join_watch(i, cfg, now);
@@ -629,6 +634,7 @@ impl Poller {
                 }
                 self.apply_listing(d, &added, &removed, now);
             }
+            DiscoveryEvent::Marks(marks) => self.check_marks(d, &marks, now),
             DiscoveryEvent::Skipped { name, why } => {
                 log::warn!("discover[{d}]: {:?} {why}; not an upstream", clip(&name))
             }
@@ -652,6 +658,28 @@ impl Poller {
                     }
                 }
             }
+        }
+    }
+
+    /// The parent's listing as the safety probe of every upstream it found:
+    /// one whose key count or newest revision moved since the last listing
+    /// is read now (a change its watch missed, or its poll has not seen yet).
+    fn check_marks(&mut self, d: usize, marks: &BTreeMap<String, ChildMark>, now: u64) {
+        let mut moved = Vec::new();
+        for (name, mark) in marks {
+            let Some(&i) = self.by_name.get(name) else {
+                continue;
+            };
+            let Some(u) = self.upstreams.get_mut(i).filter(|u| u.group == Some(d) && !u.retired) else {
+                continue;
+            };
+            if u.mark.replace(*mark).is_some_and(|old| old != *mark) {
+                u.machine.handle_push(now);
+                moved.push(i);
+            }
+        }
+        for i in moved {
+            self.drive(i, now);
         }
     }
 
@@ -907,6 +935,7 @@ mod tests {
 
     use super::*;
     use crate::sansio::registry::etcd_watch;
+    use crate::sansio::registry::listing::ChildMark;
     use crate::sansio::shared::snapshot;
     use crate::sansio::shared::status::read_index;
     use crate::sansio::shared::store::{Entry, MemoryStore, StoreError, StoreRules};

@@ -203,3 +203,36 @@ fn on_nginx_one_worker_lists_and_polls_the_found_upstreams_the_others_adopt_and_
     assert!(calls[1].0 >= 1 && calls[1].1 >= 2, "b took over: {calls:?}");
     assert_eq!(snapshot::read(&store, "web").unwrap().unwrap().members.len(), 2);
 }
+
+#[test]
+fn the_etcd_v3_listing_is_the_safety_probe_of_every_found_upstream() {
+    let json = r#"{"discover":[{"registry":{"type":"etcd_v3","target":"etcd","prefix":"/upstreams/"},
+        "interval_ms":1000,"defaults":{"interval_ms":600000}}]}"#;
+    let mut etcd = EtcdScript::new();
+    for name in ["a", "b", "c"] {
+        etcd.put_key(&format!("/upstreams/{name}/10.0.0.1:80"), "{}");
+    }
+    let mut store = MemoryStore::new(StoreRules::Envoy);
+    let mut p = Poller::new(&config(json), Leadership::Singleton, 7);
+    run(&mut p, &mut store, &etcd, 0);
+    // Idle: one listing a second and nothing else.
+    for t in [1000, 2000] {
+        p.handle_timeout(&mut store, t);
+        let calls = dispatches(&mut p);
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].upstream >= DISCOVERY_CALLER);
+        let body = etcd.answer(&calls[0].request);
+        p.handle_response(t, calls[0].upstream, calls[0].id, HttpResponse::new(Some(200), &[], &body));
+        assert!(dispatches(&mut p).is_empty(), "no upstream read while nothing moved");
+    }
+    // A change under b (which its watch would bring; there is none here):
+    // the next listing sees b's mark move and reads b, and only b.
+    etcd.put_key("/upstreams/b/10.0.0.2:80", "{}");
+    p.handle_timeout(&mut store, 3000);
+    let (listings, reads) = answer_all(&mut p, &etcd, 3000);
+    assert_eq!(listings, 1);
+    assert!((1..=2).contains(&reads), "b probed and read, a and c left alone: {reads} calls");
+    p.flush(&mut store);
+    assert_eq!(snapshot::read(&store, "b").unwrap().unwrap().members.len(), 2);
+    assert_eq!(snapshot::read(&store, "a").unwrap().unwrap().version, 1, "a untouched");
+}

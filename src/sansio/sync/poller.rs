@@ -935,7 +935,6 @@ mod tests {
 
     use super::*;
     use crate::sansio::registry::etcd_watch;
-    use crate::sansio::registry::listing::ChildMark;
     use crate::sansio::shared::snapshot;
     use crate::sansio::shared::status::read_index;
     use crate::sansio::shared::store::{Entry, MemoryStore, StoreError, StoreRules};

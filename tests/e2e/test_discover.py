@@ -23,6 +23,7 @@ REGISTRIES = {
     "etcd_v2": {"type": "etcd_v2", "target": "etcd", "prefix": "/upstreams/", "wait_ms": 5000},
     "consul_kv": {"type": "consul_kv", "target": "consul", "prefix": "upstreams/", "wait_ms": 5000},
 }
+SERVICE_REGISTRIES = {"consul_health": {"type": "consul_health", "target": "consul", "wait_ms": 5000}}
 
 
 class DiscoverStack:
@@ -31,7 +32,7 @@ class DiscoverStack:
         self.etcd = Etcd(workdir / "etcd").start()
         self.consul = None
         consul_port = None
-        if kind == "consul_kv":
+        if kind.startswith("consul"):
             self.consul = harness.consul_emulator_class()(port=0).start()
             consul_port = self.consul.port
         self.backends = {n: Backend(n) for n in ("alpha", "beta", "gamma", "delta")}
@@ -39,7 +40,7 @@ class DiscoverStack:
             workdir / "envoy", wasm, self.etcd.client_port, template=DISCOVER_TEMPLATE, interval_ms=300,
             backoff_max_ms=1000, consul_port=consul_port,
         )
-        self.envoy.values["DISCOVER_REGISTRY"] = json.dumps(REGISTRIES[kind])
+        self.envoy.values["DISCOVER_REGISTRY"] = json.dumps({**REGISTRIES, **SERVICE_REGISTRIES}[kind])
 
     def put(self, upstream: str, backend: str) -> None:
         address = self.backends[backend].address
@@ -146,3 +147,28 @@ def test_the_cds_endpoint_answers_like_envoy_expects(discover_stack):
     assert code == 304
     assert harness.http_json("GET", url)[0] == 405
     assert harness.http_text("POST", url)[0] == 400
+
+
+def test_consul_services_carrying_the_tag_become_upstreams(tmp_path, wasm):
+    """consul_health: `GET /v1/catalog/services` as a blocking query, filtered by
+    `tag`; each service found is read from /v1/health/service/<name>."""
+    s = DiscoverStack(tmp_path, wasm, "consul_health")
+    try:
+        # `tag` sits beside `registry` in the discover entry, after it in the template.
+        s.envoy.values["DISCOVER_REGISTRY"] += ', "tag": "edge"'
+
+        def register(service: str, backend: str, tags=("edge",)) -> None:
+            b = s.backends[backend]
+            s.consul.register_service(service, "127.0.0.1", b.port, node=f"node-{service}-{backend}",
+                                      service_id=f"{service}-{backend}", tags=list(tags))
+
+        register("web", "alpha")
+        register("internal", "beta", tags=("private",))
+        s.envoy.start()
+        wait_until(lambda: s.get("web") == (200, "alpha"), 30, 0.1, "tagged service web routed")
+        register("shop", "gamma")
+        wait_until(lambda: s.get("shop") == (200, "gamma"), 30, 0.1, "a newly tagged service routed")
+        assert "internal" not in s.envoy_clusters(), "a service without the tag is no upstream"
+        assert s.get("internal")[0] in (404, 503)
+    finally:
+        s.close()

@@ -362,17 +362,21 @@ mod tests {
         assert_eq!(base64::decode(body["key"].as_str().unwrap()).unwrap(), b"/upstreams/");
         assert_eq!(base64::decode(body["range_end"].as_str().unwrap()).unwrap(), b"/upstreams0");
         let keys: Vec<Value> = [
-            "/upstreams/web/10.0.0.1:80",
-            "/upstreams/web/10.0.0.2:80",
-            "/upstreams/api/1.1.1.1:1",
-            "/upstreams/stray",
+            ("/upstreams/web/10.0.0.1:80", 5),
+            ("/upstreams/web/10.0.0.2:80", 8),
+            ("/upstreams/api/1.1.1.1:1", 3),
+            ("/upstreams/stray", 9),
         ]
         .iter()
-        .map(|k| json!({"key": base64::encode(k.as_bytes())}))
+        .map(|(k, rev)| json!({"key": base64::encode(k.as_bytes()), "mod_revision": rev.to_string()}))
         .collect();
         let body = json!({"header": {"revision": "9"}, "kvs": keys, "count": "4"}).to_string();
-        assert_eq!(a.parse(&answer(200, &[], &body)).unwrap(), names(&["api", "web"]));
-        assert_eq!(a.parse(&answer(200, &[], r#"{"header":{}}"#)).unwrap(), names(&[]));
+        let listed = a.parse(&answer(200, &[], &body)).unwrap();
+        let Listed::Marked(marks) = &listed else { panic!("{listed:?}") };
+        assert_eq!(marks["web"], ChildMark { keys: 2, newest: 8 });
+        assert_eq!(marks["api"], ChildMark { keys: 1, newest: 3 });
+        assert_eq!(listed.into_names().unwrap(), ["api".to_string(), "web".to_string()].into_iter().collect());
+        assert_eq!(a.parse(&answer(200, &[], r#"{"header":{}}"#)).unwrap(), Listed::Marked(BTreeMap::new()));
         assert!(matches!(a.parse(&answer(200, &[], r#"{"kvs":[{"key":"%%"}]}"#)), Err(AdapterError::BadShape(_))));
         assert!(matches!(a.parse(&answer(503, &[], "down")), Err(AdapterError::Registry(_))));
     }

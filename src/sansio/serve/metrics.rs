@@ -7,12 +7,12 @@
 use crate::sansio::model::member::Member;
 use crate::sansio::serve::reply::{LocalReply, PROMETHEUS_TEXT};
 use crate::sansio::shared::lease;
-use crate::sansio::shared::status::{consistent_read, read_index, LATENCY_BOUNDS_MS};
+use crate::sansio::shared::status::{consistent_read, read_index, DiscoveryRecord, LATENCY_BOUNDS_MS};
 use crate::sansio::shared::store::SharedStore;
 use std::fmt::Write;
 
 /// Every metric this endpoint exports: name, type, help.
-pub const METRICS: [(&str, &str, &str); 15] = [
+pub const METRICS: [(&str, &str, &str); 17] = [
     ("upsync_syncs_total", "counter", "Registry calls by result (ok: a usable answer; failed)."),
     ("upsync_sync_failures_total", "counter", "Failed registry calls by reason."),
     (
@@ -32,6 +32,8 @@ pub const METRICS: [(&str, &str, &str); 15] = [
     ("upsync_source_fallback", "gauge", "1 while the configured fallback list is served."),
     ("upsync_watch_open", "gauge", "1 while the etcd watch stream is open (upstreams with grpc_target)."),
     ("upsync_poller_leader", "gauge", "1 for the worker that polls the registry for an upstream (nginx)."),
+    ("upsync_discover_upstreams", "gauge", "Upstreams a discover[] entry found and keeps in sync."),
+    ("upsync_discover_listings_total", "counter", "Listings of a discover[] entry by result (ok, failed)."),
 ];
 
 /// Answers `GET /upsync/metrics` at `now` (ms).
@@ -103,6 +105,16 @@ fn render(store: &dyn SharedStore, now: u64) -> String {
         if let Some(watch) = &record.sync.watch {
             put("upsync_watch_open", "", Value::flag(watch == "open"));
         }
+    }
+    for d in DiscoveryRecord::read_all(store) {
+        let mut put = |metric: &str, labels: &str, value: u64| {
+            if let Some(f) = families.iter_mut().find(|f| f.name == metric) {
+                let _ = writeln!(f.lines, "{metric}{{entry=\"{}\"{labels}}} {value}", d.entry);
+            }
+        };
+        put("upsync_discover_upstreams", "", d.upstreams as u64);
+        put("upsync_discover_listings_total", ",result=\"ok\"", d.listings_ok);
+        put("upsync_discover_listings_total", ",result=\"failed\"", d.listings_failed);
     }
     let mut out = String::new();
     for ((name, kind, help), family) in METRICS.iter().zip(&families) {

@@ -3,7 +3,7 @@
 
 use crate::sansio::model::member::Member;
 use crate::sansio::serve::reply::LocalReply;
-use crate::sansio::shared::status::{consistent_read, read_index, read_poller_memory, SyncView};
+use crate::sansio::shared::status::{consistent_read, read_index, read_poller_memory, DiscoveryRecord, SyncView};
 use crate::sansio::shared::store::SharedStore;
 use serde::Serialize;
 use serde_json::json;
@@ -32,7 +32,12 @@ pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>, worker_memory
     };
     let upstreams: Vec<UpstreamView<'_>> = selected.into_iter().map(|name| upstream_view(store, name)).collect();
     let memory = json!({ "poller": read_poller_memory(store), "worker": worker_memory });
-    LocalReply::json(200, json!({ "upstreams": upstreams, "wasm_memory_bytes": memory }).to_string())
+    let mut body = json!({ "upstreams": upstreams, "wasm_memory_bytes": memory });
+    let discover = DiscoveryRecord::read_all(store);
+    if !discover.is_empty() {
+        body["discover"] = json!(discover);
+    }
+    LocalReply::json(200, body.to_string())
 }
 
 /// One upstream as the status endpoint shows it.

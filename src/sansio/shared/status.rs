@@ -96,6 +96,43 @@ impl From<&RegistryConfig> for RegistryWire {
     }
 }
 
+/// A `discover[]` entry as its lister sees it, for the status endpoint and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryRecord {
+    pub key: String,
+    pub entry: usize,
+    pub registry: RegistryWire,
+    /// Upstreams found and in force.
+    pub upstreams: usize,
+    pub listings_ok: u64,
+    pub listings_failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_listing_ms: Option<u64>,
+}
+
+/// The key of `discover[entry]`'s record (`~` is no upstream-name character).
+pub fn discovery_status_key(entry: usize) -> String {
+    status_key(&format!("~discover/{entry}"))
+}
+
+impl DiscoveryRecord {
+    pub fn write(&self, store: &mut dyn SharedStore) -> Result<(), StoreError> {
+        snapshot::put_json(store, &self.key, self)
+    }
+
+    /// Every entry's record, in entry order, up to the first one missing.
+    pub fn read_all(store: &dyn SharedStore) -> Vec<DiscoveryRecord> {
+        (0..16)
+            .map_while(|entry| {
+                let key = discovery_status_key(entry);
+                snapshot::get_keyed(store, &key, |r: &DiscoveryRecord| &r.key).ok().and_then(|(r, _)| r)
+            })
+            .collect()
+    }
+}
+
 /// The poller's view of one upstream's sync, stored under its status key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {

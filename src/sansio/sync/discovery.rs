@@ -84,6 +84,8 @@ pub struct ListingMachine {
     events: Vec<DiscoveryEvent>,
     failures_total: u64,
     listings_ok: u64,
+    last_error: Option<String>,
+    last_listing_ms: Option<u64>,
 }
 
 impl ListingMachine {
@@ -106,6 +108,8 @@ impl ListingMachine {
             events: Vec::new(),
             failures_total: 0,
             listings_ok: 0,
+            last_error: None,
+            last_listing_ms: None,
         }
     }
 
@@ -114,9 +118,9 @@ impl ListingMachine {
         &self.names
     }
 
-    /// Counters: listings read, calls failed.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.listings_ok, self.failures_total)
+    /// Listings read, calls failed, the last failure and the last good listing's time.
+    pub fn report(&self) -> (u64, u64, Option<&str>, Option<u64>) {
+        (self.listings_ok, self.failures_total, self.last_error.as_deref(), self.last_listing_ms)
     }
 
     /// Takes names from another worker's listing (nginx followers adopt
@@ -181,11 +185,13 @@ impl ListingMachine {
             }
             Ok(Listed::Unchanged) => {
                 self.listings_ok += 1;
+                self.last_listing_ms = Some(now);
                 let next = now + if self.adapter.blocks() { UNCHANGED_GAP_MS } else { self.interval_ms };
                 self.phase = Phase::Waiting { until: self.confirm_by(next) };
             }
             Ok(listed @ (Listed::Names(_) | Listed::Marked(_))) => {
                 self.listings_ok += 1;
+                self.last_listing_ms = Some(now);
                 if let Listed::Marked(marks) = &listed {
                     self.events.push(DiscoveryEvent::Marks(marks.clone()));
                 }
@@ -215,6 +221,7 @@ impl ListingMachine {
         }
         .saturating_add(1);
         self.failures_total += 1;
+        self.last_error = Some(crate::sansio::util::text::clip(&reason).to_string());
         let retry_in_ms = self.backoff.jittered(failures, &mut self.rng);
         self.phase = Phase::Backoff { until: now + retry_in_ms, failures };
         self.events.push(DiscoveryEvent::Failed { reason, retry_in_ms });

@@ -23,7 +23,7 @@ use crate::sansio::shared::keys::{cds_key, discovered_key};
 use crate::sansio::shared::lease::{self, Election};
 use crate::sansio::shared::names;
 use crate::sansio::shared::snapshot::{self, PublishOutcome};
-use crate::sansio::shared::status::{self, StatusRecord, SyncStats};
+use crate::sansio::shared::status::{self, discovery_status_key, DiscoveryRecord, StatusRecord, SyncStats};
 use crate::sansio::shared::store::SharedStore;
 use crate::sansio::sync::discovery::{DiscoveryEvent, ListingMachine};
 use crate::sansio::sync::machine::{SyncConfig, SyncEvent, SyncMachine};
@@ -138,6 +138,8 @@ struct Discovery {
     part: Part,
     /// The leader's listing waits for [`Poller::flush`] (nginx followers read it).
     unwritten: bool,
+    /// The status record waits for [`Poller::flush`].
+    status_stale: bool,
 }
 
 pub struct Poller {
@@ -179,6 +181,7 @@ impl Poller {
                 target: 0,
                 part,
                 unwritten: false,
+                status_stale: true,
             })
             .collect();
         let mut poller = Poller {
@@ -571,7 +574,25 @@ impl Poller {
     /// Writes what `discover[]` found: each led entry's names (nginx: for
     /// the other workers) and, on Envoy, the CDS list.
     fn flush_discoveries(&mut self, store: &mut dyn SharedStore) {
+        let found_in = |d: usize| self.upstreams.iter().filter(|u| u.group == Some(d) && !u.retired).count();
+        let counts: Vec<usize> = (0..self.discoveries.len()).map(found_in).collect();
         for (d, entry) in self.discoveries.iter_mut().enumerate() {
+            if entry.part == Part::Leading && std::mem::take(&mut entry.status_stale) {
+                let (listings_ok, listings_failed, last_error, last_listing_ms) = entry.machine.report();
+                let record = DiscoveryRecord {
+                    key: discovery_status_key(d),
+                    entry: d,
+                    registry: (&entry.config.registry).into(),
+                    upstreams: counts.get(d).copied().unwrap_or_default(),
+                    listings_ok,
+                    listings_failed,
+                    last_error: last_error.map(str::to_string),
+                    last_listing_ms,
+                };
+                if let Err(e) = record.write(store) {
+                    log::debug!("discover[{d}]: cannot write status: {e}");
+                }
+            }
             if entry.part == Part::Leading && self.leadership != Leadership::Singleton && entry.unwritten {
                 let found: Vec<String> = entry.machine.names().iter().cloned().collect();
                 match names::write(store, &discovered_key(d), &found) {
@@ -605,6 +626,7 @@ impl Poller {
             self.timers.set(Timer { index: d, kind: TimerKind::Discover }, None);
             return;
         }
+        entry.status_stale = true;
         let mut events = Vec::new();
         while let Some(event) = entry.machine.poll_event() {
             events.push(event);

@@ -7,10 +7,12 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use crate::sansio::config::PluginConfig;
 use crate::sansio::registry::HttpResponse;
+use crate::sansio::serve::metrics::metrics_reply;
+use crate::sansio::serve::status::status_reply;
 use crate::sansio::shared::keys::{cds_key, discovered_key};
 use crate::sansio::shared::names;
 use crate::sansio::shared::snapshot;
-use crate::sansio::shared::status::read_index;
+use crate::sansio::shared::status::{read_index, DiscoveryRecord};
 use crate::sansio::shared::store::{MemoryStore, SharedStore, StoreRules};
 use crate::sansio::sync::poller::{Action, Dispatch, Leadership, Poller, DISCOVERY_CALLER};
 use crate::sansio::tests::testkit::EtcdScript;
@@ -149,18 +151,37 @@ fn a_failed_or_empty_listing_keeps_every_upstream_found() {
     for (status, body) in
         [(503, "unavailable"), (200, "not json"), (200, r#"{"header":{}}"#), (200, r#"{"header":{}}"#)]
     {
-        let at = p.poll_timeout().unwrap();
-        p.handle_timeout(&mut store, at);
-        for call in dispatches(&mut p) {
-            let answer =
-                if call.upstream >= DISCOVERY_CALLER { body.as_bytes().to_vec() } else { etcd.answer(&call.request) };
-            p.handle_response(at, call.upstream, call.id, HttpResponse::new(Some(status), &[], &answer));
+        // Up to the next listing call (member polls may come first).
+        let mut listed = false;
+        while !listed {
+            let at = p.poll_timeout().unwrap();
+            p.handle_timeout(&mut store, at);
+            for call in dispatches(&mut p) {
+                let listing = call.upstream >= DISCOVERY_CALLER;
+                listed |= listing;
+                let (code, answer) =
+                    if listing { (status, body.as_bytes().to_vec()) } else { (200, etcd.answer(&call.request)) };
+                p.handle_response(at, call.upstream, call.id, HttpResponse::new(Some(code), &[], &answer));
+            }
+            p.flush(&mut store);
         }
-        p.flush(&mut store);
         assert_eq!(cds(&store), ["web"], "after {status} {body}");
     }
     run(&mut p, &mut store, &EtcdScript::new(), 60_000);
     assert_eq!(cds(&store), ["web"], "an empty registry never removes every upstream");
+    // Status and metrics show the entry: what it keeps, what failed.
+    let records = DiscoveryRecord::read_all(&store);
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!((r.entry, r.upstreams, r.registry.prefix.as_str()), (0, 1, "/upstreams/"));
+    assert_eq!(r.listings_failed, 2, "the 503 and the garbage");
+    assert!(r.listings_ok >= 3);
+    assert!(r.last_error.as_deref().unwrap_or_default().contains("not JSON"), "{r:?}");
+    let metrics = metrics_reply(&store, 60_000).body;
+    assert!(metrics.contains("upsync_discover_upstreams{entry=\"0\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("upsync_discover_listings_total{entry=\"0\",result=\"failed\"} 2\n"), "{metrics}");
+    let status: serde_json::Value = serde_json::from_str(&status_reply(&store, None, None).body).unwrap();
+    assert_eq!(status["discover"][0]["upstreams"], 1);
 }
 
 const NGINX: &str = r#"{"host":"nginx","lease_ms":3000,"discover":[{"registry":{"type":"etcd_v3","target":"127.0.0.1:2379","prefix":"/upstreams/"},

@@ -32,11 +32,12 @@ pub fn status_reply(store: &dyn SharedStore, filter: Option<&str>, worker_memory
     };
     let upstreams: Vec<UpstreamView<'_>> = selected.into_iter().map(|name| upstream_view(store, name)).collect();
     let memory = json!({ "poller": read_poller_memory(store), "worker": worker_memory });
-    let mut body = json!({ "upstreams": upstreams, "wasm_memory_bytes": memory });
     let discover = DiscoveryRecord::read_all(store);
-    if !discover.is_empty() {
-        body["discover"] = json!(discover);
-    }
+    let body = if discover.is_empty() {
+        json!({ "upstreams": upstreams, "wasm_memory_bytes": memory })
+    } else {
+        json!({ "upstreams": upstreams, "wasm_memory_bytes": memory, "discover": discover })
+    };
     LocalReply::json(200, body.to_string())
 }
 

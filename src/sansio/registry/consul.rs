@@ -22,9 +22,10 @@ use crate::sansio::util::base64;
 use crate::sansio::util::url;
 use serde_json::Value;
 
+/// The part of every Consul read that makes it a blocking query: the
+/// datacenter and consistency parameters, and the `X-Consul-Index` cursor.
 #[derive(Debug, Clone)]
-pub struct ConsulAdapter {
-    query: ConsulQuery,
+pub struct BlockingQuery {
     dc: Option<String>,
     consistency: Consistency,
     wait_ms: u64,
@@ -32,45 +33,27 @@ pub struct ConsulAdapter {
     index: u64,
 }
 
-impl ConsulAdapter {
-    pub fn new(query: ConsulQuery, dc: Option<String>, consistency: Consistency, wait_ms: u64) -> Self {
-        ConsulAdapter { query, dc, consistency, wait_ms, index: 0 }
-    }
-
-    pub fn from_spec(spec: &ConsulSpec) -> Self {
-        Self::new(spec.query.clone(), spec.dc.clone(), spec.consistency, spec.wait_ms)
-    }
-
-    /// What is read, for log lines: the KV prefix or the service.
-    fn what(&self) -> &str {
-        match &self.query {
-            ConsulQuery::Kv { prefix } => prefix,
-            ConsulQuery::Catalog { service } | ConsulQuery::Health { service, .. } => service,
-        }
-    }
-
-    /// Consul adds up to wait/16 of jitter to the hold.
-    fn max_hold_ms(&self) -> u64 {
-        self.wait_ms.saturating_add(self.wait_ms / 16)
-    }
+/// What an answer's `X-Consul-Index` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMove {
+    /// The same index as the last answer: nothing changed.
+    Unchanged,
+    Forward,
+    /// Below the last one: the cursor is reset (the next call is a plain read).
+    WentBack {
+        from: u64,
+        to: u64,
+    },
 }
 
-impl RegistryAdapter for ConsulAdapter {
-    fn request(&self) -> HttpRequest {
-        let mut params: Vec<(&str, String)> = Vec::new();
-        let path = match &self.query {
-            ConsulQuery::Kv { prefix } => {
-                params.push(("recurse", "true".into()));
-                format!("/v1/kv/{}", url::encode(prefix.trim_start_matches('/'), true))
-            }
-            ConsulQuery::Catalog { service } => format!("/v1/catalog/service/{}", url::encode(service, false)),
-            ConsulQuery::Health { service, passing_only } => {
-                if *passing_only {
-                    params.push(("passing", "true".into()));
-                }
-                format!("/v1/health/service/{}", url::encode(service, false))
-            }
-        };
+impl BlockingQuery {
+    pub fn new(dc: Option<String>, consistency: Consistency, wait_ms: u64) -> Self {
+        BlockingQuery { dc, consistency, wait_ms, index: 0 }
+    }
+
+    /// `GET path` with `params`, then the datacenter, consistency, and
+    /// (once an index is known) `index` and `wait`.
+    pub fn get(&self, path: &str, mut params: Vec<(&str, String)>) -> HttpRequest {
         if let Some(dc) = &self.dc {
             params.push(("dc", dc.clone()));
         }
@@ -91,6 +74,84 @@ impl RegistryAdapter for ConsulAdapter {
         }
     }
 
+    /// Moves the cursor to the answer's `X-Consul-Index`.
+    pub fn take_index(&mut self, response: &HttpResponse<'_>) -> Result<IndexMove, AdapterError> {
+        let raw_index = response
+            .header("x-consul-index")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| AdapterError::BadShape("no X-Consul-Index header".into()))?;
+        // Below 1 counts as 1 before any comparison, so a registry that
+        // answers 0 looks "unchanged" (and is paced), never "went back".
+        let new_index = raw_index.max(1);
+        let previous = std::mem::replace(&mut self.index, new_index);
+        Ok(if new_index < previous {
+            self.index = 0;
+            IndexMove::WentBack { from: previous, to: new_index }
+        } else if previous > 0 && new_index == previous {
+            IndexMove::Unchanged
+        } else {
+            IndexMove::Forward
+        })
+    }
+
+    pub fn reset(&mut self) {
+        self.index = 0;
+    }
+
+    /// How long Consul may hold the next call: the wait plus its wait/16
+    /// of jitter, once an index is known.
+    pub fn hold_ms(&self) -> u64 {
+        if self.index > 0 {
+            self.wait_ms.saturating_add(self.wait_ms / 16)
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsulAdapter {
+    query: ConsulQuery,
+    blocking: BlockingQuery,
+}
+
+impl ConsulAdapter {
+    pub fn new(query: ConsulQuery, dc: Option<String>, consistency: Consistency, wait_ms: u64) -> Self {
+        ConsulAdapter { query, blocking: BlockingQuery::new(dc, consistency, wait_ms) }
+    }
+
+    pub fn from_spec(spec: &ConsulSpec) -> Self {
+        Self::new(spec.query.clone(), spec.dc.clone(), spec.consistency, spec.wait_ms)
+    }
+
+    /// What is read, for log lines: the KV prefix or the service.
+    fn what(&self) -> &str {
+        match &self.query {
+            ConsulQuery::Kv { prefix } => prefix,
+            ConsulQuery::Catalog { service } | ConsulQuery::Health { service, .. } => service,
+        }
+    }
+}
+
+impl RegistryAdapter for ConsulAdapter {
+    fn request(&self) -> HttpRequest {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        let path = match &self.query {
+            ConsulQuery::Kv { prefix } => {
+                params.push(("recurse", "true".into()));
+                format!("/v1/kv/{}", url::encode(prefix.trim_start_matches('/'), true))
+            }
+            ConsulQuery::Catalog { service } => format!("/v1/catalog/service/{}", url::encode(service, false)),
+            ConsulQuery::Health { service, passing_only } => {
+                if *passing_only {
+                    params.push(("passing", "true".into()));
+                }
+                format!("/v1/health/service/{}", url::encode(service, false))
+            }
+        };
+        self.blocking.get(&path, params)
+    }
+
     fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Poll, AdapterError> {
         let kv_missing = matches!(self.query, ConsulQuery::Kv { .. }) && response.status == Some(404);
         if !kv_missing {
@@ -103,22 +164,12 @@ impl RegistryAdapter for ConsulAdapter {
                 });
             }
         }
-        let raw_index = response
-            .header("x-consul-index")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| AdapterError::BadShape("no X-Consul-Index header".into()))?;
-        // Below 1 counts as 1 before any comparison, so a registry that
-        // answers 0 looks "unchanged" (and is paced), never "went back".
-        let new_index = raw_index.max(1);
-        let previous = self.index;
-        self.index = if new_index < previous {
-            log::info!("consul {}: X-Consul-Index went back from {previous} to {new_index}; index reset", self.what());
-            0
-        } else {
-            new_index
-        };
-        if previous > 0 && new_index == previous {
-            return Ok(Poll::Unchanged);
+        match self.blocking.take_index(response)? {
+            IndexMove::Unchanged => return Ok(Poll::Unchanged),
+            IndexMove::WentBack { from, to } => {
+                log::info!("consul {}: X-Consul-Index went back from {from} to {to}; index reset", self.what())
+            }
+            IndexMove::Forward => {}
         }
         if kv_missing {
             return Ok(Poll::NotFound);
@@ -137,15 +188,11 @@ impl RegistryAdapter for ConsulAdapter {
     }
 
     fn reset(&mut self) {
-        self.index = 0;
+        self.blocking.reset();
     }
 
     fn hold_ms(&self) -> u64 {
-        if self.index > 0 {
-            self.max_hold_ms()
-        } else {
-            0
-        }
+        self.blocking.hold_ms()
     }
 
     fn long_polls(&self) -> bool {

@@ -16,6 +16,7 @@
 //! `max_body_bytes` bounds it.
 
 use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec, RegistrySpec};
+use crate::sansio::registry::consul::{BlockingQuery, IndexMove};
 use crate::sansio::registry::etcd_v3::prefix_range_end;
 use crate::sansio::registry::{check_json_budget, get_json, short_text, AdapterError, HttpRequest, HttpResponse};
 use crate::sansio::util::{base64, url};
@@ -68,12 +69,8 @@ enum Kind {
 #[derive(Debug, Clone)]
 pub struct ListingAdapter {
     kind: Kind,
-    /// Consul only.
-    dc: Option<String>,
-    consistency: Consistency,
-    wait_ms: u64,
-    /// The last `X-Consul-Index`; 0 → the next call is a plain read.
-    index: u64,
+    /// Consul's cursor (unused by the other types).
+    blocking: BlockingQuery,
     /// Nacos: the page size asked for.
     most: usize,
 }
@@ -97,17 +94,12 @@ impl ListingAdapter {
             }
             RegistrySpec::Eureka { .. } => Kind::Eureka,
         };
-        ListingAdapter { kind, dc, consistency, wait_ms, index: 0, most }
+        ListingAdapter { kind, blocking: BlockingQuery::new(dc, consistency, wait_ms), most }
     }
 
-    /// How long the registry may hold the next request (Consul's blocking
-    /// query once an index is known, plus Consul's wait/16 jitter).
+    /// How long the registry may hold the next request (Consul's blocking query).
     pub fn hold_ms(&self) -> u64 {
-        if self.index > 0 {
-            self.wait_ms.saturating_add(self.wait_ms / 16)
-        } else {
-            0
-        }
+        self.blocking.hold_ms()
     }
 
     /// Blocking queries are asked again right after an answer.
@@ -117,7 +109,7 @@ impl ListingAdapter {
 
     /// The next listing is a plain read.
     pub fn reset(&mut self) {
-        self.index = 0;
+        self.blocking.reset();
     }
 
     pub fn request(&self) -> HttpRequest {
@@ -138,9 +130,9 @@ impl ListingAdapter {
             Kind::EtcdV2 { parent } => get_json(format!("/v2/keys{}", url::encode(parent, true))),
             Kind::ConsulKv { parent } => {
                 let path = format!("/v1/kv/{}", url::encode(parent.trim_start_matches('/'), true));
-                self.consul(path, vec![("keys", "true".into()), ("separator", "/".into())])
+                self.blocking.get(&path, vec![("keys", "true".into()), ("separator", "/".into())])
             }
-            Kind::ConsulServices { .. } => self.consul("/v1/catalog/services".to_string(), Vec::new()),
+            Kind::ConsulServices { .. } => self.blocking.get("/v1/catalog/services", Vec::new()),
             Kind::Nacos { group, namespace } => {
                 let mut params: Vec<(&str, String)> = vec![("pageNo", "1".into()), ("pageSize", self.most.to_string())];
                 if let Some(g) = group {
@@ -155,27 +147,6 @@ impl ListingAdapter {
         }
     }
 
-    fn consul(&self, path: String, mut params: Vec<(&str, String)>) -> HttpRequest {
-        if let Some(dc) = &self.dc {
-            params.push(("dc", dc.clone()));
-        }
-        match self.consistency {
-            Consistency::Default => {}
-            Consistency::Stale => params.push(("stale", "true".into())),
-            Consistency::Consistent => params.push(("consistent", "true".into())),
-        }
-        if self.index > 0 {
-            params.push(("index", self.index.to_string()));
-            params.push(("wait", format!("{}ms", self.wait_ms)));
-        }
-        HttpRequest {
-            method: "GET",
-            path: format!("{path}{}", url::query(&params)),
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
     pub fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Listed, AdapterError> {
         let missing = response.status == Some(404);
         match &self.kind {
@@ -186,18 +157,8 @@ impl ListingAdapter {
                 other => other,
             })?,
         }
-        if self.blocks() {
-            let index = response
-                .header("x-consul-index")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| AdapterError::BadShape("no X-Consul-Index header".into()))?
-                .max(1);
-            let previous = std::mem::replace(&mut self.index, index);
-            if index < previous {
-                self.index = 0;
-            } else if previous > 0 && index == previous {
-                return Ok(Listed::Unchanged);
-            }
+        if self.blocks() && self.blocking.take_index(response)? == IndexMove::Unchanged {
+            return Ok(Listed::Unchanged);
         }
         if missing {
             return Ok(Listed::Names(BTreeSet::new()));

@@ -10,9 +10,9 @@ pub mod roles;
 mod routing;
 
 pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
-pub use balance::{BalancePolicy, HashKey};
+pub use balance::{BalancePolicy, HashKey, PickPolicy};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
-pub use routing::{SubsetRule, UpstreamRouting};
+pub use routing::{is_upstream_name, SubsetRule, UpstreamRouting};
 
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use balance::parse_balance;
@@ -63,6 +63,12 @@ pub struct PluginConfig {
     pub route: EnvoyRoute,
     /// Pick mode: the zone this proxy runs in; its members are preferred.
     pub zone: Option<String>,
+    /// nginx: the variable naming, per request, the upstream to pick from
+    /// (instead of `pick`).
+    pub pick_variable: Option<String>,
+    /// nginx pick-only filter (no `upstreams`): how the upstreams it picks
+    /// from are balanced (top-level `balance`, `passive_health`).
+    pub pick_policy: PickPolicy,
 }
 
 /// How an Envoy pick-mode filter hands its pick to the router.
@@ -143,6 +149,9 @@ impl PluginConfig {
                 "route",
                 "override_header",
                 "zone",
+                "pick_variable",
+                "balance",
+                "passive_health",
             ],
         )?;
         let host = match f.string("host")? {
@@ -192,13 +201,26 @@ impl PluginConfig {
                 ))
             }
         };
-        let list = f
-            .required("upstreams")?
-            .as_array()
-            .ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?;
-        if list.is_empty() || list.len() > MAX_UPSTREAMS {
-            return Err(err("upstreams", format!("must hold 1..={MAX_UPSTREAMS} upstreams, got {}", list.len())));
-        }
+        let pick_variable = routing::parse_pick_variable(&f, host)?;
+        // A pick-only filter (nginx): no upstreams of its own, no poller; it
+        // picks from the snapshots another filter's poller publishes.
+        let pick_only = host == HostKind::Nginx
+            && f.get("upstreams").is_none()
+            && (f.get("pick").is_some() || pick_variable.is_some());
+        let list: &[Value] = if pick_only {
+            &[]
+        } else {
+            let list = f
+                .get("upstreams")
+                .ok_or_else(|| err("upstreams", "is required (only an nginx filter with \"pick\" or \"pick_variable\" may leave it out: it then picks from the snapshots another filter polls)"))?
+                .as_array()
+                .ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?;
+            if list.is_empty() || list.len() > MAX_UPSTREAMS {
+                return Err(err("upstreams", format!("must hold 1..={MAX_UPSTREAMS} upstreams, got {}", list.len())));
+            }
+            list
+        };
+        let pick_policy = balance::parse_pick_policy(&f, pick_only)?;
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(list.len());
         for (i, v) in list.iter().enumerate() {
             let path = format!("upstreams[{i}]");
@@ -209,11 +231,16 @@ impl PluginConfig {
             upstreams.push(up);
         }
         let pick = match f.string("pick")? {
+            Some(name) if pick_only => Some(routing::parse_pick_only_name(name)?),
             Some(name) if upstreams.iter().any(|u| u.name == name) => Some(name.to_string()),
             Some(name) => return Err(err("pick", format!("{name:?} is not the name of an upstream"))),
+            None if pick_variable.is_some() => None,
             None if host == HostKind::Nginx && upstreams.len() == 1 => upstreams.first().map(|u| u.name.clone()),
             None if host == HostKind::Nginx => {
-                return Err(err("pick", "is required with several upstreams: which one this filter routes to"))
+                return Err(err(
+                    "pick",
+                    "is required with several upstreams: which one this filter routes to (or pick_variable: the nginx variable naming it per request)",
+                ))
             }
             None => None,
         };
@@ -235,6 +262,8 @@ impl PluginConfig {
             status_token,
             route,
             zone,
+            pick_variable,
+            pick_policy,
         })
     }
 }

@@ -75,6 +75,13 @@ impl PickRoot {
         let filter = PickFilter::new(config, seed)?;
         // A pick-only filter (no upstreams) polls nothing: no poller.
         let poller = poller.filter(|_| !config.upstreams.is_empty());
+        if config.upstreams.is_empty() {
+            let what = config
+                .pick_variable
+                .as_ref()
+                .map_or_else(|| config.pick.clone().unwrap_or_default(), |v| format!("${v}"));
+            log::info!("pick-only filter ({what}): routes by the member lists other filters publish");
+        }
         Some(PickRoot { poller, filter: Rc::new(RefCell::new(filter)) })
     }
 

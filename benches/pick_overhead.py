@@ -15,14 +15,22 @@ measured in this run (alternating, best of ROUNDS):
   0.2.5, on_http_request_headers returns Continue; built by this bench with
   cargo): the floor any wasm filter pays. Printed: no-filter, empty-filter
   and pick-filter rps and the ratio pick/empty (issue 10: target >= 0.95;
-  0.83 when the issue was filed).
+  0.83 when the issue was filed), for the pick filter as configured (passive
+  health on, the default: one host call per response reads its status) and
+  with "passive_health": false. Also the Envoy worker thread's CPU time per
+  request (from /proc/<pid>/task/<tid>/schedstat): steadier than requests/s
+  on a machine shared with other work.
 
 Usage: python benches/pick_overhead.py --wasm target/upsync_wasm.wasm
+       python benches/pick_overhead.py --sizes 10 --modes direct --rounds 5
+         (the floor comparison only: issue 10's pick/empty ratio)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import resource
 import signal
@@ -53,7 +61,7 @@ PICK_FILTER = """          - name: envoy.filters.http.wasm
                     local: {filename: "${WASM_PATH}"}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: *cfg"""
+                  value: ${PICK_CONFIG}"""
 EMPTY_FILTER = """          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -64,6 +72,16 @@ EMPTY_FILTER = """          - name: envoy.filters.http.wasm
                   runtime: envoy.wasm.runtime.v8
                   code:
                     local: {filename: "${EMPTY_WASM}"}"""
+# The poller's configuration (`*cfg` in the template) for the pick filter,
+# or the same upstream without passive health (no status read per response).
+PICK_CONFIGS = {
+    "pick": "*cfg",
+    "pick-nph": "'" + json.dumps({
+        "pick": "web", "route": "override_host",
+        "upstreams": [{"name": "web", "registry": {"type": "etcd_v3", "target": "etcd", "prefix": "/upstreams/web/"},
+                       "interval_ms": 500, "timeout_ms": 5000, "max_body_bytes": 33554432,
+                       "passive_health": False}]}) + "'",
+}
 EMPTY_CRATE = REPO / "benches" / "empty-filter"
 EMPTY_TARGET_DIR = REPO / "target" / "empty-filter"
 PREFIX = "/upstreams/web/"
@@ -162,13 +180,14 @@ class BenchEnvoy(harness.Envoy):
 
 
 def start_envoy(workdir: Path, wasm: Path, etcd: harness.Etcd, variant: str, route: str, endpoints: str) -> harness.Envoy:
-    """variant: "base" (no HTTP wasm filter), "empty" (the empty filter) or "pick"."""
+    """variant: "base" (no HTTP wasm filter), "empty" (the empty filter),
+    "pick" or "pick-nph" (the pick filter without passive health)."""
     envoy = BenchEnvoy(workdir, wasm, etcd.client_port, template=TEMPLATE)
-    envoy.values["PICK_FILTER"] = {
-        "base": "",
-        "empty": EMPTY_FILTER.replace("${EMPTY_WASM}", str(EMPTY_WASM)),
-        "pick": PICK_FILTER.replace("${WASM_PATH}", str(envoy.wasm)),
-    }[variant]
+    if variant in PICK_CONFIGS:
+        envoy.values["PICK_FILTER"] = PICK_FILTER.replace("${WASM_PATH}", str(envoy.wasm)).replace(
+            "${PICK_CONFIG}", PICK_CONFIGS[variant])
+    else:
+        envoy.values["PICK_FILTER"] = {"base": "", "empty": EMPTY_FILTER.replace("${EMPTY_WASM}", str(EMPTY_WASM))}[variant]
     envoy.values["ROUTE"] = route
     envoy.values["STATIC_ENDPOINTS"] = endpoints
     envoy.start(timeout=120)
@@ -182,15 +201,35 @@ def static_endpoints(ports: list[int]) -> str:
 
 
 def wrk(port: int, seconds: int) -> float:
+    return wrk_counted(port, seconds)[0]
+
+
+def wrk_counted(port: int, seconds: int) -> tuple[float, int]:
+    """(requests/s, requests) of one wrk run; any non-2xx answer is an error."""
     out = subprocess.run(
         ["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=seconds + 30, check=True,
     ).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if not m or errors:
+    if not m or not n or errors:
         raise RuntimeError(f"wrk: {out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(n.group(1))
+
+
+def worker_cpu_ns(pid: int) -> int:
+    """CPU time so far of Envoy's worker thread(s) (`wrk:worker_N`), in ns."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith("wrk:worker"):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    if total == 0:
+        raise RuntimeError(f"no Envoy worker thread found in /proc/{pid}/task")
+    return total
 
 
 def wait_members(envoy: harness.Envoy, n: int, timeout: float = 60) -> None:
@@ -215,23 +254,22 @@ def measure(work: Path, wasm: Path, etcd: harness.Etcd, n: int, mode: str, secon
     ports = MEMBER_PORTS[:n]
     endpoints = static_endpoints(ports)
     routes = {
-        ("direct", "base"): DIRECT,
-        ("direct", "empty"): DIRECT,
-        ("direct", "pick"): DIRECT,
         ("proxy", "base"): "route: {cluster: web_static, timeout: 5s}",
         ("proxy", "pick"): "route: {cluster: web, timeout: 5s}",
     }
-    variants = ("base", "empty", "pick") if mode == "direct" else ("base", "pick")
-    best, per_round = {}, []
+    variants = ("base", "empty", "pick", "pick-nph") if mode == "direct" else ("base", "pick")
+    best, per_round, cpu = {}, [], {}
     for r in range(rounds):
         per_round.append({})
         for variant in variants:
             envoy = start_envoy(work / f"envoy-{mode}-{n}-{variant}-{r}", wasm, etcd, variant,
-                                routes[(mode, variant)], endpoints)
+                                routes.get((mode, variant), DIRECT), endpoints)
             try:
                 wait_members(envoy, n)
                 wrk(envoy.ingress_port, 3)  # warm-up: fills Envoy's connection pools
-                rps = wrk(envoy.ingress_port, seconds)
+                before = worker_cpu_ns(envoy.proc.pid)
+                rps, requests = wrk_counted(envoy.ingress_port, seconds)
+                cpu.setdefault(variant, []).append((worker_cpu_ns(envoy.proc.pid) - before) / max(requests, 1))
                 best[variant] = max(best.get(variant, 0.0), rps)
                 per_round[-1][variant] = rps
             finally:
@@ -239,7 +277,10 @@ def measure(work: Path, wasm: Path, etcd: harness.Etcd, n: int, mode: str, secon
     if "empty" in best:
         # On a shared machine the variants of one round ran closest in time:
         # the median of the rounds' own ratios is steadier than best-of.
-        best["pick/empty per round"] = statistics.median(x["pick"] / x["empty"] for x in per_round)
+        for v in ("pick", "pick-nph"):
+            best[f"{v}/empty per round"] = statistics.median(x[v] / x["empty"] for x in per_round)
+        # CPU per request: the median over rounds, in µs.
+        best["cpu"] = {v: statistics.median(ns) / 1000 for v, ns in cpu.items()}
     return best
 
 
@@ -253,7 +294,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sizes", default="10,1000,10000")
+    ap.add_argument("--modes", default="proxy,direct",
+                    help="comma-separated: proxy, direct (direct alone: the floor comparison only)")
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in ("proxy", "direct") for m in modes):
+        ap.error(f"--modes: proxy and/or direct, got {args.modes!r}")
     wasm = Path(args.wasm).resolve()
     sizes = [int(s) for s in args.sizes.split(",")]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -268,12 +314,13 @@ def main() -> int:
     try:
         for n in sizes:
             register(etcd, [f"127.0.0.1:{p}" for p in MEMBER_PORTS[:n]])
-            for mode in ("proxy", "direct"):
+            for mode in modes:
                 best = measure(work, wasm, etcd, n, mode, args.seconds, args.rounds)
                 base, pick = best["base"], best["pick"]
                 rows.append((mode, n, base, pick))
                 if "empty" in best:
-                    floor.append((n, base, best["empty"], pick, best["pick/empty per round"]))
+                    floor.append((n, base, best["empty"], pick, best["pick/empty per round"],
+                                  best["pick-nph"], best["pick-nph/empty per round"], best["cpu"]))
                 empty = f", empty filter {best['empty']:>8.0f} rps" if "empty" in best else ""
                 print(f"  {mode:>6} {n:>6} members: baseline {base:>8.0f} rps{empty}, pick {pick:>8.0f} rps, "
                       f"ratio {pick / base:.2f}", flush=True)
@@ -288,15 +335,22 @@ def main() -> int:
     print("  direct: Envoy answers itself; the ratio is the filter's whole per-request cost")
     print(f"\npick mode against the floor (direct: Envoy answers itself; {args.rounds} x {args.seconds}s, best)")
     print(f"{'members':>8} {'no filter rps':>14} {'empty filter rps':>17} {'pick rps':>10} {'pick/empty':>11} "
-          f"{'median of rounds':>17}")
-    for n, b, e, p, med in floor:
-        print(f"{n:>8} {b:>14.0f} {e:>17.0f} {p:>10.0f} {p / e:>11.2f} {med:>17.2f}")
-    ten = [(p / e, med) for n, b, e, p, med in floor if n == 10]
+          f"{'median of rounds':>17} {'pick, no passive health':>24} {'/empty':>7} {'median':>7}")
+    for n, b, e, p, med, q, qmed, _ in floor:
+        print(f"{n:>8} {b:>14.0f} {e:>17.0f} {p:>10.0f} {p / e:>11.2f} {med:>17.2f} {q:>24.0f} {q / e:>7.2f} {qmed:>7.2f}")
+    print("\nEnvoy worker CPU per request (µs, median of rounds; less disturbed by other work than requests/s)")
+    print(f"{'members':>8} {'no filter':>10} {'empty':>7} {'pick':>7} {'no p.h.':>8} {'empty/pick':>11} {'empty/no p.h.':>14}")
+    for n, *_, cpu in floor:
+        print(f"{n:>8} {cpu['base']:>10.2f} {cpu['empty']:>7.2f} {cpu['pick']:>7.2f} {cpu['pick-nph']:>8.2f} "
+              f"{cpu['empty'] / cpu['pick']:>11.2f} {cpu['empty'] / cpu['pick-nph']:>14.2f}")
+    ten = [(p / e, med, q / e, qmed) for n, b, e, p, med, q, qmed, _ in floor if n == 10]
     if ten:
-        best_ratio, med = ten[0]
+        best_ratio, med, nph, nph_med = ten[0]
         print(f"target (issue 10): pick/empty >= {TARGET_PICK_VS_EMPTY} at 10 members: {best_ratio:.2f} best-of, "
               f"{med:.2f} median of rounds (when filed: {FILED_PICK_VS_EMPTY}) -> "
-              f"{'met' if min(best_ratio, med) >= TARGET_PICK_VS_EMPTY else 'NOT met'}")
+              f"{'met' if min(best_ratio, med) >= TARGET_PICK_VS_EMPTY else 'NOT met'}; "
+              f"without passive health {nph:.2f} best-of, {nph_med:.2f} median -> "
+              f"{'met' if min(nph, nph_med) >= TARGET_PICK_VS_EMPTY else 'NOT met'}")
     target = [p / b for mode, n, b, p in rows if mode == "proxy" and n == 10000]
     if target:
         print(f"target: proxy ratio >= 0.90 at 10000 members: {target[0]:.2f} -> {'met' if target[0] >= 0.9 else 'NOT met'}")

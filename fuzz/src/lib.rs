@@ -438,7 +438,9 @@ pub mod targets {
             assert!(s.eds_hold_ms <= 60_000);
         }
         let Ok(c) = PluginConfig::parse(data) else { return };
-        assert!((1..=10_000).contains(&c.upstreams.len()));
+        // No upstreams only for an nginx pick-only filter (it picks from snapshots others publish).
+        let pick_only = c.host == HostKind::Nginx && (c.pick.is_some() || c.pick_variable.is_some());
+        assert!(c.upstreams.len() <= 10_000 && (!c.upstreams.is_empty() || pick_only));
         for (i, u) in c.upstreams.iter().enumerate() {
             assert!(!u.name.is_empty() && u.name.len() <= 64);
             assert!(u.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)), "{:?}", u.name);
@@ -462,9 +464,12 @@ pub mod targets {
             check_secrets_hidden(r);
         }
         match &c.pick {
-            Some(p) => assert!(c.upstreams.iter().any(|u| &u.name == p), "pick {p:?} is no upstream"),
-            None => assert!(c.host == HostKind::Envoy, "nginx without a pick"),
+            Some(p) => {
+                assert!(c.upstreams.is_empty() || c.upstreams.iter().any(|u| &u.name == p), "pick {p:?} is no upstream")
+            }
+            None => assert!(c.host == HostKind::Envoy || c.pick_variable.is_some(), "nginx without a pick"),
         }
+        assert!(c.pick.is_none() || c.pick_variable.is_none(), "pick and pick_variable together");
         // The poller node built from it: its first calls go to a configured
         // target, carry the credentials and have a timeout.
         let leadership = match c.host {

@@ -12,8 +12,7 @@ use super::poller::HostPoller;
 use super::store::HostStore;
 use super::{now_ms, request_header, route, send, send_metrics, send_status};
 use crate::sansio::config::PluginConfig;
-use crate::sansio::pick::filter::{Decision, PickFilter};
-use crate::sansio::pick::picker::Picked;
+use crate::sansio::pick::filter::{Decision, PickFilter, Routed};
 use crate::sansio::pick::request_key::RequestView;
 use crate::sansio::pick::route::{dynamic_host_states, original_dst_state, RouteMode, BACKEND_VARIABLE};
 use crate::sansio::serve::reply::LocalReply;
@@ -44,8 +43,9 @@ fn apply(mode: &RouteMode, address: &str) -> Result<(), String> {
     }
 }
 
-/// The request being picked for, as the core's hash keys read it; holds
-/// the property path of the client's address on this host.
+/// The request being picked for, read only as far as the core asks (hash
+/// key, subset header, `pick_variable`); holds the property path of the
+/// client's address on this host.
 struct HostRequest([&'static str; 2]);
 
 impl RequestView for HostRequest {
@@ -56,6 +56,10 @@ impl RequestView for HostRequest {
     fn client_address(&self) -> Option<String> {
         let raw = abi::get_property(self.0.to_vec()).ok().flatten()?;
         String::from_utf8(raw).ok()
+    }
+
+    fn variable(&self, name: &str) -> Option<Vec<u8>> {
+        abi::get_property(vec!["ngx", name]).ok().flatten()
     }
 }
 
@@ -69,6 +73,15 @@ pub struct PickRoot {
 impl PickRoot {
     pub fn new(config: &PluginConfig, poller: Option<HostPoller>, seed: u64) -> Option<PickRoot> {
         let filter = PickFilter::new(config, seed)?;
+        // A pick-only filter (no upstreams) polls nothing: no poller.
+        let poller = poller.filter(|_| !config.upstreams.is_empty());
+        if config.upstreams.is_empty() {
+            let what = config
+                .pick_variable
+                .as_ref()
+                .map_or_else(|| config.pick.clone().unwrap_or_default(), |v| format!("${v}"));
+            log::info!("pick-only filter ({what}): routes by the member lists other filters publish");
+        }
         Some(PickRoot { poller, filter: Rc::new(RefCell::new(filter)) })
     }
 
@@ -82,7 +95,7 @@ impl PickRoot {
 
 pub struct PickStream {
     filter: Rc<RefCell<PickFilter>>,
-    picked: Option<Picked>,
+    picked: Option<Routed>,
 }
 
 impl PickStream {
@@ -102,14 +115,15 @@ impl Context for PickStream {
 
 impl HttpContext for PickStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let path = request_header(":path").unwrap_or_default();
         let mut filter = self.filter.borrow_mut();
+        // Every host call here costs: only what the decision needs is read.
+        let path = if filter.answers_paths() { request_header(":path") } else { None };
         let request = HostRequest(filter.route_mode().client_address_property());
-        let decision = filter.on_request(route(&path), &request, &HostStore, now_ms());
+        let decision = filter.on_request(path.as_deref().map(route), &request, &HostStore, &now_ms);
         let reply = match decision {
             Decision::Status => {
                 drop(filter);
-                send_status(&path);
+                send_status(path.as_deref().unwrap_or_default());
                 return Action::Pause;
             }
             Decision::Metrics => {
@@ -118,7 +132,7 @@ impl HttpContext for PickStream {
                 return Action::Pause;
             }
             Decision::Refuse { status, message } => LocalReply::error(status, message),
-            Decision::Route(picked) => match apply(filter.route_mode(), &picked.address) {
+            Decision::Route(picked) => match apply(filter.route_mode(), picked.address()) {
                 Ok(()) => {
                     self.picked = Some(picked);
                     return Action::Continue;
@@ -136,8 +150,8 @@ impl HttpContext for PickStream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(picked) = self.picked.take() {
-            let status = response_status();
-            self.filter.borrow_mut().on_response(&mut HostStore, &picked, status, now_ms());
+            // The status is read only with passive health on.
+            self.filter.borrow_mut().on_response(&mut HostStore, &picked, response_status, &now_ms);
         }
         Action::Continue
     }

@@ -4,6 +4,43 @@ use super::fields::{err, Fields};
 use super::ConfigError;
 use serde_json::Value;
 
+/// How a pick-only filter (nginx, no `upstreams`) balances the upstreams
+/// it picks from: the top-level `balance` and `passive_health`, with the
+/// schema and defaults of `upstreams[].balance` and
+/// `upstreams[].passive_health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickPolicy {
+    pub balance: BalancePolicy,
+    pub passive_health: bool,
+}
+
+impl Default for PickPolicy {
+    fn default() -> Self {
+        PickPolicy { balance: BalancePolicy::RoundRobin, passive_health: true }
+    }
+}
+
+/// The top-level `balance` and `passive_health`: only a pick-only filter
+/// takes them (a filter with upstreams sets them per upstream).
+pub(crate) fn parse_pick_policy(f: &Fields<'_>, pick_only: bool) -> Result<PickPolicy, ConfigError> {
+    if !pick_only {
+        if let Some(name) = ["balance", "passive_health"].into_iter().find(|n| f.get(n).is_some()) {
+            return Err(err(
+                name,
+                format!(
+                    "is only used by a pick-only filter (\"host\": \"nginx\", \"pick\" or \"pick_variable\", no \"upstreams\"); with upstreams set upstreams[].{name}"
+                ),
+            ));
+        }
+        return Ok(PickPolicy::default());
+    }
+    let balance = match f.get("balance") {
+        None => BalancePolicy::RoundRobin,
+        Some(b) => parse_balance(&f.path("balance"), b)?,
+    };
+    Ok(PickPolicy { balance, passive_health: f.bool("passive_health", true)? })
+}
+
 /// How the filter picks a member (nginx).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BalancePolicy {

@@ -6,7 +6,7 @@
 
 use super::fields::{err, kind, Fields};
 use super::registry::{ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec};
-use super::{valid_upstream_name, ConfigError, HostKind, UpstreamConfig, UPSTREAM_SETTINGS};
+use super::{is_upstream_name, ConfigError, HostKind, UpstreamConfig, UPSTREAM_SETTINGS};
 use serde_json::Value;
 
 pub const DEFAULT_DISCOVER_INTERVAL_MS: u64 = 10_000;
@@ -127,7 +127,7 @@ impl DiscoverConfig {
 
 /// Why a listed name does not become an upstream under `pattern`, if it does not.
 pub fn refusal(pattern: Option<&NamePattern>, name: &str) -> Option<&'static str> {
-    if !valid_upstream_name(name) {
+    if !is_upstream_name(name) {
         return Some("is not an upstream name (1-64 characters of A-Z a-z 0-9 _ . -)");
     }
     if pattern.is_some_and(|p| !p.matches(name)) {

@@ -11,10 +11,10 @@ pub mod roles;
 mod routing;
 
 pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
-pub use balance::{BalancePolicy, HashKey};
+pub use balance::{BalancePolicy, HashKey, PickPolicy};
 pub use discover::{refusal, DiscoverConfig, NamePattern, DEFAULT_DISCOVER_INTERVAL_MS};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
-pub use routing::{SubsetRule, UpstreamRouting};
+pub use routing::{is_upstream_name, SubsetRule, UpstreamRouting};
 
 use crate::sansio::model::member::{HostPort, Member, MemberAttrs};
 use balance::parse_balance;
@@ -67,6 +67,12 @@ pub struct PluginConfig {
     pub route: EnvoyRoute,
     /// Pick mode: the zone this proxy runs in; its members are preferred.
     pub zone: Option<String>,
+    /// nginx: the variable naming, per request, the upstream to pick from
+    /// (instead of `pick`).
+    pub pick_variable: Option<String>,
+    /// nginx pick-only filter (no `upstreams`): how the upstreams it picks
+    /// from are balanced (top-level `balance`, `passive_health`).
+    pub pick_policy: PickPolicy,
 }
 
 /// How an Envoy pick-mode filter hands its pick to the router.
@@ -148,6 +154,9 @@ impl PluginConfig {
                 "route",
                 "override_header",
                 "zone",
+                "pick_variable",
+                "balance",
+                "passive_health",
             ],
         )?;
         let host = match f.string("host")? {
@@ -209,15 +218,29 @@ impl PluginConfig {
             }
             Some(other) => return Err(err("discover", format!("must be an array of entries, got {}", kind(other)))),
         };
-        let empty = Vec::new();
-        let list = match f.get("upstreams") {
-            None if !discover.is_empty() => &empty,
-            None => return Err(err("upstreams", "is required (or discover, to find upstreams in the registry)")),
-            Some(v) => v.as_array().ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?,
+        let pick_variable = routing::parse_pick_variable(&f, host)?;
+        // A pick-only filter (nginx): no upstreams of its own, no poller; it
+        // picks from the snapshots another filter's poller publishes.
+        let pick_only = host == HostKind::Nginx
+            && f.get("upstreams").is_none()
+            && discover.is_empty()
+            && (f.get("pick").is_some() || pick_variable.is_some());
+        let list: &[Value] = match f.get("upstreams") {
+            _ if pick_only => &[],
+            None if !discover.is_empty() => &[],
+            None => return Err(err(
+                "upstreams",
+                "is required (or discover, to find upstreams in the registry; only an nginx filter with \"pick\" or \"pick_variable\" may leave both out: it then picks from the snapshots another filter polls)",
+            )),
+            Some(v) => {
+                let list = v.as_array().ok_or_else(|| err("upstreams", "must be an array of upstream objects"))?;
+                if (list.is_empty() && discover.is_empty()) || list.len() > MAX_UPSTREAMS {
+                    return Err(err("upstreams", format!("must hold 1..={MAX_UPSTREAMS} upstreams, got {}", list.len())));
+                }
+                list
+            }
         };
-        if (list.is_empty() && discover.is_empty()) || list.len() > MAX_UPSTREAMS {
-            return Err(err("upstreams", format!("must hold 1..={MAX_UPSTREAMS} upstreams, got {}", list.len())));
-        }
+        let pick_policy = balance::parse_pick_policy(&f, pick_only)?;
         let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(list.len());
         for (i, v) in list.iter().enumerate() {
             let path = format!("upstreams[{i}]");
@@ -228,15 +251,23 @@ impl PluginConfig {
             upstreams.push(up);
         }
         let pick = match f.string("pick")? {
+            Some(name) if pick_only => Some(routing::parse_pick_only_name(name)?),
             Some(name) if upstreams.iter().any(|u| u.name == name) => Some(name.to_string()),
             // An upstream the registry lists later.
-            Some(name) if !discover.is_empty() && valid_upstream_name(name) => Some(name.to_string()),
-            Some(name) => return Err(err("pick", format!("{name:?} is not the name of an upstream"))),
+            Some(name) if discover.iter().any(|d| d.refuses(name).is_none()) => Some(name.to_string()),
+            Some(name) => {
+                let hint = if discover.is_empty() { "" } else { " (nor a name a discover[] entry would find)" };
+                return Err(err("pick", format!("{name:?} is not the name of an upstream{hint}")));
+            }
+            None if pick_variable.is_some() => None,
             // A poller that finds upstreams for other filters to pick from.
             None if !discover.is_empty() => None,
             None if host == HostKind::Nginx && upstreams.len() == 1 => upstreams.first().map(|u| u.name.clone()),
             None if host == HostKind::Nginx => {
-                return Err(err("pick", "is required with several upstreams: which one this filter routes to"))
+                return Err(err(
+                    "pick",
+                    "is required with several upstreams: which one this filter routes to (or pick_variable: the nginx variable naming it per request)",
+                ))
             }
             None => None,
         };
@@ -259,6 +290,8 @@ impl PluginConfig {
             status_token,
             route,
             zone,
+            pick_variable,
+            pick_policy,
         })
     }
 }
@@ -279,18 +312,12 @@ pub(crate) const UPSTREAM_SETTINGS: [&str; 11] = [
     "subset",
 ];
 
-/// Upstream names: what an Envoy cluster name, a shared-data key and a
-/// status label can all carry.
-pub fn valid_upstream_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
 impl UpstreamConfig {
     fn parse(path: &str, v: &Value, host: HostKind) -> Result<UpstreamConfig, ConfigError> {
         let known: Vec<&str> = ["name", "registry"].into_iter().chain(UPSTREAM_SETTINGS).collect();
         let f = Fields::new(path, v, &known)?;
         let name = f.required_string("name")?;
-        if !valid_upstream_name(name) {
+        if !is_upstream_name(name) {
             return Err(err(&f.path("name"), format!("must be 1-64 characters of A-Z a-z 0-9 _ . -, got {name:?}")));
         }
         let registry = RegistryConfig::parse(&f.path("registry"), f.required("registry")?, host)?;

@@ -24,7 +24,8 @@ pub enum RoleConfig {
     Server(ServerConfig),
     /// Envoy's pick filter: reads snapshots, never polls; `pick` is set.
     EnvoyPick(PluginConfig),
-    /// An nginx worker's filter: polls under a lease and picks; `pick` is set.
+    /// An nginx worker's filter: polls under a lease and picks; `pick` or
+    /// `pick_variable` is set.
     NginxWorker(PluginConfig),
 }
 
@@ -59,7 +60,7 @@ pub fn role_config(root_id: &str, config: &[u8]) -> Result<RoleConfig, String> {
     }
     let cfg = PluginConfig::parse(config).map_err(|e| format!("invalid configuration: {e}"))?;
     match (cfg.host, root_id) {
-        (HostKind::Nginx, _) if cfg.pick.is_some() => Ok(RoleConfig::NginxWorker(cfg)),
+        (HostKind::Nginx, _) if cfg.pick.is_some() || cfg.pick_variable.is_some() => Ok(RoleConfig::NginxWorker(cfg)),
         (HostKind::Nginx, _) => Err("invalid configuration: pick: no such upstream".into()),
         (HostKind::Envoy, POLLER_ROOT_ID) => Ok(RoleConfig::Poller(cfg)),
         (HostKind::Envoy, PICK_ROOT_ID) if cfg.pick.is_some() => Ok(RoleConfig::EnvoyPick(cfg)),

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod filter;
+pub mod named;
 pub mod picker;
 pub mod request_key;
 pub mod route;

@@ -6,7 +6,7 @@
 //! the small version entry and re-reads the snapshot only when the version
 //! moved, so requests never parse anything.
 
-use crate::sansio::config::{BalancePolicy, HashKey, UpstreamConfig, UpstreamRouting};
+use crate::sansio::config::{BalancePolicy, HashKey, PickPolicy, UpstreamConfig, UpstreamRouting};
 use crate::sansio::model::member::Member;
 use crate::sansio::model::member_set::MemberSet;
 use crate::sansio::pick::balance::p2c;
@@ -17,6 +17,7 @@ use crate::sansio::shared::health;
 use crate::sansio::shared::snapshot;
 use crate::sansio::shared::store::{SharedStore, StoreError};
 use crate::sansio::util::rng::Rng;
+use std::rc::Rc;
 
 /// Where the picker's members come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +45,45 @@ pub struct UpstreamPicker {
     rng: Rng,
 }
 
-/// A picked member.
+/// A picked member, with its own copy of the address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Picked {
     pub index: usize,
     pub address: String,
+}
+
+/// A picked member as the filter holds it for a request's life: the
+/// address is the view's own (shared, not copied), so a pick allocates
+/// nothing. It stays valid across a change of the member list: the view
+/// finds the member again by address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub index: usize,
+    pub address: Rc<str>,
+}
+
+/// What [`UpstreamPicker::done`] and [`UpstreamPicker::report`] need of a pick.
+pub trait PickRef {
+    fn index(&self) -> usize;
+    fn address(&self) -> &str;
+}
+
+impl PickRef for Picked {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl PickRef for Chosen {
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn address(&self) -> &str {
+        &self.address
+    }
 }
 
 /// What [`UpstreamPicker::report`] did with a response.
@@ -71,13 +106,26 @@ impl UpstreamPicker {
             policy: config.balance.clone(),
             passive_health: config.passive_health,
             fallback: MemberSet::from_members(config.fallback.iter().cloned()).0,
+            routing: config.routing.clone(),
+            ..UpstreamPicker::pick_only(&config.name, &PickPolicy::default(), seed)
+        }
+    }
+
+    /// A picker for an upstream this filter does not list (a pick-only
+    /// filter): `policy`, no fallback, default routing.
+    pub fn pick_only(name: &str, policy: &PickPolicy, seed: u64) -> Self {
+        UpstreamPicker {
+            name: name.to_string(),
+            policy: policy.balance.clone(),
+            passive_health: policy.passive_health,
+            fallback: MemberSet::default(),
             source: ViewSource::Nothing,
             members: Vec::new(),
             candidates: Vec::new(),
             lanes: Lanes::default(),
             out: Vec::new(),
             zone: None,
-            routing: config.routing.clone(),
+            routing: UpstreamRouting::default(),
             in_flight: Vec::new(),
             rng: Rng::new(seed),
         }
@@ -152,7 +200,7 @@ impl UpstreamPicker {
     fn rebuild(&mut self, members_changed: bool) {
         // The busy members of the old list, by address (empty when only
         // availability changed: the indices stay).
-        let busy: Vec<(String, u32)> = if members_changed {
+        let busy: Vec<(Rc<str>, u32)> = if members_changed {
             self.candidates
                 .iter()
                 .zip(&self.in_flight)
@@ -168,7 +216,7 @@ impl UpstreamPicker {
             .iter()
             .map(|m| {
                 let mut c = Candidate::from_member(m);
-                c.unavailable |= self.out.contains(&c.address);
+                c.unavailable |= self.out.iter().any(|o| **o == *c.address);
                 c.zone_local = zone.is_some_and(|z| m.meta.locality.zone == z);
                 c
             })
@@ -208,6 +256,12 @@ impl UpstreamPicker {
     /// Picks a member of the subset named by `subset` (the value of the
     /// subset header; see [`crate::sansio::pick::subset`]).
     pub fn pick_in(&mut self, key: Option<&[u8]>, subset: Option<&str>) -> Option<Picked> {
+        self.choose(key, subset).map(|c| Picked { index: c.index, address: c.address.to_string() })
+    }
+
+    /// [`UpstreamPicker::pick_in`] without a copy of the address: the
+    /// filter's per-request pick.
+    pub fn choose(&mut self, key: Option<&[u8]>, subset: Option<&str>) -> Option<Chosen> {
         let lane = self.lanes.select(subset)?;
         let index = match &self.policy {
             BalancePolicy::RoundRobin => lane.swrr.pick(&lane.pool),
@@ -218,23 +272,29 @@ impl UpstreamPicker {
                 _ => lane.swrr.pick(&lane.pool),
             },
         }?;
+        let address = self.candidates.get(index)?.address.clone();
         if let Some(n) = self.in_flight.get_mut(index) {
             *n += 1;
         }
-        let address = self.candidates.get(index)?.address.clone();
-        Some(Picked { index, address })
+        Some(Chosen { index, address })
+    }
+
+    /// The index of `picked`'s member in the current list, if it is still
+    /// there: by index (no search per request), by address after a change.
+    fn current_index(&self, picked: &impl PickRef) -> Option<usize> {
+        let (index, address) = (picked.index(), picked.address());
+        if self.candidates.get(index).is_some_and(|c| *c.address == *address) {
+            Some(index)
+        } else {
+            self.candidates.iter().position(|c| *c.address == *address)
+        }
     }
 
     /// The request sent to `picked` finished.
-    pub fn done(&mut self, picked: &Picked) {
-        // By index; after a member list change the member may have moved
-        // (its count moved with it), or left (nothing to count down).
-        let index = if self.candidates.get(picked.index).is_some_and(|c| c.address == picked.address) {
-            Some(picked.index)
-        } else {
-            self.candidates.iter().position(|c| c.address == picked.address)
-        };
-        if let Some(n) = index.and_then(|i| self.in_flight.get_mut(i)) {
+    pub fn done(&mut self, picked: &impl PickRef) {
+        // After a member list change the member may have moved (its count
+        // moved with it), or left (nothing to count down).
+        if let Some(n) = self.current_index(picked).and_then(|i| self.in_flight.get_mut(i)) {
             *n = n.saturating_sub(1);
         }
     }
@@ -243,7 +303,7 @@ impl UpstreamPicker {
     pub fn in_flight(&self, address: &str) -> u32 {
         self.candidates
             .iter()
-            .position(|c| c.address == address)
+            .position(|c| *c.address == *address)
             .and_then(|i| self.in_flight.get(i))
             .copied()
             .unwrap_or(0)
@@ -258,9 +318,15 @@ impl UpstreamPicker {
     }
 
     /// The member behind `picked`, if the list did not change since.
-    pub fn member_at(&self, picked: &Picked) -> Option<&Member> {
-        let c = self.candidates.get(picked.index)?;
-        (c.address == picked.address).then(|| self.members.get(picked.index)).flatten()
+    pub fn member_at(&self, picked: &impl PickRef) -> Option<&Member> {
+        let c = self.candidates.get(picked.index())?;
+        (*c.address == *picked.address()).then(|| self.members.get(picked.index())).flatten()
+    }
+
+    /// Whether [`UpstreamPicker::report`] looks at response statuses at
+    /// all: when it does not, the host need not read them.
+    pub fn counts_failures(&self) -> bool {
+        self.passive_health
     }
 
     /// Passive health: the response to the request sent to `picked` had
@@ -268,7 +334,7 @@ impl UpstreamPicker {
     pub fn report(
         &mut self,
         store: &mut dyn SharedStore,
-        picked: &Picked,
+        picked: &impl PickRef,
         status: Option<u16>,
         now: u64,
     ) -> Result<Report, StoreError> {
@@ -280,7 +346,7 @@ impl UpstreamPicker {
         else {
             return Ok(Report::Ignored);
         };
-        if !health::report_failure(store, &self.name, &picked.address, max_fails, fail_timeout, now)? {
+        if !health::report_failure(store, &self.name, picked.address(), max_fails, fail_timeout, now)? {
             return Ok(Report::Counted);
         }
         // This worker stops at once; the others on their next tick.

@@ -27,6 +27,11 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<String>;
     /// The client's address as the host reports it.
     fn client_address(&self) -> Option<String>;
+    /// The value of nginx variable `name` (`pick_variable`); `None` where
+    /// the host has none.
+    fn variable(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// The bytes to hash for `key`, if the request has them.

@@ -124,7 +124,7 @@ mod tests {
 
     fn names(lanes: &mut Lanes, list: &[Candidate], value: Option<&str>) -> Vec<String> {
         let lane = lanes.select(value).unwrap();
-        lane.pool.indices.iter().map(|&i| list[i].address.clone()).collect()
+        lane.pool.indices.iter().map(|&i| list[i].address.to_string()).collect()
     }
 
     #[test]

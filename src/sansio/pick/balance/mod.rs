@@ -9,12 +9,14 @@ pub mod p2c;
 pub mod swrr;
 
 use crate::sansio::model::member::Member;
+use std::rc::Rc;
 
 /// A member as a balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// `host:port`, also the consistent-hashing identity.
-    pub address: String,
+    /// `host:port`, also the consistent-hashing identity. Shared with the
+    /// picks handed out for it: a pick copies no text.
+    pub address: Rc<str>,
     pub weight: u32,
     pub backup: bool,
     /// Down by the registry, or out after passive health failures.
@@ -26,7 +28,7 @@ pub struct Candidate {
 impl Candidate {
     pub fn from_member(m: &Member) -> Self {
         Candidate {
-            address: m.addr.to_string(),
+            address: Rc::from(m.addr.to_string()),
             weight: m.attrs.weight,
             backup: m.attrs.backup,
             unavailable: m.attrs.down,

@@ -64,7 +64,7 @@ mod tests {
     fn sequence(list: &[Candidate], n: usize) -> String {
         let pool = Pool::new(list);
         let mut rr = SmoothWrr::new(pool.len());
-        (0..n).map(|_| rr.pick(&pool).map_or("-".to_string(), |i| list[i].address.clone())).collect()
+        (0..n).map(|_| rr.pick(&pool).map_or("-".to_string(), |i| list[i].address.to_string())).collect()
     }
 
     #[test]

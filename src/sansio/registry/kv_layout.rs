@@ -12,7 +12,7 @@
 use crate::sansio::model::member::{parse_upsync_member, HostPort, Member};
 use crate::sansio::model::member_set::MemberSet;
 use crate::sansio::registry::{member_list_with, EntryProblem, Instance, MemberList};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Values longer than this are not parsed (an upsync value is ~70 bytes;
 /// nginx-upsync-module overflowed its heap past 1 KiB). The member keeps
@@ -102,10 +102,6 @@ pub struct KvMembers {
     entries: BTreeMap<Vec<u8>, Entry>,
     /// The keys that list each address, in key order: the first one's member is the member.
     by_addr: BTreeMap<HostPort, Vec<Vec<u8>>>,
-    /// Keys whose entry is skipped or repaired.
-    problem_keys: BTreeSet<Vec<u8>>,
-    /// Addresses listed under more than one key.
-    duplicated: BTreeSet<HostPort>,
     /// How many keys were last changed at each revision (etcd v3; 0 for v2).
     revisions: BTreeMap<i64, usize>,
 }
@@ -116,8 +112,6 @@ impl KvMembers {
             prefix: prefix.to_string(),
             entries: BTreeMap::new(),
             by_addr: BTreeMap::new(),
-            problem_keys: BTreeSet::new(),
-            duplicated: BTreeSet::new(),
             revisions: BTreeMap::new(),
         }
     }
@@ -153,16 +147,10 @@ impl KvMembers {
     pub fn put(&mut self, key: &[u8], value: &[u8], mod_revision: i64) {
         self.delete(key);
         let parsed = Parsed::read(&self.prefix, &String::from_utf8_lossy(key), value);
-        if parsed.has_problems() {
-            self.problem_keys.insert(key.to_vec());
-        }
         if let Parsed::Member(m, _) = &parsed {
             let keys = self.by_addr.entry(m.addr.clone()).or_default();
             if let Err(at) = keys.binary_search_by(|k| k.as_slice().cmp(key)) {
                 keys.insert(at, key.to_vec());
-            }
-            if keys.len() > 1 {
-                self.duplicated.insert(m.addr.clone());
             }
         }
         *self.revisions.entry(mod_revision).or_insert(0) += 1;
@@ -174,21 +162,13 @@ impl KvMembers {
         let Some(entry) = self.entries.remove(key) else {
             return false;
         };
-        self.problem_keys.remove(key);
         if let Parsed::Member(m, _) = &entry.parsed {
             if let Some(keys) = self.by_addr.get_mut(&m.addr) {
                 if let Ok(at) = keys.binary_search_by(|k| k.as_slice().cmp(key)) {
                     keys.remove(at);
                 }
-                match keys.len() {
-                    0 => {
-                        self.by_addr.remove(&m.addr);
-                        self.duplicated.remove(&m.addr);
-                    }
-                    1 => {
-                        self.duplicated.remove(&m.addr);
-                    }
-                    _ => {}
+                if keys.is_empty() {
+                    self.by_addr.remove(&m.addr);
                 }
             }
         }
@@ -211,10 +191,7 @@ impl KvMembers {
     /// key order, then one for each key beyond the first of an address.
     pub fn list(&self) -> MemberList {
         let mut problems = Vec::new();
-        for key in &self.problem_keys {
-            let Some(entry) = self.entries.get(key) else {
-                continue;
-            };
+        for (key, entry) in self.entries.iter().filter(|(_, e)| e.parsed.has_problems()) {
             let text = String::from_utf8_lossy(key);
             match &entry.parsed {
                 Parsed::Member(_, notes) => problems.extend(notes.iter().map(|note| EntryProblem {
@@ -228,14 +205,12 @@ impl KvMembers {
                 Parsed::Folder => {}
             }
         }
-        let members = self.by_addr.values().filter_map(|keys| match self.entries.get(keys.first()?) {
-            Some(Entry { parsed: Parsed::Member(m, _), .. }) => Some(m.clone()),
-            _ => None,
-        });
-        let (members, _) = MemberSet::from_members(members);
-        for addr in &self.duplicated {
-            let extra = self.by_addr.get(addr).map_or(0, |keys| keys.len().saturating_sub(1));
-            for _ in 0..extra {
+        let mut members = Vec::with_capacity(self.by_addr.len());
+        for (addr, keys) in &self.by_addr {
+            if let Some(Entry { parsed: Parsed::Member(m, _), .. }) = keys.first().and_then(|k| self.entries.get(k)) {
+                members.push(m.clone());
+            }
+            for _ in 1..keys.len() {
                 problems.push(EntryProblem {
                     key: addr.to_string(),
                     problem: DUPLICATE_KEY.to_string(),
@@ -243,6 +218,7 @@ impl KvMembers {
                 });
             }
         }
+        let (members, _) = MemberSet::from_members(members);
         MemberList { members, problems }
     }
 }

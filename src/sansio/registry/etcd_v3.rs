@@ -233,7 +233,8 @@ impl EtcdV3Adapter {
         for e in events.iter().filter(|e| e.mod_revision > *at) {
             match e.kind {
                 EventKind::Put => kv.put(&e.key, &e.value, e.mod_revision),
-                // A delete of a key the keys never had still moves the revision.
+                // A delete of a key the keys never had still moves the
+                // revision. (Events of an unknown type are refused on arrival.)
                 EventKind::Delete | EventKind::Unknown(_) => {
                     kv.delete(&e.key);
                 }

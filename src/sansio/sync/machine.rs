@@ -416,7 +416,9 @@ impl SyncMachine {
 
     /// A message of the watch on this upstream's prefix (etcd v3 gRPC
     /// Watch): the adapter applies its events to the member list when they
-    /// follow on from what it read, and reads again otherwise.
+    /// follow on from what it read, and reads again otherwise. The events
+    /// are etcd's own: a registry path whose answers fail (and are refused)
+    /// does not stop them.
     pub fn handle_watch(&mut self, now: u64, message: &WatchResponse) {
         let pushed = self.adapter.watch(message);
         self.handle_pushed(now, pushed);
@@ -437,12 +439,17 @@ impl SyncMachine {
                 log::info!("upstream {}: {why}; reading every member again", self.config.name);
                 self.handle_push(now);
             }
-            Pushed::Delta(list) => {
-                // A hold's confirming read waits its time; any other call goes as planned.
-                if let (Some(pause), Phase::Waiting { .. }) = (self.apply_delta(now, list), self.phase) {
-                    self.phase = Phase::Waiting { until: now.saturating_add(pause) };
+            Pushed::Delta(list) => match self.apply_delta(now, list) {
+                None => {}
+                // Read in full now.
+                Some(0) => self.handle_push(now),
+                // A hold's confirming read waits its time; a call out or a backoff goes as planned.
+                Some(pause) => {
+                    if let Phase::Waiting { .. } = self.phase {
+                        self.phase = Phase::Waiting { until: now.saturating_add(pause) };
+                    }
                 }
-            }
+            },
         }
     }
 
@@ -451,13 +458,26 @@ impl SyncMachine {
     /// change that would remove more than `max_removal_share` of the members
     /// is held until a full read `interval_ms` later confirms it. Only a
     /// full read may confirm a hold: a change during one (the adapter reads
-    /// in full after a hold, so none comes) leaves it to that read.
+    /// in full after a hold, so none comes) leaves it to that read. Nor is a
+    /// change applied to a list that was refused (the registry said it had
+    /// no members: true, or a fault): it is read in full at once instead.
     fn apply_delta(&mut self, now: u64, list: MemberList) -> Option<u64> {
-        if let Acceptance::Holding { since } = self.acceptance {
-            self.adapter.reset();
-            return Some(since.saturating_add(self.config.interval_ms).saturating_sub(now));
+        match self.acceptance {
+            Acceptance::Holding { since } => {
+                self.adapter.reset();
+                Some(since.saturating_add(self.config.interval_ms).saturating_sub(now))
+            }
+            Acceptance::Refusing(_) => {
+                self.adapter.reset();
+                Some(0)
+            }
+            Acceptance::Accepting => self.apply(now, list, RefuseReason::Empty),
         }
-        self.apply(now, list, RefuseReason::Empty)
+    }
+
+    /// The last full read was refused (no members, `allow_empty` false): the last good list stays.
+    pub fn refusing(&self) -> bool {
+        matches!(self.acceptance, Acceptance::Refusing(_))
     }
 
     /// A full read. An empty one is refused (as `empty_reason`) unless

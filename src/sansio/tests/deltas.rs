@@ -349,7 +349,7 @@ fn watch_events_give_the_members_a_full_read_gives_without_reading() {
             let now = step * 1000;
             let ops = random_ops(&mut rng, &etcd, false);
             etcd.txn(&ops);
-            let held_before = deltas.stats().held;
+            let held_before = deltas.stats().held || deltas.refusing();
             let before = etcd.range_calls;
             for message in etcd.watch_messages(1) {
                 deltas.handle_watch(now, &decode_response(&message).unwrap());
@@ -414,7 +414,7 @@ fn v2_long_poll_events_give_the_members_a_full_read_gives_without_reading() {
             let ops = random_ops(&mut rng, &etcd, true);
             let ops = ops[..1].to_vec();
             etcd.txn(&ops);
-            let held_before = deltas.stats().held;
+            let held_before = deltas.stats().held || deltas.refusing();
             let fetches = run_v2(&mut deltas, &mut etcd, &mut held_call, now);
             let before = etcd.range_calls;
             run_v2(&mut reads, &mut etcd, &mut reads_call, now);
@@ -599,13 +599,22 @@ fn a_change_leaving_no_member_is_refused_unless_allowed_and_the_next_one_is_take
     let events: Vec<SyncEvent> = std::iter::from_fn(|| m.poll_event()).collect();
     assert!(events.iter().any(|e| matches!(e, SyncEvent::Refused { first: true, .. })), "{events:?}");
     assert_eq!(m.published().unwrap().members.len(), 2, "the last good list stays");
+    assert_eq!(etcd.range_calls, 1, "no read for it");
+    // A change on top of a refused list is read in full (the registry said
+    // it had no members: true, or a fault a full read will tell).
     etcd.txn(&[Op::Put(member_key(5), "{}".into())]);
     deliver(&mut m, &mut etcd, 200);
+    assert_eq!(m.published().unwrap().members.len(), 2, "not applied");
+    assert_eq!(run_v3(&mut m, &mut etcd, 200), 1, "read in full at once");
     let events: Vec<SyncEvent> = std::iter::from_fn(|| m.poll_event()).collect();
     assert!(events.contains(&SyncEvent::Accepting), "{events:?}");
     let addrs: Vec<String> = m.published().unwrap().members.iter().map(|m| m.addr.to_string()).collect();
     assert_eq!(addrs, ["10.0.0.5:80"]);
-    assert_eq!(etcd.range_calls, 1, "no read for any of it");
+    // Then changes apply as changes again.
+    etcd.txn(&[Op::Put(member_key(6), "{}".into())]);
+    deliver(&mut m, &mut etcd, 300);
+    assert_eq!(run_v3(&mut m, &mut etcd, 300), 0);
+    assert_eq!(m.published().unwrap().members.len(), 2);
 
     let mut etcd = Etcd::new();
     let cfg = SyncConfig { allow_empty: true, max_removal_share: 1.0, ..config() };
@@ -613,4 +622,25 @@ fn a_change_leaving_no_member_is_refused_unless_allowed_and_the_next_one_is_take
     etcd.txn(&[Op::Delete(member_key(1))]);
     deliver(&mut m, &mut etcd, 100);
     assert!(m.published().unwrap().members.is_empty());
+}
+
+#[test]
+fn while_the_registry_path_fails_the_watch_changes_still_apply_and_bad_answers_never_do() {
+    let mut etcd = Etcd::new();
+    let mut m = watching_machine(&mut etcd, 3, config());
+    // The interval's probe meets a broken registry path (the watch is fine).
+    m.handle_timeout(1000);
+    let out = m.poll_transmit(1000).unwrap();
+    m.handle_response(1000, out.id, HttpResponse::new(Some(200), &[], br#"{"header":{},"kvs":"x"}"#));
+    assert_eq!(m.phase_name(), "backoff");
+    assert_eq!(m.published().unwrap().members.len(), 3, "the bad answer changed nothing");
+    etcd.txn(&[Op::Put(member_key(9), "{}".into())]);
+    deliver(&mut m, &mut etcd, 1100);
+    assert_eq!(m.published().unwrap().members.len(), 4, "etcd's own change, through the watch");
+    assert_eq!(m.phase_name(), "backoff", "the failing path keeps its backoff");
+    // The path heals: the next probe agrees with the changes applied meanwhile.
+    let due = m.poll_timeout();
+    assert_eq!(run_v3(&mut m, &mut etcd, due), 0);
+    assert_eq!(m.phase_name(), "waiting");
+    assert_eq!(m.published().unwrap().members.len(), 4);
 }

@@ -240,8 +240,8 @@ OVERSIZE_BYTES = 2 * MAX_BODY_BYTES
 def chaos_template(workdir: Path) -> Path:
     """envoy/demo.yaml with two changes: the gRPC Watch cluster `etcd_grpc`
     gets its own port placeholder (the poller's HTTP calls, cluster `etcd`,
-    go through the fault proxy; the watch, a push trigger only, straight to
-    etcd), and the `api` upstream gets MAX_BODY_BYTES (`web` gets it
+    go through the fault proxy; the watch, whose events are applied as
+    changes, straight to etcd), and the `api` upstream gets MAX_BODY_BYTES (`web` gets it
     through EXTRA_WEB_FIELDS)."""
     text = harness.DEMO_TEMPLATE.read_text()
     text, n1 = re.subn(

@@ -2,15 +2,21 @@
 //!
 //! A full read (`GET <dir>?recursive=true`) gives every member and the store
 //! index (`X-Etcd-Index`). Then a long poll (`?wait=true&recursive=true&
-//! waitIndex=<index+1>`) answers on the next change under the directory;
-//! any change leads to a full re-read, as nginx-upsync-module does, so a
-//! missed or coalesced event can never leave a member behind. etcd keeps
-//! only the last 1000 events: a waitIndex older than that gets errorCode
-//! 401, answered by a full re-read too.
-
-use crate::sansio::registry::kv_layout::members_from_kv;
+//! waitIndex=<index+1>`) answers with the first change under the directory
+//! at or after that index: one key set, updated, created or swapped (its new
+//! value), or deleted, expired or compare-and-deleted. That change is applied
+//! to the keys of the last read ([`KvMembers`], the same reading of a key as
+//! a full read's), and the next long poll waits from the index after it: as
+//! each answer is the first change after the previous one, none is skipped.
+//! Anything else leads to a full re-read, as nginx-upsync-module does on
+//! every change: an event for a directory (a recursive delete, a new
+//! folder), a key outside the directory, an index that does not follow on,
+//! an action it does not know. etcd keeps only the last 1000 events: a
+//! waitIndex older than that gets errorCode 401, answered by a full re-read
+//! too.
+use crate::sansio::registry::kv_layout::KvMembers;
 use crate::sansio::registry::{AdapterError, HttpRequest};
-use crate::sansio::registry::{HttpResponse, Poll, RegistryAdapter};
+use crate::sansio::registry::{HttpResponse, MemberList, Poll, RegistryAdapter};
 use crate::sansio::util::url;
 use serde_json::Value;
 
@@ -24,8 +30,11 @@ pub struct EtcdV2Adapter {
     /// `/v2/keys/<dir>` with the directory percent-encoded.
     keys_path: String,
     wait_ms: u64,
-    /// The store index of the last full read; `None` → the next call is a full read.
+    /// The store index of the last full read, or of the last change
+    /// applied since; `None` → the next call is a full read.
     index: Option<u64>,
+    /// The keys as of `index` (empty when the directory is not there).
+    keys: Option<KvMembers>,
 }
 
 impl EtcdV2Adapter {
@@ -36,7 +45,33 @@ impl EtcdV2Adapter {
             keys_path: format!("/v2/keys{}", url::encode(dir, true)),
             wait_ms,
             index: None,
+            keys: None,
         }
+    }
+
+    /// Applies the change a long-poll answer describes to the keys; `None`
+    /// when it cannot be (the keys must be read again).
+    fn apply_change(&mut self, body: &Value) -> Option<MemberList> {
+        let waited_from = self.index?.checked_add(1)?;
+        let keys = self.keys.as_mut()?;
+        let node = body.get("node")?;
+        if node.get("dir").and_then(Value::as_bool) == Some(true) {
+            return None;
+        }
+        let key = node.get("key").and_then(Value::as_str).filter(|k| k.starts_with(&self.prefix))?;
+        let index = node.get("modifiedIndex").and_then(Value::as_u64).filter(|i| *i >= waited_from)?;
+        match body.get("action").and_then(Value::as_str)? {
+            "set" | "update" | "create" | "compareAndSwap" => {
+                let value = node.get("value").and_then(Value::as_str).unwrap_or_default();
+                keys.put(key.as_bytes(), value.as_bytes(), 0);
+            }
+            "delete" | "expire" | "compareAndDelete" => {
+                keys.delete(key.as_bytes());
+            }
+            _ => return None,
+        }
+        self.index = Some(index);
+        Some(keys.list())
     }
 }
 
@@ -100,10 +135,11 @@ impl RegistryAdapter for EtcdV2Adapter {
                 KEY_NOT_FOUND if !watching => {
                     // No directory yet: an empty list, watched from here.
                     self.index = etcd_index(response, &body);
+                    self.keys = Some(KvMembers::new(&self.prefix));
                     Ok(Poll::NotFound)
                 }
                 EVENT_INDEX_CLEARED => {
-                    self.index = None;
+                    self.reset();
                     Ok(Poll::Changed)
                 }
                 _ => Err(AdapterError::Registry(format!("errorCode {code}: {message}"))),
@@ -111,21 +147,30 @@ impl RegistryAdapter for EtcdV2Adapter {
         }
         response.expect_ok()?;
         if watching {
-            // An event under the directory: read everything again.
-            self.index = None;
-            return Ok(Poll::Changed);
+            // A change under the directory: applied, or everything read again.
+            return Ok(match self.apply_change(&body) {
+                Some(list) => Poll::Delta(list),
+                None => {
+                    self.reset();
+                    Poll::Changed
+                }
+            });
         }
         let node = body.get("node").ok_or_else(|| AdapterError::BadShape("no \"node\"".into()))?;
         let mut entries = Vec::new();
         leaves(node, &mut entries)?;
         let index = etcd_index(response, &body)
             .ok_or_else(|| AdapterError::BadShape("no X-Etcd-Index header: cannot watch from here".into()))?;
+        let keys = KvMembers::from_entries(&self.prefix, entries.into_iter().map(|(k, v)| (k.into_bytes(), v, 0)));
+        let list = keys.list();
         self.index = Some(index);
-        Ok(Poll::Members(members_from_kv(&self.prefix, entries)))
+        self.keys = Some(keys);
+        Ok(Poll::Members(list))
     }
 
     fn reset(&mut self) {
         self.index = None;
+        self.keys = None;
     }
 
     fn hold_ms(&self) -> u64 {
@@ -187,9 +232,104 @@ mod tests {
         assert_eq!(a.parse(&answer(None, &[], b"")), Ok(Poll::Unchanged));
         assert!(a.request().path.ends_with("waitIndex=10"));
 
-        // An event: full re-read.
+        // An event older than the index waited from (8 < 10) does not
+        // follow on from the read: full re-read.
         assert_eq!(a.parse(&answer(Some(200), &idx(11), EVENT)), Ok(Poll::Changed));
         assert_eq!(a.request().path, "/v2/keys/upstreams/web?recursive=true");
+    }
+
+    fn event(action: &str, node: Value) -> Vec<u8> {
+        serde_json::json!({"action": action, "node": node}).to_string().into_bytes()
+    }
+
+    fn leaf(key: &str, value: Option<&str>, index: u64) -> Value {
+        let mut n = serde_json::json!({"key": key, "modifiedIndex": index, "createdIndex": index});
+        if let Some(v) = value {
+            n["value"] = Value::from(v);
+        }
+        n
+    }
+
+    fn addrs(p: Result<Poll, AdapterError>) -> Vec<(String, u32)> {
+        match p {
+            Ok(Poll::Delta(l)) => l.members.iter().map(|m| (m.addr.to_string(), m.attrs.weight)).collect(),
+            other => panic!("a delta expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_long_poll_event_is_applied_and_the_next_one_waits_from_after_it() {
+        let mut a = EtcdV2Adapter::new("/upstreams/web/", 50_000);
+        a.parse(&answer(Some(200), &idx(9), FULL)).unwrap();
+        let w = "/upstreams/web/";
+        let h = idx(12);
+        let set = event("set", leaf(&format!("{w}127.0.0.1:9004"), Some(r#"{"weight":5}"#), 10));
+        let got = addrs(a.parse(&answer(Some(200), &h, &set)));
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1:9001".into(), 1),
+                ("127.0.0.1:9002".into(), 3),
+                ("127.0.0.1:9003".into(), 1),
+                ("127.0.0.1:9004".to_string(), 5)
+            ]
+        );
+        assert!(a.request().path.ends_with("waitIndex=11"), "{}", a.request().path);
+        // The events of the other actions, each at a later index.
+        let steps = [
+            ("update", leaf(&format!("{w}127.0.0.1:9004"), Some(r#"{"weight":6}"#), 11), 4, 6),
+            ("compareAndSwap", leaf(&format!("{w}127.0.0.1:9004"), Some(r#"{"weight":7}"#), 13), 4, 7),
+            ("create", leaf(&format!("{w}127.0.0.1:9005"), Some("{}"), 14), 5, 7),
+            ("expire", leaf(&format!("{w}127.0.0.1:9005"), None, 15), 4, 7),
+            ("compareAndDelete", leaf(&format!("{w}127.0.0.1:9001"), None, 16), 3, 7),
+            ("delete", leaf(&format!("{w}127.0.0.1:9004"), None, 20), 2, 0),
+        ];
+        for (action, node, members, weight_9004) in steps {
+            let got = addrs(a.parse(&answer(Some(200), &h, &event(action, node))));
+            assert_eq!(got.len(), members, "{action}: {got:?}");
+            let w9004 = got.iter().find(|(m, _)| m == "127.0.0.1:9004").map_or(0, |(_, w)| *w);
+            assert_eq!(w9004, weight_9004, "{action}");
+        }
+        assert!(a.request().path.ends_with("waitIndex=21"));
+        // A bad value is a bad entry, as in a full read.
+        let Ok(Poll::Delta(list)) =
+            a.parse(&answer(Some(200), &h, &event("set", leaf(&format!("{w}nonsense2"), Some("{}"), 21))))
+        else {
+            panic!()
+        };
+        assert_eq!(list.members.len(), 2);
+        assert_eq!(list.problems.iter().filter(|p| p.skipped).count(), 2, "{:?}", list.problems);
+    }
+
+    #[test]
+    fn an_event_that_cannot_be_applied_reads_everything_again() {
+        let w = "/upstreams/web/";
+        let cases = [
+            (
+                "a folder",
+                event("delete", serde_json::json!({"key": format!("{w}sub"), "dir": true, "modifiedIndex": 10})),
+            ),
+            ("outside the directory", event("set", leaf("/upstreams/other/1.2.3.4:80", Some("{}"), 10))),
+            ("the directory itself", event("delete", leaf("/upstreams/web", None, 10))),
+            ("an index before the one waited from", event("set", leaf(&format!("{w}1.2.3.4:80"), Some("{}"), 9))),
+            ("no index", event("set", serde_json::json!({"key": format!("{w}1.2.3.4:80"), "value": "{}"}))),
+            ("an unknown action", event("get", leaf(&format!("{w}1.2.3.4:80"), Some("{}"), 10))),
+            ("no node", br#"{"action":"set"}"#.to_vec()),
+        ];
+        for (what, body) in cases {
+            let mut a = EtcdV2Adapter::new("/upstreams/web/", 1000);
+            a.parse(&answer(Some(200), &idx(9), FULL)).unwrap();
+            assert_eq!(a.parse(&answer(Some(200), &idx(10), &body)), Ok(Poll::Changed), "{what}");
+            assert_eq!(a.request().path, "/v2/keys/upstreams/web?recursive=true", "{what}");
+        }
+    }
+
+    #[test]
+    fn a_directory_that_appears_is_followed_from_nothing() {
+        let mut a = EtcdV2Adapter::new("/upstreams/web/", 1000);
+        assert_eq!(a.parse(&answer(Some(404), &idx(4), MISSING)), Ok(Poll::NotFound));
+        let set = event("set", leaf("/upstreams/web/10.0.0.1:80", Some("{}"), 5));
+        assert_eq!(addrs(a.parse(&answer(Some(200), &idx(4), &set))), [("10.0.0.1:80".to_string(), 1)]);
     }
 
     #[test]

@@ -10,12 +10,28 @@
 //! prefix and the highest `mod_revision`: any put under the prefix raises the
 //! latter, and a delete without a put lowers the former. Equal cursor, equal
 //! contents.
+//!
+//! Changes without a read (Envoy, with `grpc_target`): the events of the
+//! gRPC watch on the prefix are applied to the keys of the last full read
+//! ([`KvMembers`]), so a change costs the keys it touches, not the prefix.
+//! An event is applied only when the watch vouches for every change since
+//! the revision the keys are known at (the watch was created at or before
+//! it: a read after a watch (re)opened settles that), and only if it is
+//! newer than that revision. The keys are then known at the event's
+//! revision, and the probe's cursor follows them, so the interval's probe
+//! checks the applied changes against etcd. Anything else (a canceled or
+//! compacted watch, an event outside the prefix or out of order, a message
+//! that does not decode) drops the keys: the next request is a full read.
+//! Events that arrive while a read is out are kept and applied on top of
+//! its answer when they are newer.
 
-use crate::sansio::registry::kv_layout::members_from_kv;
-use crate::sansio::registry::{AdapterError, HttpRequest};
+use crate::sansio::registry::etcd_watch::{Event, EventKind, WatchMessage, WatchResponse};
+use crate::sansio::registry::kv_layout::KvMembers;
+use crate::sansio::registry::{AdapterError, HttpRequest, Pushed};
 use crate::sansio::registry::{HttpResponse, MemberList, Poll, RegistryAdapter};
 use crate::sansio::util::base64;
 use serde_json::{json, Value};
+use std::cell::Cell;
 
 /// What a range answer says about the prefix as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,16 +40,72 @@ pub struct RangeCursor {
     pub max_mod_revision: i64,
 }
 
+/// Watch events kept while they cannot be applied yet (a read is out);
+/// beyond this many, they are dropped and the next read settles them.
+pub const MAX_PENDING_EVENTS: usize = 4096;
+
+/// The kind of request sent last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Fetch,
+    Probe,
+}
+
+/// What the last request asked, and what the adapter knew when it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Asked {
+    kind: Kind,
+    epoch: u64,
+    /// The revision the keys were known at.
+    revision: Option<i64>,
+}
+
+/// The keys under the prefix as last read, and changed since by watch events.
+#[derive(Debug, Clone)]
+struct Keys {
+    kv: KvMembers,
+    /// The store revision the keys are known at (`None`: etcd gave none,
+    /// and no event is ever applied).
+    revision: Option<i64>,
+}
+
+impl Keys {
+    fn cursor(&self) -> RangeCursor {
+        RangeCursor {
+            count: u64::try_from(self.kv.len()).unwrap_or(u64::MAX),
+            max_mod_revision: self.kv.max_mod_revision(),
+        }
+    }
+}
+
+/// What the adapter knows of the watch on its prefix.
+#[derive(Debug, Clone, Default)]
+struct WatchTrack {
+    /// Every change after this revision reaches the adapter through the
+    /// watch; `None`: no watch in place.
+    from: Option<i64>,
+    /// The revision of the last event the watch brought.
+    last: i64,
+    /// Events that arrived while they could not be applied, in order.
+    pending: Vec<Event>,
+}
+
 /// Builds etcd v3 requests for one prefix and reads their answers.
 #[derive(Debug, Clone)]
 pub struct EtcdV3Adapter {
     prefix: String,
     key_b64: String,
     range_end_b64: String,
-    /// What the last full read saw; `None` makes the next request a full
-    /// read. A probe that sees a change clears it: the full read builds its
-    /// own cursor, so the old one is of no further use.
-    cursor: Option<RangeCursor>,
+    /// What the last full read saw, with the watch's changes since; `None`
+    /// makes the next request a full read. A probe that sees a change drops
+    /// it: the full read builds them again.
+    keys: Option<Keys>,
+    /// Moves each time the keys are dropped: an answer to a request sent
+    /// before is not used (it may predate what made them untrustworthy).
+    epoch: u64,
+    /// What [`RegistryAdapter::request`] asked last.
+    asked: Cell<Option<Asked>>,
+    watch: WatchTrack,
 }
 
 /// The smallest key greater than every key that starts with `prefix`
@@ -56,7 +128,10 @@ impl EtcdV3Adapter {
             prefix: prefix.to_string(),
             key_b64: base64::encode(prefix.as_bytes()),
             range_end_b64: base64::encode(&prefix_range_end(prefix.as_bytes())),
-            cursor: None,
+            keys: None,
+            epoch: 0,
+            asked: Cell::new(None),
+            watch: WatchTrack::default(),
         }
     }
 
@@ -87,60 +162,244 @@ impl EtcdV3Adapter {
     }
 
     pub fn parse_probe(&self, body: &[u8]) -> Result<RangeCursor, AdapterError> {
+        self.read_probe(body).map(|(cursor, _)| cursor)
+    }
+
+    /// A probe answer: the cursor, and the revision it was read at.
+    fn read_probe(&self, body: &[u8]) -> Result<(RangeCursor, Option<i64>), AdapterError> {
         let root = parse_root(body)?;
         let count = int64(root.get("count"), "count")?;
         let mut max_mod_revision = 0;
         for kv in kvs(&root)? {
             max_mod_revision = max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
         }
-        Ok(RangeCursor { count: u64::try_from(count).unwrap_or(0), max_mod_revision })
+        Ok((RangeCursor { count: u64::try_from(count).unwrap_or(0), max_mod_revision }, header_revision(&root)?))
     }
 
     /// Reads a full range answer: the members and the cursor they were read at.
     pub fn parse_fetch(&self, body: &[u8]) -> Result<(MemberList, RangeCursor), AdapterError> {
+        let keys = self.read_fetch(body)?;
+        Ok((keys.kv.list(), keys.cursor()))
+    }
+
+    /// A full range answer as keys.
+    fn read_fetch(&self, body: &[u8]) -> Result<Keys, AdapterError> {
         let root = parse_root(body)?;
         if root.get("more").and_then(Value::as_bool) == Some(true) {
             return Err(AdapterError::BadShape("range answer is truncated (\"more\": true)".into()));
         }
         let list = kvs(&root)?;
-        let mut max_mod_revision = 0;
         let mut entries = Vec::with_capacity(list.len());
         for kv in list {
-            max_mod_revision = max_mod_revision.max(int64(kv.get("mod_revision"), "kvs[].mod_revision")?);
-            let key = String::from_utf8_lossy(&b64_field(kv, "key")?).into_owned();
-            entries.push((key, b64_field(kv, "value")?));
+            let mod_revision = int64(kv.get("mod_revision"), "kvs[].mod_revision")?;
+            entries.push((b64_field(kv, "key")?, b64_field(kv, "value")?, mod_revision));
         }
-        let count = u64::try_from(list.len()).unwrap_or(u64::MAX);
-        Ok((members_from_kv(&self.prefix, entries), RangeCursor { count, max_mod_revision }))
+        Ok(Keys { kv: KvMembers::from_entries(&self.prefix, entries), revision: header_revision(&root)? })
+    }
+
+    /// What a request sent now asks.
+    fn asking(&self) -> Asked {
+        let kind = if self.keys.is_none() { Kind::Fetch } else { Kind::Probe };
+        Asked { kind, epoch: self.epoch, revision: self.keys.as_ref().and_then(|k| k.revision) }
+    }
+
+    /// The watch vouches for every change after the revision the keys are known at.
+    fn covered(&self) -> bool {
+        match (&self.keys, self.watch.from) {
+            (Some(Keys { revision: Some(at), .. }), Some(from)) => *at >= from,
+            _ => false,
+        }
+    }
+
+    /// Drops the keys: the next request is a full read, and answers to
+    /// requests sent before are not used.
+    fn drop_keys(&mut self) {
+        self.keys = None;
+        self.epoch = self.epoch.wrapping_add(1);
+        self.watch.pending.clear();
+    }
+
+    fn resync(&mut self, why: String) -> Pushed {
+        self.drop_keys();
+        Pushed::Resync(why)
+    }
+
+    /// Applies `events` newer than the keys' revision; `true` if any was.
+    fn apply(&mut self, events: &[Event]) -> bool {
+        let Some(Keys { kv, revision: Some(at) }) = &mut self.keys else {
+            return false;
+        };
+        let mut applied = false;
+        for e in events.iter().filter(|e| e.mod_revision > *at) {
+            match e.kind {
+                EventKind::Put => kv.put(&e.key, &e.value, e.mod_revision),
+                // A delete of a key the keys never had still moves the
+                // revision. (Events of an unknown type are refused on arrival.)
+                EventKind::Delete | EventKind::Unknown(_) => {
+                    kv.delete(&e.key);
+                }
+            }
+            applied = true;
+        }
+        if let Some(last) = events.last() {
+            *at = (*at).max(last.mod_revision);
+        }
+        applied
+    }
+
+    /// Applies the events kept while the keys could not take them, once the
+    /// watch covers the keys; `true` if any changed them.
+    fn replay(&mut self) -> bool {
+        if !self.covered() || self.watch.pending.is_empty() {
+            return false;
+        }
+        let pending = std::mem::take(&mut self.watch.pending);
+        self.apply(&pending)
+    }
+
+    /// Watch events: applied, kept for later, or a reason to read everything.
+    fn events(&mut self, events: &[Event]) -> Pushed {
+        if self.watch.from.is_none() {
+            // A watch whose creation was not seen: what it missed is unknown.
+            return Pushed::Poll;
+        }
+        let mut last = self.watch.last;
+        for (i, e) in events.iter().enumerate() {
+            if !e.key.starts_with(self.prefix.as_bytes()) {
+                let key = String::from_utf8_lossy(&e.key).chars().take(100).collect::<String>();
+                return self.resync(format!("watch event for the key {key:?} outside the prefix"));
+            }
+            if let EventKind::Unknown(kind) = e.kind {
+                return self.resync(format!("watch event of unknown type {kind}"));
+            }
+            // etcd sends a revision's events in one message, revisions in order.
+            let in_order = if i == 0 { e.mod_revision > last } else { e.mod_revision >= last };
+            if !in_order {
+                return self.resync(format!("watch event at revision {} after revision {last}", e.mod_revision));
+            }
+            last = e.mod_revision;
+        }
+        self.watch.last = last;
+        if !self.covered() {
+            // A read is out, or the keys predate the watch: kept until a read settles them.
+            if self.watch.pending.len().saturating_add(events.len()) > MAX_PENDING_EVENTS {
+                // Dropped: from here the watch vouches only for what comes after them.
+                self.watch.pending.clear();
+                self.watch.from = Some(last);
+            } else {
+                self.watch.pending.extend(events.iter().cloned());
+            }
+            return Pushed::Poll;
+        }
+        match self.apply(events) {
+            true => Pushed::Delta(self.keys.as_ref().map(|k| k.kv.list()).unwrap_or_default()),
+            false => Pushed::Nothing,
+        }
     }
 }
 
 impl RegistryAdapter for EtcdV3Adapter {
     fn request(&self) -> HttpRequest {
-        if self.cursor.is_none() {
-            self.fetch_request()
-        } else {
-            self.probe_request()
+        let asked = self.asking();
+        self.asked.set(Some(asked));
+        match asked.kind {
+            Kind::Fetch => self.fetch_request(),
+            Kind::Probe => self.probe_request(),
         }
     }
 
     fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Poll, AdapterError> {
+        // Without a request() before (tests), what request() would ask now.
+        let asked = self.asked.take().unwrap_or_else(|| self.asking());
         response.expect_ok()?;
-        if self.cursor.is_none() {
-            let (list, cursor) = self.parse_fetch(response.body)?;
-            self.cursor = Some(cursor);
-            Ok(Poll::Members(list))
-        } else if Some(self.parse_probe(response.body)?) == self.cursor {
-            Ok(Poll::Unchanged)
-        } else {
-            self.cursor = None;
-            Ok(Poll::Changed)
+        if asked.epoch != self.epoch {
+            // Sent before the keys were dropped: read again.
+            return Ok(Poll::Changed);
+        }
+        match asked.kind {
+            Kind::Fetch => {
+                let keys = self.read_fetch(response.body)?;
+                self.keys = Some(keys);
+                self.replay();
+                Ok(Poll::Members(self.keys.as_ref().map(|k| k.kv.list()).unwrap_or_default()))
+            }
+            Kind::Probe => {
+                let (cursor, at) = self.read_probe(response.body)?;
+                let Some(keys) = &mut self.keys else {
+                    return Ok(Poll::Changed);
+                };
+                if let (Some(at), Some(known)) = (at, keys.revision) {
+                    if keys.revision != asked.revision && at < known {
+                        // Watch events newer than the probe were applied
+                        // while it was out: it cannot tell about them.
+                        return Ok(Poll::Unchanged);
+                    }
+                }
+                if cursor != keys.cursor() {
+                    self.drop_keys();
+                    return Ok(Poll::Changed);
+                }
+                // The same keys at the probe's revision.
+                if at.is_some() {
+                    keys.revision = at;
+                }
+                if self.replay() {
+                    Ok(Poll::Delta(self.keys.as_ref().map(|k| k.kv.list()).unwrap_or_default()))
+                } else {
+                    Ok(Poll::Unchanged)
+                }
+            }
         }
     }
 
     fn reset(&mut self) {
-        self.cursor = None;
+        self.drop_keys();
     }
+
+    fn watch(&mut self, message: &WatchResponse) -> Pushed {
+        if message.compact_revision != 0 {
+            self.watch = WatchTrack::default();
+            return self.resync(format!("etcd compacted the watch's revisions (up to {})", message.compact_revision));
+        }
+        if message.fragment {
+            return self.resync("a watch response split in fragments".into());
+        }
+        match &message.message {
+            WatchMessage::Canceled(reason) => {
+                self.watch = WatchTrack::default();
+                self.resync(format!("etcd canceled the watch ({reason})"))
+            }
+            WatchMessage::Created => {
+                // From here every change reaches the adapter; the ones
+                // before may not have. A read sent from now on settles that
+                // (and whether this is still the etcd the keys were read
+                // from): until then events are kept, not applied.
+                let from = (message.revision > 0).then_some(message.revision);
+                self.watch = WatchTrack { from, last: message.revision, pending: Vec::new() };
+                if let Some(keys) = &mut self.keys {
+                    keys.revision = None;
+                }
+                Pushed::Poll
+            }
+            WatchMessage::Events(_) => self.events(&message.events),
+            WatchMessage::Other => Pushed::Nothing,
+        }
+    }
+
+    fn watch_ended(&mut self, garbled: bool) -> Pushed {
+        if garbled {
+            // The watch goes on, but what the lost message said is unknown.
+            return self.resync("a watch message could not be decoded".into());
+        }
+        self.watch = WatchTrack::default();
+        Pushed::Nothing
+    }
+}
+
+/// `header.revision`, `None` when absent or 0.
+fn header_revision(root: &Value) -> Result<Option<i64>, AdapterError> {
+    let revision = int64(root.get("header").and_then(|h| h.get("revision")), "header.revision")?;
+    Ok((revision > 0).then_some(revision))
 }
 
 fn parse_root(body: &[u8]) -> Result<Value, AdapterError> {
@@ -364,5 +623,225 @@ mod tests {
         // A body cut short is not JSON.
         let full = answer(vec![kv("/p/10.0.0.1:80", "{}", 3)], 1);
         assert!(matches!(a.parse_fetch(&full[..full.len() / 2]), Err(AdapterError::NotJson(_))));
+    }
+
+    /// A full read answer of `members` (`host:port` → mod_revision) under
+    /// `/p/` at store revision `at`.
+    fn read_at(members: &[(&str, i64)], at: i64) -> Vec<u8> {
+        let kvs: Vec<Value> = members.iter().map(|(a, rev)| kv(&format!("/p/{a}"), "{}", *rev)).collect();
+        let mut body = answer(kvs, members.len() as u64);
+        let mut v: Value = serde_json::from_slice(&body).unwrap();
+        v["header"]["revision"] = json!(at.to_string());
+        body = v.to_string().into_bytes();
+        body
+    }
+
+    /// The probe answer matching [`read_at`].
+    fn probe_at(members: &[(&str, i64)], at: i64) -> Vec<u8> {
+        let top = members.iter().max_by_key(|(_, rev)| *rev).map(|(a, rev)| kv(&format!("/p/{a}"), "", *rev));
+        let mut v: Value = serde_json::from_slice(&answer(top.into_iter().collect(), members.len() as u64)).unwrap();
+        v["header"]["revision"] = json!(at.to_string());
+        v.to_string().into_bytes()
+    }
+
+    fn watch_msg(message: WatchMessage, revision: i64, events: Vec<Event>) -> WatchResponse {
+        WatchResponse { watch_id: 1, message, revision, compact_revision: 0, fragment: false, events }
+    }
+
+    fn put(addr: &str, value: &str, rev: i64) -> Event {
+        Event { kind: EventKind::Put, key: format!("/p/{addr}").into_bytes(), value: value.into(), mod_revision: rev }
+    }
+
+    fn del(addr: &str, rev: i64) -> Event {
+        Event { kind: EventKind::Delete, key: format!("/p/{addr}").into_bytes(), value: vec![], mod_revision: rev }
+    }
+
+    fn events(list: Vec<Event>) -> WatchResponse {
+        let rev = list.last().map_or(0, |e| e.mod_revision);
+        watch_msg(WatchMessage::Events(list.len()), rev, list)
+    }
+
+    fn addrs_of(p: &Pushed) -> Vec<String> {
+        match p {
+            Pushed::Delta(l) => l.members.iter().map(|m| m.addr.to_string()).collect(),
+            other => panic!("a delta expected, got {other:?}"),
+        }
+    }
+
+    fn is_fetch(r: &HttpRequest) -> bool {
+        !String::from_utf8_lossy(&r.body).contains("sort_target")
+    }
+
+    /// Read at revision 10 with the watch created at 10 and settled by a probe.
+    fn watching() -> EtcdV3Adapter {
+        let mut a = EtcdV3Adapter::new("/p/");
+        let members = [("10.0.0.1:80", 5), ("10.0.0.2:80", 6)];
+        a.request();
+        assert!(matches!(a.parse(&ok(&read_at(&members, 10))), Ok(Poll::Members(_))));
+        assert_eq!(a.watch(&watch_msg(WatchMessage::Created, 10, vec![])), Pushed::Poll, "a watch (re)created: probe");
+        assert!(!is_fetch(&a.request()));
+        assert_eq!(a.parse(&ok(&probe_at(&members, 10))), Ok(Poll::Unchanged));
+        a
+    }
+
+    #[test]
+    fn watch_events_change_the_members_and_the_probe_follows_them() {
+        let mut a = watching();
+        let p = a.watch(&events(vec![put("10.0.0.3:80", r#"{"weight":4}"#, 11)]));
+        assert_eq!(addrs_of(&p), ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        let p = a.watch(&events(vec![del("10.0.0.1:80", 12), put("10.0.0.2:80", "not json", 12)]));
+        assert_eq!(addrs_of(&p), ["10.0.0.2:80", "10.0.0.3:80"]);
+        let Pushed::Delta(list) = &p else { unreachable!() };
+        assert_eq!(list.problems.len(), 1, "a bad value is a bad entry, as in a full read");
+        // The interval's probe sees what the events made: unchanged, no read.
+        assert!(!is_fetch(&a.request()));
+        let now = [("10.0.0.2:80", 12), ("10.0.0.3:80", 11)];
+        assert_eq!(a.parse(&ok(&probe_at(&now, 12))), Ok(Poll::Unchanged));
+        // A put of the same value again: nothing new, but it is applied.
+        assert!(matches!(a.watch(&events(vec![put("10.0.0.3:80", r#"{"weight":4}"#, 13)])), Pushed::Delta(_)));
+        // A delete of a key the list never had is applied too (and changes nothing).
+        assert!(matches!(a.watch(&events(vec![del("10.0.0.9:80", 14)])), Pushed::Delta(_)));
+        // A progress notification: nothing.
+        assert_eq!(a.watch(&watch_msg(WatchMessage::Other, 20, vec![])), Pushed::Nothing);
+    }
+
+    #[test]
+    fn anything_suspicious_drops_the_list_for_a_full_read() {
+        let cases: Vec<(&str, WatchResponse)> = vec![
+            (
+                "outside the prefix",
+                events(vec![put("10.0.0.3:80", "{}", 11), Event { key: b"/q/x".to_vec(), ..put("x", "", 11) }]),
+            ),
+            ("unknown type", events(vec![Event { kind: EventKind::Unknown(2), ..put("10.0.0.3:80", "{}", 11) }])),
+            ("out of order", events(vec![put("10.0.0.3:80", "{}", 12), put("10.0.0.4:80", "{}", 11)])),
+            ("revision repeated", events(vec![put("10.0.0.3:80", "{}", 10)])),
+            ("canceled", watch_msg(WatchMessage::Canceled("permission denied".into()), 11, vec![])),
+            (
+                "compacted",
+                WatchResponse { compact_revision: 9, ..watch_msg(WatchMessage::Canceled(String::new()), 11, vec![]) },
+            ),
+            ("fragment", WatchResponse { fragment: true, ..events(vec![put("10.0.0.3:80", "{}", 11)]) }),
+        ];
+        for (what, message) in cases {
+            let mut a = watching();
+            assert!(matches!(a.watch(&message), Pushed::Resync(_)), "{what}");
+            assert!(is_fetch(&a.request()), "{what}: the next request reads everything");
+        }
+        let mut a = watching();
+        assert!(matches!(a.watch_ended(true), Pushed::Resync(_)), "an undecodable message");
+        assert!(is_fetch(&a.request()));
+    }
+
+    #[test]
+    fn events_already_read_are_skipped_and_an_answer_sent_before_a_resync_is_not_used() {
+        let mut a = watching();
+        // Revision 10 is what the list was read at: its events are in it.
+        // (After the watch's creation at 10 etcd sends only later ones; a
+        // read newer than the watch makes earlier-numbered events arrive.)
+        let members = [("10.0.0.1:80", 5), ("10.0.0.2:80", 6), ("10.0.0.3:80", 14)];
+        a.request();
+        a.reset();
+        a.request();
+        assert!(matches!(a.parse(&ok(&read_at(&members, 15))), Ok(Poll::Members(_))));
+        assert_eq!(a.watch(&events(vec![put("10.0.0.3:80", "{}", 14)])), Pushed::Nothing, "already read");
+        let p = a.watch(&events(vec![put("10.0.0.4:80", "{}", 16)]));
+        assert_eq!(addrs_of(&p).len(), 4);
+        // A probe is out when a message makes the list untrustworthy: its
+        // answer is not used, the next request is a full read.
+        assert!(!is_fetch(&a.request()));
+        assert!(matches!(a.watch_ended(true), Pushed::Resync(_)));
+        let probe = probe_at(&[("10.0.0.4:80", 16)], 16);
+        assert_eq!(a.parse(&ok(&probe)), Ok(Poll::Changed));
+        assert!(is_fetch(&a.request()));
+        // The same for a full read that was out: its answer may predate the lost message.
+        a.request();
+        a.watch_ended(true);
+        assert_eq!(a.parse(&ok(&read_at(&members, 16))), Ok(Poll::Changed));
+    }
+
+    #[test]
+    fn a_probe_older_than_the_events_applied_while_it_was_out_says_nothing() {
+        let mut a = watching();
+        assert!(!is_fetch(&a.request()));
+        // The probe is read at 10; meanwhile the watch brings 11.
+        assert!(matches!(a.watch(&events(vec![put("10.0.0.3:80", "{}", 11)])), Pushed::Delta(_)));
+        let old = probe_at(&[("10.0.0.1:80", 5), ("10.0.0.2:80", 6)], 10);
+        assert_eq!(a.parse(&ok(&old)), Ok(Poll::Unchanged));
+        // With nothing applied meanwhile, a probe at a lower revision (etcd
+        // rebuilt from a backup) is compared as any other: changed.
+        let mut a = EtcdV3Adapter::new("/p/");
+        a.request();
+        a.parse(&ok(&read_at(&[("10.0.0.1:80", 50)], 60))).unwrap();
+        a.request();
+        assert_eq!(a.parse(&ok(&probe_at(&[("10.0.0.1:80", 3)], 4))), Ok(Poll::Changed));
+    }
+
+    #[test]
+    fn events_during_a_read_are_applied_on_top_of_it() {
+        let mut a = EtcdV3Adapter::new("/p/");
+        assert_eq!(a.watch(&watch_msg(WatchMessage::Created, 10, vec![])), Pushed::Poll);
+        assert!(is_fetch(&a.request()));
+        // Out meanwhile: 11 (already in the read) and 13 (after it).
+        assert_eq!(a.watch(&events(vec![put("10.0.0.5:80", "{}", 11)])), Pushed::Poll);
+        assert_eq!(a.watch(&events(vec![del("10.0.0.1:80", 13)])), Pushed::Poll);
+        let read = read_at(&[("10.0.0.1:80", 5), ("10.0.0.5:80", 11)], 12);
+        let Ok(Poll::Members(list)) = a.parse(&ok(&read)) else { panic!() };
+        let got: Vec<String> = list.members.iter().map(|m| m.addr.to_string()).collect();
+        assert_eq!(got, ["10.0.0.5:80"], "the delete at 13 applied on top of the read at 12");
+        // And the probe's cursor follows.
+        a.request();
+        assert_eq!(a.parse(&ok(&probe_at(&[("10.0.0.5:80", 11)], 13))), Ok(Poll::Unchanged));
+    }
+
+    #[test]
+    fn a_watch_created_after_the_read_waits_for_a_probe_and_a_change_in_the_gap_is_read() {
+        let mut a = EtcdV3Adapter::new("/p/");
+        a.request();
+        a.parse(&ok(&read_at(&[("10.0.0.1:80", 5)], 10))).unwrap();
+        // The stream was down: created again at 20; 15 changed something.
+        assert_eq!(a.watch(&watch_msg(WatchMessage::Created, 20, vec![])), Pushed::Poll);
+        // An event now is kept, not applied on a list that may be older.
+        assert_eq!(a.watch(&events(vec![put("10.0.0.7:80", "{}", 21)])), Pushed::Poll);
+        assert!(!is_fetch(&a.request()));
+        let probe = probe_at(&[("10.0.0.1:80", 5), ("10.0.0.2:80", 15), ("10.0.0.7:80", 21)], 21);
+        assert_eq!(a.parse(&ok(&probe)), Ok(Poll::Changed), "the gap had a change");
+        assert!(is_fetch(&a.request()), "read in full");
+        let read = read_at(&[("10.0.0.1:80", 5), ("10.0.0.2:80", 15), ("10.0.0.7:80", 21)], 21);
+        let Ok(Poll::Members(list)) = a.parse(&ok(&read)) else { panic!() };
+        assert_eq!(list.members.len(), 3);
+        let p = a.watch(&events(vec![del("10.0.0.2:80", 22)]));
+        assert_eq!(addrs_of(&p), ["10.0.0.1:80", "10.0.0.7:80"], "then events apply again");
+
+        // No gap: the probe settles it, and what came meanwhile is applied.
+        let mut a = EtcdV3Adapter::new("/p/");
+        a.request();
+        a.parse(&ok(&read_at(&[("10.0.0.1:80", 5)], 10))).unwrap();
+        a.watch(&watch_msg(WatchMessage::Created, 20, vec![]));
+        a.watch(&events(vec![put("10.0.0.7:80", "{}", 21)]));
+        a.request();
+        let Ok(Poll::Delta(list)) = a.parse(&ok(&probe_at(&[("10.0.0.1:80", 5)], 20))) else { panic!() };
+        assert_eq!(list.members.len(), 2, "the put at 21, kept while the probe was out");
+        // A closed stream: events stop being applied until a new watch is settled.
+        a.watch_ended(false);
+        assert_eq!(a.watch(&events(vec![put("10.0.0.8:80", "{}", 22)])), Pushed::Poll);
+    }
+
+    #[test]
+    fn too_many_events_kept_are_dropped_and_a_later_read_settles_them() {
+        let mut a = EtcdV3Adapter::new("/p/");
+        a.watch(&watch_msg(WatchMessage::Created, 10, vec![]));
+        a.request();
+        let many: Vec<Event> = (0..MAX_PENDING_EVENTS as i64 + 1).map(|i| put("10.0.0.1:80", "{}", 11 + i)).collect();
+        let last = many.last().unwrap().mod_revision;
+        assert_eq!(a.watch(&events(many)), Pushed::Poll);
+        // The read that was out predates the dropped events: not followed on, a probe must settle.
+        a.parse(&ok(&read_at(&[("10.0.0.1:80", 5)], 12))).unwrap();
+        assert_eq!(a.watch(&events(vec![put("10.0.0.2:80", "{}", last + 1)])), Pushed::Poll);
+        a.request();
+        let members = [("10.0.0.1:80", last), ("10.0.0.2:80", last + 1)];
+        assert_eq!(a.parse(&ok(&probe_at(&members, last + 1))), Ok(Poll::Changed));
+        a.request();
+        a.parse(&ok(&read_at(&members, last + 1))).unwrap();
+        assert_eq!(addrs_of(&a.watch(&events(vec![del("10.0.0.1:80", last + 2)]))), ["10.0.0.2:80"]);
     }
 }

@@ -118,6 +118,26 @@ pub enum Poll {
     /// The prefix or service does not exist (distinct from existing with
     /// no members, though the sync machine treats both as an empty list).
     NotFound,
+    /// The full member list after a change the answer described (an etcd
+    /// v2 long-poll event), applied to the last list the adapter read; the
+    /// same list a full read would give.
+    Delta(MemberList),
+}
+
+/// What a message of the registry's watch (etcd v3 gRPC Watch) means for
+/// an upstream's member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// Nothing to do: the watch is in place and follows on from the last
+    /// read, or the changes are already in the list.
+    Nothing,
+    /// Ask the registry now (the adapter's next request: a probe or a full read).
+    Poll,
+    /// The adapter's list cannot be trusted any more; its next request is
+    /// a full read, to be sent now.
+    Resync(String),
+    /// The full member list after the changes the message brought.
+    Delta(MemberList),
 }
 
 /// A registry protocol.
@@ -143,6 +163,23 @@ pub trait RegistryAdapter {
     /// the others wait `interval_ms` after every answer.
     fn long_polls(&self) -> bool {
         false
+    }
+
+    /// A message of the watch on this upstream's prefix (etcd v3 gRPC
+    /// Watch). By default only a trigger: poll now.
+    fn watch(&mut self, _message: &etcd_watch::WatchResponse) -> Pushed {
+        Pushed::Poll
+    }
+
+    /// The watch stopped: its stream closed (`garbled: false`), or a
+    /// message on it could not be decoded (`garbled: true`: changes may
+    /// have been missed, though the watch goes on).
+    fn watch_ended(&mut self, garbled: bool) -> Pushed {
+        if garbled {
+            Pushed::Poll
+        } else {
+            Pushed::Nothing
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! 1. feed it: [`SyncMachine::handle_timeout`] when [`SyncMachine::poll_timeout`]
 //!    is due, [`SyncMachine::handle_response`] /
 //!    [`SyncMachine::handle_dispatch_failed`] for a registry call,
-//!    [`SyncMachine::handle_push`] when the registry pushed a change;
+//!    [`SyncMachine::handle_push`] when the registry pushed a change,
+//!    [`SyncMachine::handle_watch`] / [`SyncMachine::handle_watch_ended`]
+//!    for what an etcd watch brought (its events are applied as changes);
 //! 2. drain it: [`SyncMachine::poll_transmit`] until `None` (send each),
 //!    then [`SyncMachine::poll_event`] until `None`.
 //!
@@ -19,8 +21,9 @@
 use crate::sansio::config::UpstreamConfig;
 use crate::sansio::model::member_set::{Diff, MemberSet};
 use crate::sansio::model::update::{Published, Source};
+use crate::sansio::registry::etcd_watch::WatchResponse;
 use crate::sansio::registry::{
-    check_json_budget, AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, RegistryAdapter,
+    check_json_budget, AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, Pushed, RegistryAdapter,
 };
 use crate::sansio::shared::status::{count_label, SyncStats};
 use crate::sansio::util::backoff::Backoff;
@@ -404,7 +407,77 @@ impl SyncMachine {
                 let pause = self.apply(now, MemberList::default(), RefuseReason::NotFound);
                 self.wait(now, pause.unwrap_or(after_news));
             }
+            Poll::Delta(list) => {
+                let pause = self.apply_delta(now, list);
+                self.wait(now, pause.unwrap_or(after_news));
+            }
         }
+    }
+
+    /// A message of the watch on this upstream's prefix (etcd v3 gRPC
+    /// Watch): the adapter applies its events to the member list when they
+    /// follow on from what it read, and reads again otherwise. The events
+    /// are etcd's own: a registry path whose answers fail (and are refused)
+    /// does not stop them.
+    pub fn handle_watch(&mut self, now: u64, message: &WatchResponse) {
+        let pushed = self.adapter.watch(message);
+        self.handle_pushed(now, pushed);
+    }
+
+    /// The watch stopped: its stream closed (`garbled: false`), or a
+    /// message on it could not be decoded (`garbled: true`).
+    pub fn handle_watch_ended(&mut self, now: u64, garbled: bool) {
+        let pushed = self.adapter.watch_ended(garbled);
+        self.handle_pushed(now, pushed);
+    }
+
+    fn handle_pushed(&mut self, now: u64, pushed: Pushed) {
+        match pushed {
+            Pushed::Nothing => {}
+            Pushed::Poll => self.handle_push(now),
+            Pushed::Resync(why) => {
+                log::info!("upstream {}: {why}; reading every member again", self.config.name);
+                self.handle_push(now);
+            }
+            Pushed::Delta(list) => match self.apply_delta(now, list) {
+                None => {}
+                // Read in full now.
+                Some(0) => self.handle_push(now),
+                // A hold's confirming read waits its time; a call out or a backoff goes as planned.
+                Some(pause) => {
+                    if let Phase::Waiting { .. } = self.phase {
+                        self.phase = Phase::Waiting { until: now.saturating_add(pause) };
+                    }
+                }
+            },
+        }
+    }
+
+    /// A member list after a change the registry described: accepted or
+    /// refused by the rules of a full read ([`SyncMachine::apply`]), so a
+    /// change that would remove more than `max_removal_share` of the members
+    /// is held until a full read `interval_ms` later confirms it. Only a
+    /// full read may confirm a hold: a change during one (the adapter reads
+    /// in full after a hold, so none comes) leaves it to that read. Nor is a
+    /// change applied to a list that was refused (the registry said it had
+    /// no members: true, or a fault): it is read in full at once instead.
+    fn apply_delta(&mut self, now: u64, list: MemberList) -> Option<u64> {
+        match self.acceptance {
+            Acceptance::Holding { since } => {
+                self.adapter.reset();
+                Some(since.saturating_add(self.config.interval_ms).saturating_sub(now))
+            }
+            Acceptance::Refusing(_) => {
+                self.adapter.reset();
+                Some(0)
+            }
+            Acceptance::Accepting => self.apply(now, list, RefuseReason::Empty),
+        }
+    }
+
+    /// The last full read was refused (no members, `allow_empty` false): the last good list stays.
+    pub fn refusing(&self) -> bool {
+        matches!(self.acceptance, Acceptance::Refusing(_))
     }
 
     /// A full read. An empty one is refused (as `empty_reason`) unless

@@ -417,22 +417,26 @@ impl Poller {
             return;
         };
         let on_stream = |id: u64| usize::try_from(id).ok().and_then(|id| id.checked_sub(1));
-        let poll: Vec<usize> = match slot.stream.handle_message(message) {
-            WatchNews::Poll(id) => on_stream(id).filter(|i| slot.upstreams.contains(i)).into_iter().collect(),
-            WatchNews::PollAll => slot.upstreams.clone(),
-            WatchNews::Canceled(id) => {
+        let decoded = etcd_watch::decode_response(message);
+        // The upstreams the message is for; `None`: undecodable, for every upstream on the stream.
+        let (targets, response) = match (slot.stream.handle_decoded(&decoded), decoded.as_ref().ok()) {
+            (WatchNews::Poll(id) | WatchNews::Canceled(id), Some(r)) => {
                 let upstream = on_stream(id).filter(|i| slot.upstreams.contains(i));
                 let prefix = upstream.and_then(|i| self.upstreams.get(i)).and_then(|u| u.registry.spec.prefix());
-                if let Some(prefix) = prefix {
+                if let (Some(prefix), etcd_watch::WatchMessage::Canceled(_)) = (prefix, &r.message) {
                     self.actions.push(Action::SendWatch { stream, message: etcd_watch::create_request(prefix, id) });
                 }
-                upstream.into_iter().collect()
+                (upstream.into_iter().collect(), Some(r))
             }
-            WatchNews::Nothing => Vec::new(),
+            (WatchNews::PollAll, _) => (slot.upstreams.clone(), None),
+            _ => (Vec::new(), None),
         };
-        for i in poll {
+        for i in targets {
             if let Some(u) = self.upstreams.get_mut(i) {
-                u.machine.handle_push(now);
+                match response {
+                    Some(r) => u.machine.handle_watch(now, r),
+                    None => u.machine.handle_watch_ended(now, true),
+                }
             }
             self.drive(i, now);
         }
@@ -446,6 +450,7 @@ impl Poller {
         slot.stream.handle_closed(now);
         for &i in &slot.upstreams {
             if let Some(u) = self.upstreams.get_mut(i) {
+                u.machine.handle_watch_ended(now, false);
                 u.status_stale = true;
                 u.queue(&mut self.dirty, i);
             }

@@ -1,11 +1,11 @@
-//! The life of an etcd Watch stream used as a push trigger ("something
-//! under the prefix changed"), for hosts with gRPC streams (Envoy). One
-//! stream per etcd cluster carries the watch of every upstream on it, told
-//! apart by `watch_id` (etcd multiplexes watches on a stream), so a
+//! The life of an etcd Watch stream, for hosts with gRPC streams (Envoy).
+//! One stream per etcd cluster carries the watch of every upstream on it,
+//! told apart by `watch_id` (etcd multiplexes watches on a stream), so a
 //! thousand upstreams cost etcd one stream per proxy, not a thousand. Each
-//! event makes that upstream's sync machine poll at once; the poll reads
-//! what changed. Polling stays on as the safety net, so a lost stream costs
-//! freshness, never correctness.
+//! message goes to that upstream's sync machine, whose adapter applies the
+//! events to its member list when they follow on from what it read, and
+//! reads again otherwise (`EtcdV3Adapter::watch`). Polling stays on as the
+//! safety net, so a lost stream costs freshness, never correctness.
 
 use crate::sansio::registry::etcd_watch::{decode_response, WatchMessage, WatchResponse};
 
@@ -14,7 +14,7 @@ use crate::sansio::registry::etcd_watch::{decode_response, WatchMessage, WatchRe
 pub enum WatchNews {
     /// Watch `id` was created or saw events: its upstream polls now.
     Poll(u64),
-    /// Not decodable: every upstream on the stream polls.
+    /// Not decodable: every upstream on the stream reads everything again.
     PollAll,
     /// etcd ended watch `id` alone (e.g. compaction): create it again.
     Canceled(u64),
@@ -84,18 +84,24 @@ impl WatchStream {
 
     /// A message arrived: what it means for the watches on this stream.
     pub fn handle_message(&mut self, bytes: &[u8]) -> WatchNews {
-        match decode_response(bytes) {
+        self.handle_decoded(&decode_response(bytes))
+    }
+
+    /// [`WatchStream::handle_message`] for a message already decoded (the
+    /// poller hands the decoded events on to the upstream's machine).
+    pub fn handle_decoded(&mut self, decoded: &Result<WatchResponse, String>) -> WatchNews {
+        match decoded {
             // Created: poll once, to catch changes made while it was down.
             Ok(r @ WatchResponse { message: WatchMessage::Created | WatchMessage::Events(_), .. }) => {
                 WatchNews::Poll(r.watch_id)
             }
             Ok(WatchResponse { message: WatchMessage::Other, .. }) => WatchNews::Nothing,
-            Ok(WatchResponse { watch_id, message: WatchMessage::Canceled(reason) }) => {
+            Ok(WatchResponse { watch_id, message: WatchMessage::Canceled(reason), .. }) => {
                 log::info!("etcd watch {watch_id} canceled ({reason}); creating it again");
-                WatchNews::Canceled(watch_id)
+                WatchNews::Canceled(*watch_id)
             }
             Err(e) => {
-                log::warn!("etcd watch: undecodable message ({e}); polling every upstream on the stream");
+                log::warn!("etcd watch: undecodable message ({e}); reading every upstream on the stream again");
                 WatchNews::PollAll
             }
         }

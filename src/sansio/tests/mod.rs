@@ -1,5 +1,6 @@
 //! Tests that span several core modules, and their shared support.
 
+mod deltas;
 mod discovery;
 mod locality;
 pub mod testkit;

@@ -14,16 +14,18 @@ import pytest
 import build_oci
 import support
 
-# bytes; the release module must stay below 512 KiB. Raised from 400 KiB when
+# bytes; the release module must stay below 640 KiB. Raised from 400 KiB when
 # metrics (Prometheus text, Envoy stats), zone/subset routing and the
-# mass-deletion guard went in (about 450 KB together); it still catches an
-# accidental dependency or a debug build.
-SIZE_LIMIT = 512 * 1024
+# mass-deletion guard went in (about 450 KB together), and from 512 KiB when
+# discover[] with its listings and CDS, watch/long-poll deltas and pick-only
+# filters went in (about 590 KB); it still catches an accidental dependency
+# or a debug build (an unstripped one is over 2.5 MB).
+SIZE_LIMIT = 640 * 1024
 
 
-def test_release_wasm_is_below_512_kib(wasm_bytes):
+def test_release_wasm_is_below_640_kib(wasm_bytes):
     size = len(wasm_bytes)
-    assert size < SIZE_LIMIT, f"release wasm is {size} bytes ({size / 1024:.1f} KiB), limit 512 KiB"
+    assert size < SIZE_LIMIT, f"release wasm is {size} bytes ({size / 1024:.1f} KiB), limit 640 KiB"
     assert wasm_bytes[:4] == b"\0asm"
 
 

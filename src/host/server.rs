@@ -1,20 +1,23 @@
 //! The request-serving role: REST EDS for Envoy and the status endpoint,
 //! both answered locally from shared data. Held EDS requests
 //! ([`crate::sansio::serve::eds_hold`]) are answered from the root
-//! context's tick of the same worker.
+//! context's tick of the same worker; that tick runs only while requests
+//! are held.
 
 use super::abi;
 use super::contexts::{Context, HttpContext};
 use super::store::HostStore;
 use super::{now_ms, read_buffer, request_header, send, send_metrics, send_status};
+use crate::sansio::config::roles::HOLD_TICK_MS;
 use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::cds;
 use crate::sansio::serve::eds::{self, EdsReply};
-use crate::sansio::serve::eds_hold::EdsHold;
+use crate::sansio::serve::eds_hold::{EdsHold, Tick};
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
 use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 thread_local! {
     // One VM per worker thread: the held requests of this worker's streams.
@@ -45,15 +48,39 @@ fn send_eds(reply: &EdsReply) {
     send(&reply.to_json_reply());
 }
 
+/// Arms or stops this VM's tick as the held requests need it (armed
+/// exactly while one is held). `false`: a request is held and the host
+/// refused to arm the tick.
+fn steer_tick(held: &mut EdsHold) -> bool {
+    let Some(change) = held.tick_change() else {
+        return true;
+    };
+    let period = match change {
+        Tick::Arm => Duration::from_millis(HOLD_TICK_MS),
+        Tick::Stop => Duration::ZERO,
+    };
+    match abi::set_tick_period(period) {
+        Ok(()) => {
+            held.ticked(change);
+            true
+        }
+        Err(e) => {
+            log::warn!("EDS: cannot set the tick period to {period:?}: {e:?}");
+            change == Tick::Stop
+        }
+    }
+}
+
 /// Answers the held requests that are due. Called from the root context's
 /// tick; `root_id` is restored as the effective context afterwards.
 pub fn answer_held(root_id: u32) {
     let due = HELD.with(|h| {
         let mut held = h.borrow_mut();
-        if held.is_empty() {
-            return Vec::new();
+        let due = if held.is_empty() { Vec::new() } else { held.take_due(&HostStore, now_ms()) };
+        if due.is_empty() {
+            steer_tick(&mut held);
         }
-        held.take_due(&HostStore, now_ms())
+        due
     });
     if due.is_empty() {
         return;
@@ -64,6 +91,7 @@ pub fn answer_held(root_id: u32) {
         }
     }
     let _ = abi::set_effective_context(root_id);
+    HELD.with(|h| steer_tick(&mut h.borrow_mut()));
 }
 
 impl Context for ServerStream {
@@ -125,7 +153,20 @@ impl HttpContext for ServerStream {
         let reply = eds::answer(&HostStore, &request);
         if reply.waits() && self.config.eds_hold_ms > 0 {
             let until = now_ms().saturating_add(self.config.eds_hold_ms);
-            HELD.with(|h| h.borrow_mut().hold(self.context_id, request, until));
+            let ticking = HELD.with(|h| {
+                let mut held = h.borrow_mut();
+                held.hold(self.context_id, request, until);
+                // From a stream context the host sets its root context's tick.
+                let ticking = steer_tick(&mut held);
+                if !ticking {
+                    held.release(self.context_id);
+                }
+                ticking
+            });
+            if !ticking {
+                // No tick would ever answer it: answer now instead.
+                send_eds(&reply);
+            }
         } else {
             send_eds(&reply);
         }

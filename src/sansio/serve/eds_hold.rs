@@ -10,6 +10,10 @@
 //! poller's publish sequence) and one comparison, however many requests
 //! are held: the held requests' versions are read only when the sequence
 //! moved or a hold ran out.
+//!
+//! The tick itself runs only while requests are held ([`EdsHold::tick_change`]):
+//! a VM that holds nothing (Envoy's main-thread instance of the filter, which
+//! never gets a request, or a worker with no EDS stream) is never woken.
 
 use crate::sansio::serve::eds::{current_version, DiscoveryRequest};
 use crate::sansio::shared::snapshot::read_sequence;
@@ -24,13 +28,30 @@ pub struct Held {
     until: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EdsHold {
     held: Vec<Held>,
     /// The publish sequence when the held requests were last checked.
     seen: Option<u64>,
     /// The earliest end of a hold.
     earliest: u64,
+    /// Whether the host's tick is armed (it is after on_configure).
+    ticking: bool,
+}
+
+impl Default for EdsHold {
+    fn default() -> Self {
+        EdsHold { held: Vec::new(), seen: None, earliest: 0, ticking: true }
+    }
+}
+
+/// What to do with the host's tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// Requests are held and the tick is off: arm it.
+    Arm,
+    /// Nothing is held and the tick is on: stop it.
+    Stop,
 }
 
 impl EdsHold {
@@ -53,6 +74,22 @@ impl EdsHold {
 
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
+    }
+
+    /// The tick change needed now, if any: the tick is wanted exactly while
+    /// a request is held. The caller makes it and reports it with
+    /// [`EdsHold::ticked`] (a change the host refused is asked again).
+    pub fn tick_change(&self) -> Option<Tick> {
+        match (self.held.is_empty(), self.ticking) {
+            (false, false) => Some(Tick::Arm),
+            (true, true) => Some(Tick::Stop),
+            _ => None,
+        }
+    }
+
+    /// The host made `change`.
+    pub fn ticked(&mut self, change: Tick) {
+        self.ticking = change == Tick::Arm;
     }
 
     /// The held requests to answer now: their hold ran out, or the version
@@ -126,6 +163,33 @@ mod tests {
         let due: Vec<u32> = hold.take_due(&store, 600).iter().map(|h| h.stream).collect();
         assert_eq!(due, [3], "a first snapshot of a cluster with none");
         assert!(hold.is_empty());
+    }
+
+    #[test]
+    fn the_tick_runs_only_while_a_request_is_held() {
+        let store = MemoryStore::new(StoreRules::Envoy);
+        let mut hold = EdsHold::default();
+        // Armed by on_configure; nothing held (e.g. the main thread's VM): stop it.
+        assert_eq!(hold.tick_change(), Some(Tick::Stop));
+        hold.ticked(Tick::Stop);
+        assert_eq!(hold.tick_change(), None);
+        hold.hold(1, request(&["web"], ""), 100);
+        assert_eq!(hold.tick_change(), Some(Tick::Arm), "a held request needs the tick");
+        // The host refused: asked again.
+        assert_eq!(hold.tick_change(), Some(Tick::Arm));
+        hold.ticked(Tick::Arm);
+        hold.hold(2, request(&["web"], ""), 200);
+        assert_eq!(hold.tick_change(), None, "armed once, however many are held");
+        assert_eq!(hold.take_due(&store, 100).len(), 1);
+        assert_eq!(hold.tick_change(), None, "one still held");
+        hold.release(2);
+        assert_eq!(hold.tick_change(), Some(Tick::Stop), "the last stream went away");
+        hold.ticked(Tick::Stop);
+        hold.hold(3, request(&["web"], ""), 300);
+        assert_eq!(hold.tick_change(), Some(Tick::Arm));
+        hold.ticked(Tick::Arm);
+        assert_eq!(hold.take_due(&store, 300).len(), 1);
+        assert_eq!(hold.tick_change(), Some(Tick::Stop), "the last hold ran out");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::sansio::model::member::Member;
 use crate::sansio::serve::reply::LocalReply;
 use crate::sansio::shared::snapshot::{self, Snapshot};
 use crate::sansio::shared::store::SharedStore;
+use serde::Deserialize;
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -73,19 +74,40 @@ pub struct DiscoveryRequest {
 /// A DiscoveryRequest names at most as many clusters as a configuration has upstreams.
 pub const MAX_RESOURCE_NAMES: usize = crate::sansio::config::MAX_UPSTREAMS;
 
+/// The three fields read of a DiscoveryRequest. Envoy sends its whole
+/// `node` (every extension it has: ~76 KiB with Envoy 1.40) in every REST
+/// request; deserialising into this skips it without building a tree,
+/// which took ~260 µs a request, most of the EDS listener's idle cost.
+#[derive(Deserialize)]
+struct RequestWire {
+    #[serde(default)]
+    version_info: Option<Value>,
+    #[serde(default)]
+    type_url: Option<Value>,
+    #[serde(default)]
+    resource_names: Option<Value>,
+}
+
 pub fn parse_request(body: &[u8]) -> Result<DiscoveryRequest, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    let version_info = match v.get("version_info") {
+    // A struct also deserialises from a JSON array; a request is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Err(e) => format!("body is not JSON: {e}"),
+            Ok(_) => "a DiscoveryRequest is a JSON object".to_string(),
+        });
+    }
+    let v: RequestWire = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let version_info = match v.version_info {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => s,
         Some(_) => return Err("version_info is not a string".into()),
     };
-    if let Some(t) = v.get("type_url").and_then(Value::as_str) {
+    if let Some(t) = v.type_url.as_ref().and_then(Value::as_str) {
         if !t.is_empty() && t != CLA_TYPE_URL {
             return Err(format!("type_url {t:?} is not {CLA_TYPE_URL}"));
         }
     }
-    let listed = v.get("resource_names").and_then(Value::as_array).ok_or("resource_names must list the clusters")?;
+    let listed = v.resource_names.as_ref().and_then(Value::as_array).ok_or("resource_names must list the clusters")?;
     if listed.len() > MAX_RESOURCE_NAMES {
         return Err(format!("more than {MAX_RESOURCE_NAMES} resource_names"));
     }
@@ -563,5 +585,19 @@ mod tests {
         let mut want: Vec<String> = tricky.iter().map(|t| t.to_string()).collect();
         want.sort();
         assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn the_node_is_skipped_and_only_an_object_is_a_request() {
+        let node: Vec<String> = (0..500).map(|i| format!(r#"{{"name":"envoy.ext.{i}","category":"c"}}"#)).collect();
+        let body = format!(
+            r#"{{"node":{{"id":"n","extensions":[{}]}},"version_info":"7","resource_names":["web","web","api"]}}"#,
+            node.join(",")
+        );
+        let r = parse_request(body.as_bytes()).unwrap();
+        assert_eq!((r.version_info.as_str(), r.resource_names), ("7", vec!["web".to_string(), "api".to_string()]));
+        assert_eq!(parse_request(br#"["7",null,["web"]]"#), Err("a DiscoveryRequest is a JSON object".to_string()));
+        assert!(parse_request(b"{nope").unwrap_err().starts_with("body is not JSON"));
+        assert!(parse_request(b"").unwrap_err().starts_with("body is not JSON"));
     }
 }

@@ -20,7 +20,9 @@ use crate::sansio::registry::consul::{BlockingQuery, IndexMove};
 use crate::sansio::registry::etcd_v3::prefix_range_end;
 use crate::sansio::registry::{check_json_budget, get_json, short_text, AdapterError, HttpRequest, HttpResponse};
 use crate::sansio::util::{base64, url};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a listing answer says.
@@ -165,14 +167,12 @@ impl ListingAdapter {
         }
         if let Kind::EtcdV3 { parent } = &self.kind {
             check_json_budget(response.body)?;
-            let root: Value =
-                serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
-            return Ok(Listed::Marked(etcd_v3_children(parent, &root)?));
+            return Ok(Listed::Marked(etcd_v3_children(parent, response.body)?));
         }
         check_json_budget(response.body)?;
         let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
         let names = match &self.kind {
-            Kind::EtcdV3 { parent } => etcd_v3_children(parent, &root)?.into_keys().collect(),
+            Kind::EtcdV3 { parent } => etcd_v3_children(parent, response.body)?.into_keys().collect(),
             Kind::EtcdV2 { parent } => etcd_v2_children(parent, &root)?,
             Kind::ConsulKv { parent } => consul_kv_children(parent.trim_start_matches('/'), &root)?,
             Kind::ConsulServices { tag } => consul_services(tag.as_deref(), &root)?,
@@ -191,34 +191,52 @@ fn child_of<'a>(parent: &str, key: &'a str) -> Option<&'a str> {
     (!name.is_empty()).then_some(name)
 }
 
-fn etcd_v3_children(parent: &str, root: &Value) -> Result<BTreeMap<String, ChildMark>, AdapterError> {
-    if let Some(e) = root.get("error").or_else(|| root.get("message")).and_then(Value::as_str) {
+/// The parts of a keys-only range answer the listing reads, borrowed from
+/// the body: a listing of 1,000 upstreams × 20 members is 20,000 keys
+/// (~2 MB), read every `interval_ms` on the proxy's main thread, so it is
+/// not built as a `Value` tree.
+#[derive(Deserialize)]
+struct RangeKeysWire<'a> {
+    #[serde(default, borrow)]
+    kvs: Vec<KeyWire<'a>>,
+    #[serde(default, borrow)]
+    error: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct KeyWire<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    /// The gateway writes int64 as a string.
+    #[serde(default, borrow)]
+    mod_revision: Option<Cow<'a, str>>,
+}
+
+fn etcd_v3_children(parent: &str, body: &[u8]) -> Result<BTreeMap<String, ChildMark>, AdapterError> {
+    let wire: RangeKeysWire<'_> = serde_json::from_slice(body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+    if let Some(e) = wire.error.or(wire.message) {
         return Err(AdapterError::Registry(e.chars().take(200).collect()));
     }
-    let kvs = match root.get("kvs") {
-        None => return Ok(BTreeMap::new()),
-        Some(Value::Array(kvs)) => kvs,
-        Some(_) => return Err(AdapterError::BadShape("kvs is not an array".into())),
-    };
     let mut names: BTreeMap<String, ChildMark> = BTreeMap::new();
-    for kv in kvs {
-        let key = kv
-            .get("key")
-            .and_then(Value::as_str)
-            .and_then(|k| base64::decode(k).ok())
-            .ok_or_else(|| AdapterError::BadShape("kvs[].key is not base64".into()))?;
-        // The gateway writes int64 as a string.
-        let revision = match kv.get("mod_revision") {
-            Some(Value::String(r)) => r.parse::<i64>().ok(),
-            Some(v) => v.as_i64(),
-            None => Some(0),
-        }
-        .ok_or_else(|| AdapterError::BadShape("kvs[].mod_revision is not an integer".into()))?;
-        if let Some(name) = std::str::from_utf8(&key).ok().and_then(|k| child_of(parent, k)) {
-            let mark = names.entry(name.to_string()).or_default();
-            mark.keys += 1;
-            mark.newest = mark.newest.max(revision);
-        }
+    for kv in &wire.kvs {
+        let key = base64::decode(&kv.key).map_err(|_| AdapterError::BadShape("kvs[].key is not base64".into()))?;
+        let revision = match kv.mod_revision.as_deref() {
+            None => 0,
+            Some(r) => {
+                r.parse::<i64>().map_err(|_| AdapterError::BadShape("kvs[].mod_revision is not an integer".into()))?
+            }
+        };
+        let Some(name) = std::str::from_utf8(&key).ok().and_then(|k| child_of(parent, k)) else {
+            continue;
+        };
+        let mark = match names.get_mut(name) {
+            Some(mark) => mark,
+            None => names.entry(name.to_string()).or_default(),
+        };
+        mark.keys += 1;
+        mark.newest = mark.newest.max(revision);
     }
     Ok(names)
 }

@@ -114,8 +114,11 @@ impl RegistryAdapter for EtcdV2Adapter {
     fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Poll, AdapterError> {
         let watching = self.index.is_some();
         // The hold ran out with no event: the proxy ends the call with a 504,
-        // or with no status when etcd had already sent its headers.
-        if watching && matches!(response.status, None | Some(504)) {
+        // or with no status when etcd had already sent its headers, or (on
+        // ngx_wasm_module, measured) with etcd's 200 and no body at all: an
+        // event always has a JSON body.
+        let cut_after_headers = response.status == Some(200) && response.body_size == 0;
+        if watching && (matches!(response.status, None | Some(504)) || cut_after_headers) {
             return Ok(Poll::Unchanged);
         }
         let body: Value = match serde_json::from_slice(response.body) {
@@ -230,6 +233,7 @@ mod tests {
         // Hold ran out: unchanged, watch again from the same index.
         assert_eq!(a.parse(&answer(Some(504), &[], b"")), Ok(Poll::Unchanged));
         assert_eq!(a.parse(&answer(None, &[], b"")), Ok(Poll::Unchanged));
+        assert_eq!(a.parse(&answer(Some(200), &[], b"")), Ok(Poll::Unchanged), "nginx: 200, no body");
         assert!(a.request().path.ends_with("waitIndex=10"));
 
         // An event older than the index waited from (8 < 10) does not

@@ -9,7 +9,7 @@ ngx_wasm_module is in no package registry this project can install from:
 this bench builds nothing. Pass an nginx built with the module
 (--nginx /path/to/nginx); without one it prints why and exits 0 (skipped).
 
-Two layouts (--layout):
+Layouts (--layout):
 - discover: one poller configuration with `"discover"` (every child of
   /upstreams/ becomes an upstream) on a loopback location, plus one traffic
   location `location ~ ^/u/(?<upsync_upstream>[^/]+)/` whose filter picks
@@ -20,11 +20,16 @@ Two layouts (--layout):
   per-upstream leases leave one poll per upstream for the whole nginx.
   A location can route to one upstream only (`pick`), so changes are timed
   on each group's picked upstream;
+- discover-status: the discover poller alone, no traffic location (for a
+  plugin with `discover` but without `pick_variable`): changes are timed
+  until /upsync/status lists the new member, not until traffic reaches it;
 - auto (default): discover when this plugin build accepts it, else split.
 
 What is measured, per registry (--registries etcd_v2,etcd_v3):
-1. start-up: seconds from nginx's start until /upsync/status lists every
-   upstream with its M registry members;
+1. start-up: seconds from nginx's start until every upstream /upsync/status
+   lists has its M registry members (discover: all N; split: the status
+   lists one poller configuration's upstreams) and every routed upstream
+   answers from its members;
 2. idle, over --idle-seconds (60) after --settle (10): CPU of the nginx
    worker processes, % of one core (utime+stime of /proc/<pid>/stat, the
    workers summed, the master beside them), and registry requests per
@@ -46,7 +51,7 @@ through etcd v2 long poll; idle CPU near zero (nginx-upsync-module idles at
 
 Usage: python benches/nginx_scale.py --nginx /path/to/nginx
            [--wasm target/upsync_wasm.wasm] [--upstreams 1000] [--members 2]
-           [--layout auto|discover|split] [--registries etcd_v2,etcd_v3]
+           [--layout auto|discover|split|discover-status] [--registries etcd_v2,etcd_v3]
            [--interval-ms 1000] [--idle-seconds 60] [--changes 30] [--quick]
 """
 
@@ -74,6 +79,9 @@ from scalekit import harness
 
 REGISTRIES = ("etcd_v2", "etcd_v3")
 PARENT = "/upstreams/"
+# discover-status: the static upstream the poller filter picks (see Layout)
+ANCHOR = "anchor"
+ANCHOR_PREFIX = "/anchor/"
 # nginx refuses a directive parameter longer than about 4 KB (NGX_CONF_BUFFER
 # is 4096 bytes and one token must fit in it).
 MAX_PARAMETER = 4000
@@ -137,7 +145,10 @@ class Layout:
         self.names = names
         self.locations: list[str] = []
         self.route: dict[str, str] = {}  # upstream -> request path that routes to it
-        if kind == "discover":
+        # discover-status: the discover poller alone (changes are timed
+        # until /upsync/status shows them, not traffic)
+        self.status_only = kind == "discover-status"
+        if kind.startswith("discover"):
             self.status_path = "/upsync/status"
             poller = {
                 "host": "nginx",
@@ -146,9 +157,18 @@ class Layout:
                               "defaults": fields}],
             }
             self.locations.append(self.block("location /upsync/", poller, proxy=False))
-            self.locations.append(self.block("location ~ ^/u/(?<upsync_upstream>[^/]+)/",
-                                             {"host": "nginx", "pick_variable": "upsync_upstream"}, proxy=True))
-            self.route = {u: f"/u/{u}/" for u in names}
+            if self.status_only:
+                # Today an nginx filter must pick from one of its own
+                # upstreams[]: one static upstream outside /upstreams/ lets
+                # the discover poller run without pick-only filters.
+                poller["pick"] = ANCHOR
+                poller["upstreams"] = [dict({"name": ANCHOR, "registry": dict(registry, prefix=ANCHOR_PREFIX)},
+                                            **fields)]
+                self.locations[0] = self.block("location /upsync/", poller, proxy=False)
+            else:
+                self.locations.append(self.block("location ~ ^/u/(?<upsync_upstream>[^/]+)/",
+                                                 {"host": "nginx", "pick_variable": "upsync_upstream"}, proxy=True))
+                self.route = {u: f"/u/{u}/" for u in names}
             self.pollers = 1
         else:
             per = args.per_directive
@@ -395,7 +415,7 @@ def wait_loaded(nginx: Nginx, layout: Layout, expected: dict[str, set[str]], mem
             status, headers, _ = nginx.get(layout.route[u])
             if status == 200 and headers.get("x-backend") in {b.name for b in members[u]}:
                 pending.discard(u)
-        complete = len(listed) == len(expected) if layout.kind == "discover" else len(listed) > 0
+        complete = len(listed) == len(expected) if layout.kind.startswith("discover") else len(listed) > 0
         return (complete and ok == len(listed) and not pending) or None
 
     try:
@@ -432,13 +452,22 @@ def wait_gone(nginx: Nginx, path: str, name: str, misses: int, timeout: float) -
     return True
 
 
+def status_members(nginx: Nginx, layout: Layout, upstream: str) -> set[str] | None:
+    try:
+        ups = status_upstreams(nginx, f"{layout.status_path}?upstream={upstream}")
+    except (OSError, http.client.HTTPException, RuntimeError, ValueError):
+        return None
+    return {m["address"] for m in ups.get(upstream, {}).get("members", [])}
+
+
 def time_changes(nginx: Nginx, writer: EtcdWriter, layout: Layout, expected: dict[str, set[str]],
                  probes: list, args) -> tuple[list[float], list[int], list[str]]:
     """Put a new member under a random routed upstream, time until a request
-    through nginx reaches it, delete it again; --changes times. Stops after
-    3 changes that were not routed within --change-timeout."""
+    through nginx reaches it (discover-status: until /upsync/status lists
+    it), delete it again; --changes times. Stops after 3 changes that were
+    not seen within --change-timeout."""
     rng = random.Random(args.seed)
-    routed = sorted(layout.route)
+    routed = sorted(layout.route) if not layout.status_only else layout.names
     delays: list[float] = []
     requests: list[int] = []
     failures: list[str] = []
@@ -451,20 +480,37 @@ def time_changes(nginx: Nginx, writer: EtcdWriter, layout: Layout, expected: dic
         n, answers = 0, collections.Counter()
         while True:
             n += 1
-            status, backend = try_get(nginx, layout.route[u])
-            if status == 200 and backend == probe.name:
-                delays.append(time.monotonic() - t0)
-                requests.append(n)
-                break
-            answers[f"{status} {backend}"] += 1
+            if layout.status_only:
+                listed = status_members(nginx, layout, u)
+                if listed is not None and probe.address in listed:
+                    delays.append(time.monotonic() - t0)
+                    requests.append(n)
+                    break
+                answers[str(sorted(listed)) if listed is not None else "no status"] += 1
+            else:
+                status, backend = try_get(nginx, layout.route[u])
+                if status == 200 and backend == probe.name:
+                    delays.append(time.monotonic() - t0)
+                    requests.append(n)
+                    break
+                answers[f"{status} {backend}"] += 1
             if time.monotonic() - t0 > args.change_timeout:
-                failures.append(f"change {i}: {probe.name} added to {u}, not reached through nginx in "
+                failures.append(f"change {i}: {probe.name} added to {u}, not seen through nginx in "
                                 f"{args.change_timeout:.0f} s; answers meanwhile: {dict(answers.most_common(3))}")
                 break
             time.sleep(0.001)
         writer.delete(key)
-        if not wait_gone(nginx, layout.route[u], probe.name, 4 * (args.members + 1), args.change_timeout):
-            failures.append(f"change {i}: {probe.name} still answers {u} {args.change_timeout:.0f} s after "
+        if layout.status_only:
+            gone = True
+            try:
+                harness.wait_until(lambda: status_members(nginx, layout, u) == expected[u], args.change_timeout,
+                                   0.01, f"{probe.name} out of {u}")
+            except TimeoutError:
+                gone = False
+        else:
+            gone = wait_gone(nginx, layout.route[u], probe.name, 4 * (args.members + 1), args.change_timeout)
+        if not gone:
+            failures.append(f"change {i}: {probe.name} still in {u} {args.change_timeout:.0f} s after "
                             "its key was deleted")
         if len(failures) >= 3:
             failures.append(f"changes stopped after {i + 1} of {args.changes}")
@@ -493,6 +539,8 @@ def run(kind: str, layout_kind: str, nginx_bin: str, wasm: Path, work: Path, arg
         members = {u: [base[(i + j) % len(base)] for j in range(args.members)] for i, u in enumerate(names)}
         expected = {u: {b.address for b in bs} for u, bs in members.items()}
         items = [(f"{PARENT}{u}/{b.address}", sk.member_value()) for u, bs in members.items() for b in bs]
+        if layout_kind == "discover-status":
+            items.append((ANCHOR_PREFIX + base[0].address, sk.member_value()))
         t = time.monotonic()
         writer.put_many(items)
         print(f"  {kind}: {len(items)} members written in {time.monotonic() - t:.1f} s", flush=True)
@@ -547,9 +595,9 @@ def run(kind: str, layout_kind: str, nginx_bin: str, wasm: Path, work: Path, arg
 
         delays, requests, failures = time_changes(nginx, writer, layout, expected, probes, args)
         if delays:
-            print(f"  {kind}/{layout_kind}: {len(delays)} changes routed: p50 {sk.ms(sk.quantile(delays, 50))}, "
+            print(f"  {kind}/{layout_kind}: {len(delays)} changes seen: p50 {sk.ms(sk.quantile(delays, 50))}, "
                   f"p99 {sk.ms(sk.quantile(delays, 99))}, max {sk.ms(max(delays))} "
-                  f"(requests until the new member answered: median {sorted(requests)[len(requests) // 2]})",
+                  f"(requests until it was seen: median {sorted(requests)[len(requests) // 2]})",
                   flush=True)
         for f in failures:
             print(f"  {kind}/{layout_kind}: {f}", flush=True)
@@ -557,8 +605,9 @@ def run(kind: str, layout_kind: str, nginx_bin: str, wasm: Path, work: Path, arg
         counts, samples = nginx.log_summary()
         exhausted = nginx.error_log.read_text(errors="replace").count("worker_connections are not enough")
         return {"kind": kind, "layout": layout_kind, "pollers": layout.pollers, "loaded": loaded, "idle": idle,
-                "delays": delays, "failures": failures, "respawned": sorted(set(workers1) - set(workers0)), "log_counts": counts,
-                "log_samples": samples, "names": len(names), "largest": layout.largest, "listed": listed, "exhausted": exhausted}
+                "delays": delays, "failures": failures, "respawned": sorted(set(workers1) - set(workers0)),
+                "log_counts": counts, "log_samples": samples, "names": len(names), "largest": layout.largest,
+                "listed": listed, "exhausted": exhausted}
     finally:
         if nginx is not None:
             nginx.stop()
@@ -578,7 +627,7 @@ def main() -> int:
     ap.add_argument("--upstreams", type=int, default=1000)
     ap.add_argument("--members", type=int, default=2, help="members per upstream")
     ap.add_argument("--backends", type=int, default=8, help="real backends the members are spread over")
-    ap.add_argument("--layout", choices=("auto", "discover", "split"), default="auto")
+    ap.add_argument("--layout", choices=("auto", "discover", "split", "discover-status"), default="auto")
     ap.add_argument("--per-directive", type=int, default=20, help="upstreams per proxy_wasm directive (split)")
     ap.add_argument("--registries", default=",".join(REGISTRIES))
     ap.add_argument("--interval-ms", type=int, default=1000, help="every upstream's interval_ms (the plugin's default)")
@@ -636,7 +685,7 @@ def main() -> int:
     print(f"\nnginx scale: {args.upstreams} upstreams x {args.members} members, nginx {args.workers} workers, "
           f"interval_ms {args.interval_ms}, idle window {args.idle_seconds:.0f} s, {args.changes} changes")
     print(f"{'registry':<9} {'layout':<9} {'pollers':>7} {'loaded s':>9} {'workers %cpu':>13} {'req/min':>8} "
-          f"{'routed':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+          f"{'seen':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
     for r in results:
         d, idle = r["delays"], r["idle"]
         q = [f"{1000 * sk.quantile(d, p):>7.0f}" for p in (50, 99, 100)] if d else [f"{'-':>7}"] * 3
@@ -655,19 +704,21 @@ def main() -> int:
     for r in results:
         d, idle = r["delays"], r["idle"]
         label = f"{r['kind']} ({r['layout']}, {r['names']} upstreams)"
+        what = "change -> /upsync/status" if r["layout"] == "discover-status" else "change -> traffic"
         value = f"p99 {sk.ms(sk.quantile(d, 99))}" if d else "none routed"
         if r["failures"]:
-            value += f", {sum('not reached' in f for f in r['failures'])} not routed"
+            value += f", {sum('not seen' in f for f in r['failures'])} not routed"
         if r["kind"] == "etcd_v2":
             met = bool(d) and not r["failures"] and sk.quantile(d, 99) < TARGET_CHANGE_P99
-            print(sk.target_line(f"change -> traffic, {label}", value, "p99 < 100 ms (long poll)", met))
+            print(sk.target_line(f"{what}, {label}", value, "p99 < 100 ms (long poll)", met))
         else:
-            print(sk.target_line(f"change -> traffic, {label}", value, f"bounded by interval_ms {args.interval_ms}",
+            print(sk.target_line(f"{what}, {label}", value, f"bounded by interval_ms {args.interval_ms}",
                                  None, "no push on etcd v3 in nginx"))
         print(sk.target_line(f"idle worker CPU, {label}", f"{idle['workers']:.2f} % of a core",
                              f"near 0 (< {TARGET_IDLE_CPU:g} %)", idle["workers"] < TARGET_IDLE_CPU,
                              "nginx-upsync-module: ~0 % at 200 upstreams"))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

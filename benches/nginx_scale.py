@@ -142,6 +142,7 @@ class Layout:
 
     def __init__(self, kind: str, names: list[str], registry: dict, fields: dict, args):
         self.kind = kind
+        self.registry_kind = registry["type"]
         self.names = names
         self.locations: list[str] = []
         self.route: dict[str, str] = {}  # upstream -> request path that routes to it
@@ -460,6 +461,18 @@ def status_members(nginx: Nginx, layout: Layout, upstream: str) -> set[str] | No
     return {m["address"] for m in ups.get(upstream, {}).get("members", [])}
 
 
+def change_gap(layout: Layout, args) -> float:
+    """The longest random pause between changes: at least one poll period
+    of etcd v3 (per upstream, or the discover listing's when shorter), so
+    that a change lands at a random phase of the polling (up to 10 s)."""
+    if args.change_gap is not None:
+        return args.change_gap
+    period = args.interval_ms
+    if layout.kind.startswith("discover"):
+        period = min(period, args.discover_interval_ms)
+    return 0.5 if layout.registry_kind == "etcd_v2" else max(0.5, min(10.0, period / 1000))
+
+
 def time_changes(nginx: Nginx, writer: EtcdWriter, layout: Layout, expected: dict[str, set[str]],
                  probes: list, args) -> tuple[list[float], list[int], list[str]]:
     """Put a new member under a random routed upstream, time until a request
@@ -515,7 +528,7 @@ def time_changes(nginx: Nginx, writer: EtcdWriter, layout: Layout, expected: dic
         if len(failures) >= 3:
             failures.append(f"changes stopped after {i + 1} of {args.changes}")
             break
-        time.sleep(rng.uniform(0.05, args.change_gap))
+        time.sleep(rng.uniform(0.05, change_gap(layout, args)))
     return delays, requests, failures
 
 
@@ -640,7 +653,8 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, help="idle window (default 60; --quick 20)")
     ap.add_argument("--settle", type=float, help="pause between start-up and the idle window (default 10; --quick 3)")
     ap.add_argument("--changes", type=int, help="changes timed (default 30; --quick 10)")
-    ap.add_argument("--change-gap", type=float, default=0.5, help="random pause after a change, up to this (s)")
+    ap.add_argument("--change-gap", type=float,
+                    help="random pause after a change, up to this (s); default 0.5 (etcd v2), one poll period (v3)")
     ap.add_argument("--change-timeout", type=float, default=30.0)
     ap.add_argument("--load-timeout", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=10)

@@ -20,10 +20,16 @@ Layouts (--layout):
   per-upstream leases leave one poll per upstream for the whole nginx.
   A location can route to one upstream only (`pick`), so changes are timed
   on each group's picked upstream;
-- discover-status: the discover poller alone, no traffic location (for a
-  plugin with `discover` but without `pick_variable`): changes are timed
-  until /upsync/status lists the new member, not until traffic reaches it;
-- auto (default): discover when this plugin build accepts it, else split.
+- discover-anchor: discover, but the poller filter also holds one static
+  upstream (outside /upstreams/) that it picks: for a plugin that refuses
+  an nginx filter with neither "pick" nor "pick_variable" ("pick: no such
+  upstream", seen on main 2e9572c);
+- discover-status: the anchored discover poller alone, no traffic location
+  (for a plugin with `discover` but without `pick_variable`): changes are
+  timed until /upsync/status lists the new member, not until traffic
+  reaches it;
+- auto (default): the first of discover, discover-anchor, split that this
+  plugin build accepts.
 
 What is measured, per registry (--registries etcd_v2,etcd_v3):
 1. start-up: seconds from nginx's start until every upstream /upsync/status
@@ -51,7 +57,8 @@ through etcd v2 long poll; idle CPU near zero (nginx-upsync-module idles at
 
 Usage: python benches/nginx_scale.py --nginx /path/to/nginx
            [--wasm target/upsync_wasm.wasm] [--upstreams 1000] [--members 2]
-           [--layout auto|discover|split|discover-status] [--registries etcd_v2,etcd_v3]
+           [--layout auto|discover|discover-anchor|split|discover-status]
+           [--registries etcd_v2,etcd_v3]
            [--interval-ms 1000] [--idle-seconds 60] [--changes 30] [--quick]
 """
 
@@ -149,6 +156,7 @@ class Layout:
         # discover-status: the discover poller alone (changes are timed
         # until /upsync/status shows them, not traffic)
         self.status_only = kind == "discover-status"
+        anchored = kind in ("discover-status", "discover-anchor")
         if kind.startswith("discover"):
             self.status_path = "/upsync/status"
             poller = {
@@ -158,15 +166,15 @@ class Layout:
                               "defaults": fields}],
             }
             self.locations.append(self.block("location /upsync/", poller, proxy=False))
-            if self.status_only:
-                # Today an nginx filter must pick from one of its own
-                # upstreams[]: one static upstream outside /upstreams/ lets
-                # the discover poller run without pick-only filters.
+            if anchored:
+                # For a plugin that refuses an nginx filter without "pick" or
+                # "pick_variable": one static upstream outside /upstreams/
+                # for the poller filter to pick.
                 poller["pick"] = ANCHOR
                 poller["upstreams"] = [dict({"name": ANCHOR, "registry": dict(registry, prefix=ANCHOR_PREFIX)},
                                             **fields)]
                 self.locations[0] = self.block("location /upsync/", poller, proxy=False)
-            else:
+            if not self.status_only:
                 self.locations.append(self.block("location ~ ^/u/(?<upsync_upstream>[^/]+)/",
                                                  {"host": "nginx", "pick_variable": "upsync_upstream"}, proxy=True))
                 self.route = {u: f"/u/{u}/" for u in names}
@@ -552,7 +560,7 @@ def run(kind: str, layout_kind: str, nginx_bin: str, wasm: Path, work: Path, arg
         members = {u: [base[(i + j) % len(base)] for j in range(args.members)] for i, u in enumerate(names)}
         expected = {u: {b.address for b in bs} for u, bs in members.items()}
         items = [(f"{PARENT}{u}/{b.address}", sk.member_value()) for u, bs in members.items() for b in bs]
-        if layout_kind == "discover-status":
+        if layout_kind in ("discover-status", "discover-anchor"):
             items.append((ANCHOR_PREFIX + base[0].address, sk.member_value()))
         t = time.monotonic()
         writer.put_many(items)
@@ -640,7 +648,8 @@ def main() -> int:
     ap.add_argument("--upstreams", type=int, default=1000)
     ap.add_argument("--members", type=int, default=2, help="members per upstream")
     ap.add_argument("--backends", type=int, default=8, help="real backends the members are spread over")
-    ap.add_argument("--layout", choices=("auto", "discover", "split", "discover-status"), default="auto")
+    ap.add_argument("--layout", choices=("auto", "discover", "discover-anchor", "split", "discover-status"),
+                    default="auto")
     ap.add_argument("--per-directive", type=int, default=20, help="upstreams per proxy_wasm directive (split)")
     ap.add_argument("--registries", default=",".join(REGISTRIES))
     ap.add_argument("--interval-ms", type=int, default=1000, help="every upstream's interval_ms (the plugin's default)")
@@ -684,7 +693,7 @@ def main() -> int:
               f"{args.workers} workers, interval_ms {args.interval_ms}; {sk.machine_load()}", flush=True)
         results = []
         for kind in kinds:
-            layouts = ["discover", "split"] if args.layout == "auto" else [args.layout]
+            layouts = ["discover", "discover-anchor", "split"] if args.layout == "auto" else [args.layout]
             for layout_kind in layouts:
                 try:
                     results.append(run(kind, layout_kind, args.nginx, wasm, work / f"{kind}-{layout_kind}", args))

@@ -60,7 +60,10 @@ pub fn role_config(root_id: &str, config: &[u8]) -> Result<RoleConfig, String> {
     }
     let cfg = PluginConfig::parse(config).map_err(|e| format!("invalid configuration: {e}"))?;
     match (cfg.host, root_id) {
-        (HostKind::Nginx, _) if cfg.pick.is_some() || cfg.pick_variable.is_some() => Ok(RoleConfig::NginxWorker(cfg)),
+        // With `discover` and neither, the filter only polls (and answers its status paths).
+        (HostKind::Nginx, _) if cfg.pick.is_some() || cfg.pick_variable.is_some() || !cfg.discover.is_empty() => {
+            Ok(RoleConfig::NginxWorker(cfg))
+        }
         (HostKind::Nginx, _) => Err("invalid configuration: pick: no such upstream".into()),
         (HostKind::Envoy, POLLER_ROOT_ID) => Ok(RoleConfig::Poller(cfg)),
         (HostKind::Envoy, PICK_ROOT_ID) if cfg.pick.is_some() => Ok(RoleConfig::EnvoyPick(cfg)),

@@ -586,6 +586,11 @@ mod tests {
         assert_eq!(pick.pick_variable.as_deref(), Some("upsync_upstream"));
         let poller = PluginConfig::parse(configs[1].as_bytes()).unwrap();
         assert_eq!(poller.discover.len(), 1);
+        // The role an nginx worker gives each filter (a refused filter makes every worker exit).
+        for config in &configs {
+            let role = crate::sansio::config::roles::role_config("", config.as_bytes());
+            assert!(matches!(role, Ok(crate::sansio::config::roles::RoleConfig::NginxWorker(_))), "{role:?}");
+        }
         assert!(PickFilter::new(&poller, 1).is_some() && PickFilter::new(&pick, 1).is_some());
     }
 }

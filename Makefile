@@ -110,6 +110,7 @@ BENCH_APT := nginx
 bench: deps build
 	@command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_APT) >/dev/null; }
 	$(CARGO) bench --bench snapshot
+	$(CARGO) bench --bench change_cost
 	$(PY) benches/pick_overhead.py --wasm $(WASM)
 	$(PY) benches/propagation.py --wasm $(WASM)
 	$(PY) benches/scale.py --wasm $(WASM)

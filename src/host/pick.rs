@@ -73,9 +73,9 @@ pub struct PickRoot {
 impl PickRoot {
     pub fn new(config: &PluginConfig, poller: Option<HostPoller>, seed: u64) -> Option<PickRoot> {
         let filter = PickFilter::new(config, seed)?;
-        // A pick-only filter (no upstreams) polls nothing: no poller.
-        let poller = poller.filter(|_| !config.upstreams.is_empty());
-        if config.upstreams.is_empty() {
+        // A pick-only filter (no upstreams, no discover) polls nothing: no poller.
+        let poller = poller.filter(|_| config.polls());
+        if !config.polls() {
             let what = config
                 .pick_variable
                 .as_ref()

@@ -134,6 +134,12 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const MAX_UPSTREAMS: usize = 10_000;
 
 impl PluginConfig {
+    /// Whether this configuration has anything to poll: upstreams listed or
+    /// found by `discover`. A pick-only nginx filter has neither.
+    pub fn polls(&self) -> bool {
+        !self.upstreams.is_empty() || !self.discover.is_empty()
+    }
+
     /// Parses and validates the poller configuration.
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         let root: Value =

@@ -80,7 +80,7 @@ impl PickFilter {
     /// `None` when `config.pick` names no upstream of `config` (a pick-only
     /// configuration, without upstreams, may name any).
     pub fn new(config: &PluginConfig, seed: u64) -> Option<PickFilter> {
-        let pick_only = config.upstreams.is_empty() && config.discover.is_empty();
+        let pick_only = !config.polls();
         let target = match (&config.pick_variable, config.pick.as_deref()) {
             (Some(variable), _) => Target::Named(NamedPickers::new(config, variable, seed)),
             (None, Some(name)) => {
@@ -586,6 +586,9 @@ mod tests {
         assert_eq!(pick.pick_variable.as_deref(), Some("upsync_upstream"));
         let poller = PluginConfig::parse(configs[1].as_bytes()).unwrap();
         assert_eq!(poller.discover.len(), 1);
+        // The discover filter runs the worker's poller; the pick-only one does not
+        // (a real nginx showed a discover filter that never polled).
+        assert!(poller.polls() && !pick.polls());
         // The role an nginx worker gives each filter (a refused filter makes every worker exit).
         for config in &configs {
             let role = crate::sansio::config::roles::role_config("", config.as_bytes());

@@ -125,6 +125,11 @@ impl DiscoverConfig {
     }
 }
 
+/// The configuration the first of `entries` that would take `name` gives it.
+pub fn discovered(entries: &[DiscoverConfig], name: &str) -> Option<UpstreamConfig> {
+    entries.iter().find(|d| d.refuses(name).is_none()).map(|d| d.upstream(name))
+}
+
 /// Why a listed name does not become an upstream under `pattern`, if it does not.
 pub fn refusal(pattern: Option<&NamePattern>, name: &str) -> Option<&'static str> {
     if !is_upstream_name(name) {

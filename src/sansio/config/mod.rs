@@ -12,7 +12,7 @@ mod routing;
 
 pub use auth::{authorized, Auth, Secret, UNAUTHORIZED};
 pub use balance::{BalancePolicy, HashKey, PickPolicy};
-pub use discover::{refusal, DiscoverConfig, NamePattern, DEFAULT_DISCOVER_INTERVAL_MS};
+pub use discover::{discovered, refusal, DiscoverConfig, NamePattern, DEFAULT_DISCOVER_INTERVAL_MS};
 pub use registry::{Consistency, ConsulQuery, ConsulSpec, RegistryConfig, RegistrySpec, DEFAULT_WAIT_MS};
 pub use routing::{is_upstream_name, SubsetRule, UpstreamRouting};
 
@@ -138,6 +138,12 @@ impl PluginConfig {
     /// found by `discover`. A pick-only nginx filter has neither.
     pub fn polls(&self) -> bool {
         !self.upstreams.is_empty() || !self.discover.is_empty()
+    }
+
+    /// The configuration `discover[]` gives the upstream `name` when the
+    /// registry lists it: the first entry that would take the name.
+    pub fn discovered(&self, name: &str) -> Option<UpstreamConfig> {
+        discover::discovered(&self.discover, name)
     }
 
     /// Parses and validates the poller configuration.

@@ -84,13 +84,12 @@ impl PickFilter {
         let target = match (&config.pick_variable, config.pick.as_deref()) {
             (Some(variable), _) => Target::Named(NamedPickers::new(config, variable, seed)),
             (None, Some(name)) => {
-                let found = config.discover.iter().find(|d| d.refuses(name).is_none());
-                let picker = match config.upstreams.iter().find(|u| u.name == name) {
-                    Some(upstream) => UpstreamPicker::new(upstream, seed),
+                let picker = match (config.upstreams.iter().find(|u| u.name == name), config.discovered(name)) {
+                    (Some(upstream), _) => UpstreamPicker::new(upstream, seed),
                     // Found in the registry later, with its entry's defaults.
-                    None if found.is_some() => UpstreamPicker::new(&found?.upstream(name), seed),
-                    None if pick_only => UpstreamPicker::pick_only(name, &config.pick_policy, seed),
-                    None => return None,
+                    (None, Some(found)) => UpstreamPicker::new(&found, seed),
+                    (None, None) if pick_only => UpstreamPicker::pick_only(name, &config.pick_policy, seed),
+                    (None, None) => return None,
                 };
                 Target::One { picker: picker.with_zone(config.zone.clone()), warned_empty: false }
             }

@@ -14,7 +14,7 @@
 //! next tick, as with `pick`; an upstream nobody asks for costs nothing.
 
 use crate::sansio::config::{
-    is_upstream_name, DiscoverConfig, PickPolicy, PluginConfig, UpstreamConfig, MAX_UPSTREAMS,
+    discovered, is_upstream_name, DiscoverConfig, PickPolicy, PluginConfig, UpstreamConfig, MAX_UPSTREAMS,
 };
 use crate::sansio::pick::picker::UpstreamPicker;
 use crate::sansio::shared::snapshot;
@@ -148,7 +148,7 @@ impl NamedPickers {
         }
         let listed = self.listed_by_name.get(name).and_then(|&i| self.listed.get(i));
         let found = match listed {
-            None => self.discover.iter().find(|d| d.refuses(name).is_none()).map(|d| d.upstream(name)),
+            None => discovered(&self.discover, name),
             Some(_) => None,
         };
         let picker = if let Some(config) = listed {

@@ -1,6 +1,7 @@
-//! Lists of upstream names in shared data: what a `discover[]` entry's
-//! leader found (for the other nginx workers) and every upstream found (for
-//! the CDS endpoint). Like every value, it carries its own key.
+//! Lists of upstream names in shared data: the poller's upstream index,
+//! what a `discover[]` entry's leader found (for the other nginx workers)
+//! and every upstream found (for the CDS endpoint). Like every value, it
+//! carries its own key.
 
 use crate::sansio::shared::snapshot;
 use crate::sansio::shared::store::{SharedStore, StoreError};

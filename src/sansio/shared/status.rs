@@ -173,23 +173,13 @@ impl StatusRecord {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct IndexWire {
-    key: String,
-    upstreams: Vec<String>,
-}
-
 /// Records which upstreams the poller serves.
 pub fn write_index(store: &mut dyn SharedStore, names: &[String]) -> Result<(), StoreError> {
-    let wire = IndexWire { key: index_key(), upstreams: names.to_vec() };
-    snapshot::put_json(store, &index_key(), &wire)
+    crate::sansio::shared::names::write(store, &index_key(), names)
 }
 
 pub fn read_index(store: &dyn SharedStore) -> Vec<String> {
-    match snapshot::get_keyed(store, &index_key(), |w: &IndexWire| &w.key) {
-        Ok((Some(w), _)) => w.upstreams,
-        _ => Vec::new(),
-    }
+    crate::sansio::shared::names::read(store, &index_key()).ok().flatten().unwrap_or_default()
 }
 
 /// Envoy serves status from worker threads while the poller writes from the

@@ -192,10 +192,15 @@ impl ListingMachine {
             Ok(listed @ (Listed::Names(_) | Listed::Marked(_))) => {
                 self.listings_ok += 1;
                 self.last_listing_ms = Some(now);
-                if let Listed::Marked(marks) = &listed {
-                    self.events.push(DiscoveryEvent::Marks(marks.clone()));
-                }
-                self.apply(now, listed.into_names().unwrap_or_default());
+                let names = match listed {
+                    Listed::Marked(marks) => {
+                        let names = marks.keys().cloned().collect();
+                        self.events.push(DiscoveryEvent::Marks(marks));
+                        names
+                    }
+                    other => other.into_names().unwrap_or_default(),
+                };
+                self.apply(now, names);
                 let next = if self.adapter.blocks() { now } else { now + self.interval_ms };
                 self.phase = Phase::Waiting { until: self.confirm_by(next) };
             }

@@ -758,17 +758,12 @@ impl Poller {
             return;
         };
         let lease_name = format!("~discover/{d}");
-        let (part, check_at) = match lease::elect(store, &lease_name, me, now, ttl_ms) {
-            Ok(Election::Won { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
-            // Followers look at the leader's listing at least every second.
-            Ok(Election::Lost { expires_ms, .. }) => {
-                (Part::Following, expires_ms.max(now + LEASE_RETRY_MS).min(now + FOLLOWER_LOOK_MS))
-            }
-            Err(e) => {
-                log::warn!("discover[{d}]: lease unreadable ({e}); not listing this round");
-                (Part::Following, now + LEASE_RETRY_MS)
-            }
-        };
+        let election = lease::elect(store, &lease_name, me, now, ttl_ms);
+        if let Err(e) = &election {
+            log::warn!("discover[{d}]: lease unreadable ({e}); not listing this round");
+        }
+        // Followers look at the leader's listing at least every second.
+        let (part, check_at) = lease_outcome(&election, now, ttl_ms, FOLLOWER_LOOK_MS);
         self.timers.set(Timer { index: d, kind: TimerKind::DiscoverLease }, Some(check_at));
         let changed = part != entry.part;
         entry.part = part;
@@ -822,16 +817,11 @@ impl Poller {
         let Some(u) = self.upstreams.get_mut(i).filter(|u| !u.retired && u.group.is_none()) else {
             return;
         };
-        let (part, check_at) = match lease::elect(store, u.machine.name(), me, now, ttl_ms) {
-            // Renew once half the lease is gone.
-            Ok(Election::Won { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
-            // Look again the moment the holder's lease could run out.
-            Ok(Election::Lost { expires_ms, .. }) => (Part::Following, expires_ms.max(now + LEASE_RETRY_MS)),
-            Err(e) => {
-                log::warn!("upstream {}: lease unreadable ({e}); not polling this round", u.machine.name());
-                (Part::Following, now + LEASE_RETRY_MS)
-            }
-        };
+        let election = lease::elect(store, u.machine.name(), me, now, ttl_ms);
+        if let Err(e) = &election {
+            log::warn!("upstream {}: lease unreadable ({e}); not polling this round", u.machine.name());
+        }
+        let (part, check_at) = lease_outcome(&election, now, ttl_ms, u64::MAX);
         self.timers.set(Timer { index: i, kind: TimerKind::Lease }, Some(check_at));
         if part != u.part {
             log::info!(
@@ -877,6 +867,20 @@ impl Poller {
         }
         let sync_at = leading.then(|| u.machine.poll_timeout());
         self.timers.set(Timer { index: i, kind: TimerKind::Sync }, sync_at);
+    }
+}
+
+/// This worker's part after an election, and when to look at the lease
+/// again: a winner renews once half the lease is gone; a loser looks the
+/// moment the holder's lease could run out, or after `follower_look_ms` if
+/// that is sooner; an unreadable lease is tried again soon.
+fn lease_outcome<E>(election: &Result<Election, E>, now: u64, ttl_ms: u64, follower_look_ms: u64) -> (Part, u64) {
+    match election {
+        Ok(Election::Won { expires_ms }) => (Part::Leading, expires_ms.saturating_sub(ttl_ms / 2).max(now + 1)),
+        Ok(Election::Lost { expires_ms, .. }) => {
+            (Part::Following, (*expires_ms).max(now + LEASE_RETRY_MS).min(now.saturating_add(follower_look_ms)))
+        }
+        Err(_) => (Part::Following, now + LEASE_RETRY_MS),
     }
 }
 

@@ -579,8 +579,8 @@ impl Poller {
     /// Writes what `discover[]` found: each led entry's names (nginx: for
     /// the other workers) and, on Envoy, the CDS list.
     fn flush_discoveries(&mut self, store: &mut dyn SharedStore) {
-        let found_in = |d: usize| self.upstreams.iter().filter(|u| u.group == Some(d) && !u.retired).count();
-        let counts: Vec<usize> = (0..self.discoveries.len()).map(found_in).collect();
+        let upstreams = &self.upstreams;
+        let found_in = |d: usize| upstreams.iter().filter(|u| u.group == Some(d) && !u.retired).count();
         for (d, entry) in self.discoveries.iter_mut().enumerate() {
             if entry.part == Part::Leading && std::mem::take(&mut entry.status_stale) {
                 let (listings_ok, listings_failed, last_error, last_listing_ms) = entry.machine.report();
@@ -588,7 +588,7 @@ impl Poller {
                     key: discovery_status_key(d),
                     entry: d,
                     registry: (&entry.config.registry).into(),
-                    upstreams: counts.get(d).copied().unwrap_or_default(),
+                    upstreams: found_in(d),
                     listings_ok,
                     listings_failed,
                     last_error: last_error.map(str::to_string),

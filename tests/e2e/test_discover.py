@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import urllib.request
 
 import pytest
 
@@ -130,6 +132,41 @@ def test_found_upstreams_become_envoy_clusters_and_a_new_one_needs_no_config_edi
     wait_until(lambda: "api" not in s.envoy_clusters(), 30, 0.2, "api's cluster removed by CDS")
     assert s.get("web") == (200, "alpha")
     assert "discover[0]: 0 upstream(s) added, 1 removed" in s.envoy.log()
+
+
+def test_etcd_v2_parent_is_watched_by_one_long_poll_for_every_upstream_found(tmp_path, wasm):
+    """etcd v2: the parent is read in full and watched with one recursive
+    long poll; the upstreams it found make no calls of their own. etcd
+    counts its watchers (`etcd_debugging_store_watchers`) and its recursive
+    reads: one watcher for five upstreams, and a change reaches traffic
+    through the watch without any read."""
+    s = DiscoverStack(tmp_path, wasm, "etcd_v2")
+    try:
+        names = ["u0", "u1", "u2", "u3", "u4"]
+        for n in names:
+            s.put(n, "alpha")
+        s.envoy.start()
+        wait_until(lambda: all(s.get(n) == (200, "alpha") for n in names), 30, 0.1, "five found upstreams routed")
+        wait_until(lambda: etcd_metric(s.etcd, "etcd_debugging_store_watchers") == 1, 10, 0.1,
+                   "exactly one etcd v2 watcher")
+        reads = etcd_metric(s.etcd, "etcd_debugging_store_reads_total", '{action="getRecursive"}')
+        s.put("u3", "beta")
+        wait_until(lambda: len(s.envoy.upstream_status("u3")["members"]) == 2, 10, 0.05, "u3's second member")
+        after = etcd_metric(s.etcd, "etcd_debugging_store_reads_total", '{action="getRecursive"}')
+        # The periodic full read of the parent (interval_ms 300 here) may fall
+        # in the window; a read per upstream (five) may not.
+        assert after - reads <= 2, (reads, after)
+        assert etcd_metric(s.etcd, "etcd_debugging_store_watchers") == 1
+    finally:
+        s.close()
+
+
+def etcd_metric(etcd: Etcd, name: str, labels: str = "") -> float:
+    text = urllib.request.urlopen(etcd.url + "/metrics", timeout=3).read().decode()
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    if m is None:
+        raise KeyError(f"{name}{labels} not in etcd's /metrics")
+    return float(m.group(1))
 
 
 def test_the_cds_endpoint_answers_like_envoy_expects(discover_stack):

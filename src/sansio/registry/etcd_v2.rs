@@ -16,7 +16,7 @@
 //! too.
 use crate::sansio::registry::kv_layout::KvMembers;
 use crate::sansio::registry::{AdapterError, HttpRequest};
-use crate::sansio::registry::{HttpResponse, MemberList, Poll, RegistryAdapter};
+use crate::sansio::registry::{HttpResponse, MemberList, ParentNews, Poll, RegistryAdapter};
 use crate::sansio::util::url;
 use serde_json::Value;
 
@@ -51,31 +51,63 @@ impl EtcdV2Adapter {
 
     /// Applies the change a long-poll answer describes to the keys; `None`
     /// when it cannot be (the keys must be read again).
-    fn apply_change(&mut self, body: &Value) -> Option<MemberList> {
+    fn apply_change(&mut self, event: &V2Event) -> Option<MemberList> {
         let waited_from = self.index?.checked_add(1)?;
         let keys = self.keys.as_mut()?;
-        let node = body.get("node")?;
-        if node.get("dir").and_then(Value::as_bool) == Some(true) {
+        if event.dir || !event.key.starts_with(&self.prefix) {
             return None;
         }
-        let key = node.get("key").and_then(Value::as_str).filter(|k| k.starts_with(&self.prefix))?;
-        let index = node.get("modifiedIndex").and_then(Value::as_u64).filter(|i| *i >= waited_from)?;
-        match body.get("action").and_then(Value::as_str)? {
-            "set" | "update" | "create" | "compareAndSwap" => {
-                let value = node.get("value").and_then(Value::as_str).unwrap_or_default();
-                keys.put(key.as_bytes(), value.as_bytes(), 0);
+        let index = event.modified_index.filter(|i| *i >= waited_from)?;
+        match event.change? {
+            V2Change::Put => keys.put(event.key.as_bytes(), event.value.as_deref().unwrap_or_default().as_bytes(), 0),
+            V2Change::Delete => {
+                keys.delete(event.key.as_bytes());
             }
-            "delete" | "expire" | "compareAndDelete" => {
-                keys.delete(key.as_bytes());
-            }
-            _ => return None,
         }
         self.index = Some(index);
         Some(keys.list())
     }
 }
 
-fn etcd_index(response: &HttpResponse<'_>, body: &Value) -> Option<u64> {
+/// What an etcd v2 long-poll answer says happened, read from its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Event {
+    /// `None`: an action this adapter does not know.
+    pub change: Option<V2Change>,
+    pub key: String,
+    pub dir: bool,
+    pub value: Option<String>,
+    pub modified_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V2Change {
+    /// set, update, create, compareAndSwap: the key holds `value`.
+    Put,
+    /// delete, expire, compareAndDelete: the key is gone.
+    Delete,
+}
+
+impl V2Event {
+    /// `None` when the body has no `node` with a `key`.
+    pub fn from_body(body: &Value) -> Option<V2Event> {
+        let node = body.get("node")?;
+        let change = match body.get("action").and_then(Value::as_str) {
+            Some("set" | "update" | "create" | "compareAndSwap") => Some(V2Change::Put),
+            Some("delete" | "expire" | "compareAndDelete") => Some(V2Change::Delete),
+            _ => None,
+        };
+        Some(V2Event {
+            change,
+            key: node.get("key").and_then(Value::as_str)?.to_string(),
+            dir: node.get("dir").and_then(Value::as_bool) == Some(true),
+            value: node.get("value").and_then(Value::as_str).map(str::to_string),
+            modified_index: node.get("modifiedIndex").and_then(Value::as_u64),
+        })
+    }
+}
+
+pub(crate) fn etcd_index(response: &HttpResponse<'_>, body: &Value) -> Option<u64> {
     response
         .header("x-etcd-index")
         .and_then(|v| v.trim().parse().ok())
@@ -84,7 +116,7 @@ fn etcd_index(response: &HttpResponse<'_>, body: &Value) -> Option<u64> {
 
 /// Every leaf (non-directory) node under `node`, depth first.
 /// Recursion is bounded: serde_json refuses documents nested deeper than 128.
-fn leaves(node: &Value, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), AdapterError> {
+pub(crate) fn leaves(node: &Value, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), AdapterError> {
     let Some(nodes) = node.get("nodes") else {
         return Ok(());
     };
@@ -151,7 +183,7 @@ impl RegistryAdapter for EtcdV2Adapter {
         response.expect_ok()?;
         if watching {
             // A change under the directory: applied, or everything read again.
-            return Ok(match self.apply_change(&body) {
+            return Ok(match V2Event::from_body(&body).and_then(|event| self.apply_change(&event)) {
                 Some(list) => Poll::Delta(list),
                 None => {
                     self.reset();
@@ -174,6 +206,26 @@ impl RegistryAdapter for EtcdV2Adapter {
     fn reset(&mut self) {
         self.index = None;
         self.keys = None;
+    }
+
+    fn fed(&mut self, news: ParentNews<'_>) -> Option<Poll> {
+        match news {
+            ParentNews::Read { index, entries } => {
+                let keys =
+                    KvMembers::from_entries(&self.prefix, entries.into_iter().map(|(k, v)| (k.into_bytes(), v, 0)));
+                let list = keys.list();
+                self.index = Some(index);
+                self.keys = Some(keys);
+                Some(Poll::Members(list))
+            }
+            ParentNews::Change(event) => match self.apply_change(event) {
+                Some(list) => Some(Poll::Delta(list)),
+                None => {
+                    self.reset();
+                    None
+                }
+            },
+        }
     }
 
     fn hold_ms(&self) -> u64 {

@@ -5,7 +5,7 @@
 //! | type | request | names |
 //! |---|---|---|
 //! | etcd_v3 | `POST /v3/kv/range` over the parent prefix, `keys_only` | the first path segment after the parent |
-//! | etcd_v2 | `GET /v2/keys<parent>` (one level) | child directories |
+//! | etcd_v2 | `GET /v2/keys<parent>?recursive=true`, then one recursive long poll on the parent | child directories, with every member |
 //! | consul_kv | `GET /v1/kv/<parent>?keys&separator=/`, blocking | child prefixes |
 //! | consul_catalog, consul_health | `GET /v1/catalog/services`, blocking | services (with `tag`, those carrying it) |
 //! | nacos | `GET /nacos/v1/ns/service/list` | `doms` |
@@ -14,9 +14,19 @@
 //! etcd v3 has no "children of" read: the listing carries every key name
 //! under the parent (no values), about 100 bytes per member; the parent's
 //! `max_body_bytes` bounds it.
+//!
+//! etcd v2 reads the whole parent, members included, and then watches it
+//! with one long poll (`?wait=true&recursive=true&waitIndex=<index+1>`):
+//! each answer is the first change under any child after the last, handed
+//! to that child's upstream as a delta. So the upstreams an etcd v2 parent
+//! found make no calls of their own, and the proxy has one call out for the
+//! whole parent: one etcd watcher instead of one per upstream, and on
+//! nginx one call in flight per filter (ngx_wasm_module loses a connection
+//! for each call that ends while another of the same filter is pending).
 
 use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec, RegistrySpec};
 use crate::sansio::registry::consul::{BlockingQuery, IndexMove};
+use crate::sansio::registry::etcd_v2::{etcd_index, leaves, V2Event};
 use crate::sansio::registry::etcd_v3::prefix_range_end;
 use crate::sansio::registry::{check_json_budget, get_json, short_text, AdapterError, HttpRequest, HttpResponse};
 use crate::sansio::util::{base64, url};
@@ -28,8 +38,17 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What a listing answer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listed {
-    /// Nothing changed since the last listing (a blocking query's index held).
+    /// Nothing changed since the last listing (a blocking query's index held,
+    /// an etcd v2 long poll ran out).
     Unchanged,
+    /// etcd v2: every child with every key under it (absolute key, value),
+    /// read at store index `index`.
+    Children { index: u64, children: BTreeMap<String, Vec<(String, Vec<u8>)>> },
+    /// etcd v2: the first change after the last answer, under child `name`.
+    Change { name: String, event: V2Event },
+    /// etcd v2: the watch cannot go on from here (history cleared, a change
+    /// to a directory or outside every child): read everything again now.
+    Reread,
     /// Every name found, sorted, each once (not yet checked as upstream names).
     Names(BTreeSet<String>),
     /// etcd v3: every name found with its [`ChildMark`].
@@ -50,8 +69,9 @@ impl Listed {
     /// The names listed, marks dropped.
     pub fn into_names(self) -> Option<BTreeSet<String>> {
         match self {
-            Listed::Unchanged => None,
+            Listed::Unchanged | Listed::Change { .. } | Listed::Reread => None,
             Listed::Names(names) => Some(names),
+            Listed::Children { children, .. } => Some(children.into_keys().collect()),
             Listed::Marked(marks) => Some(marks.into_keys().collect()),
         }
     }
@@ -59,11 +79,25 @@ impl Listed {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    EtcdV3 { parent: String },
-    EtcdV2 { parent: String },
-    ConsulKv { parent: String },
-    ConsulServices { tag: Option<String> },
-    Nacos { group: Option<String>, namespace: Option<String> },
+    EtcdV3 {
+        parent: String,
+    },
+    /// `index`: the store index of the last answer; `None` → a full read next.
+    EtcdV2 {
+        parent: String,
+        wait_ms: u64,
+        index: Option<u64>,
+    },
+    ConsulKv {
+        parent: String,
+    },
+    ConsulServices {
+        tag: Option<String>,
+    },
+    Nacos {
+        group: Option<String>,
+        namespace: Option<String>,
+    },
     Eureka,
 }
 
@@ -83,7 +117,9 @@ impl ListingAdapter {
         let (mut dc, mut consistency, mut wait_ms) = (None, Consistency::Default, 0);
         let kind = match spec {
             RegistrySpec::EtcdV3 { prefix, .. } => Kind::EtcdV3 { parent: prefix.clone() },
-            RegistrySpec::EtcdV2 { prefix, .. } => Kind::EtcdV2 { parent: prefix.clone() },
+            RegistrySpec::EtcdV2 { prefix, wait_ms } => {
+                Kind::EtcdV2 { parent: prefix.clone(), wait_ms: *wait_ms, index: None }
+            }
             RegistrySpec::Consul(ConsulSpec { query, dc: d, consistency: c, wait_ms: w, .. }) => {
                 (dc, consistency, wait_ms) = (d.clone(), *c, *w);
                 match query {
@@ -99,19 +135,38 @@ impl ListingAdapter {
         ListingAdapter { kind, blocking: BlockingQuery::new(dc, consistency, wait_ms), most }
     }
 
-    /// How long the registry may hold the next request (Consul's blocking query).
+    /// How long the registry may hold the next request (Consul's blocking
+    /// query, etcd v2's long poll).
     pub fn hold_ms(&self) -> u64 {
-        self.blocking.hold_ms()
+        match &self.kind {
+            Kind::EtcdV2 { index: Some(_), wait_ms, .. } => *wait_ms,
+            Kind::EtcdV2 { .. } => 0,
+            _ => self.blocking.hold_ms(),
+        }
     }
 
-    /// Blocking queries are asked again right after an answer.
+    /// Blocking queries and long polls are asked again right after an answer.
     pub fn blocks(&self) -> bool {
-        matches!(self.kind, Kind::ConsulKv { .. } | Kind::ConsulServices { .. })
+        matches!(self.kind, Kind::ConsulKv { .. } | Kind::ConsulServices { .. } | Kind::EtcdV2 { .. })
+    }
+
+    /// The listing carries every child's members, and its next call
+    /// watches them: the upstreams found make no calls of their own.
+    pub fn feeds_children(&self) -> bool {
+        matches!(self.kind, Kind::EtcdV2 { .. })
+    }
+
+    /// The next call is a long poll (not a full read).
+    pub fn watching(&self) -> bool {
+        matches!(self.kind, Kind::EtcdV2 { index: Some(_), .. })
     }
 
     /// The next listing is a plain read.
     pub fn reset(&mut self) {
         self.blocking.reset();
+        if let Kind::EtcdV2 { index, .. } = &mut self.kind {
+            *index = None;
+        }
     }
 
     pub fn request(&self) -> HttpRequest {
@@ -129,7 +184,15 @@ impl ListingAdapter {
                     body: body.to_string().into_bytes(),
                 }
             }
-            Kind::EtcdV2 { parent } => get_json(format!("/v2/keys{}", url::encode(parent, true))),
+            Kind::EtcdV2 { parent, index, .. } => {
+                let dir = url::encode(parent.trim_end_matches('/'), true);
+                match index {
+                    None => get_json(format!("/v2/keys{dir}?recursive=true")),
+                    Some(i) => {
+                        get_json(format!("/v2/keys{dir}?wait=true&recursive=true&waitIndex={}", i.saturating_add(1)))
+                    }
+                }
+            }
             Kind::ConsulKv { parent } => {
                 let path = format!("/v1/kv/{}", url::encode(parent.trim_start_matches('/'), true));
                 self.blocking.get(&path, vec![("keys", "true".into()), ("separator", "/".into())])
@@ -150,10 +213,17 @@ impl ListingAdapter {
     }
 
     pub fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Listed, AdapterError> {
+        if let Kind::EtcdV2 { parent, index, .. } = &mut self.kind {
+            let parsed = etcd_v2_parse(parent, index, response);
+            if parsed.is_err() {
+                *index = None;
+            }
+            return parsed;
+        }
         let missing = response.status == Some(404);
         match &self.kind {
             // A parent that does not exist (yet) lists nothing.
-            Kind::EtcdV2 { .. } | Kind::ConsulKv { .. } | Kind::Eureka if missing => {}
+            Kind::ConsulKv { .. } | Kind::Eureka if missing => {}
             _ => response.expect_ok().map_err(|e| match e {
                 AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
                 other => other,
@@ -173,7 +243,7 @@ impl ListingAdapter {
         let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
         let names = match &self.kind {
             Kind::EtcdV3 { parent } => etcd_v3_children(parent, response.body)?.into_keys().collect(),
-            Kind::EtcdV2 { parent } => etcd_v2_children(parent, &root)?,
+            Kind::EtcdV2 { .. } => return Err(AdapterError::BadShape("etcd v2 is read above".into())),
             Kind::ConsulKv { parent } => consul_kv_children(parent.trim_start_matches('/'), &root)?,
             Kind::ConsulServices { tag } => consul_services(tag.as_deref(), &root)?,
             Kind::Nacos { .. } => nacos_services(&root)?,
@@ -241,31 +311,85 @@ fn etcd_v3_children(parent: &str, body: &[u8]) -> Result<BTreeMap<String, ChildM
     Ok(names)
 }
 
-fn etcd_v2_children(parent: &str, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
-    if let Some(code) = root.get("errorCode") {
-        let message = root.get("message").and_then(Value::as_str).unwrap_or("");
-        return Err(AdapterError::Registry(format!(
-            "etcd error {code}: {}",
-            message.chars().take(200).collect::<String>()
-        )));
+/// An etcd v2 answer: to the full read (`index` is `None`) or to the long
+/// poll from `index + 1`. `index` moves to what the answer says.
+fn etcd_v2_parse(parent: &str, index: &mut Option<u64>, response: &HttpResponse<'_>) -> Result<Listed, AdapterError> {
+    let watching = index.is_some();
+    // The hold ran out with no event (see the etcd v2 member adapter):
+    // Envoy ends the call with 504 or no status, ngx_wasm_module with
+    // etcd's 200 and no body.
+    let cut_after_headers = response.status == Some(200) && response.body_size == 0;
+    if watching && (matches!(response.status, None | Some(504)) || cut_after_headers) {
+        return Ok(Listed::Unchanged);
+    }
+    check_json_budget(response.body)?;
+    let root: Value = serde_json::from_slice(response.body).map_err(|e| match response.status {
+        Some(s) if s != 200 => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
+        _ => AdapterError::NotJson(e.to_string()),
+    })?;
+    if let Some(code) = root.get("errorCode").and_then(Value::as_i64) {
+        return match code {
+            // No parent yet: nothing listed, watched from here.
+            100 if !watching => {
+                *index = etcd_index(response, &root);
+                Ok(Listed::Children { index: index.unwrap_or_default(), children: BTreeMap::new() })
+            }
+            // The history no longer reaches back to the index waited from.
+            401 => {
+                *index = None;
+                Ok(Listed::Reread)
+            }
+            _ => {
+                let message = root.get("message").and_then(Value::as_str).unwrap_or("");
+                Err(AdapterError::Registry(format!(
+                    "etcd error {code}: {}",
+                    message.chars().take(200).collect::<String>()
+                )))
+            }
+        };
+    }
+    response.expect_ok().map_err(|e| match e {
+        AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
+        other => other,
+    })?;
+    if let Some(waited) = *index {
+        let event = V2Event::from_body(&root);
+        let follows = |e: &V2Event| e.modified_index.is_some_and(|i| i > waited);
+        let name = event.as_ref().filter(|e| !e.dir && follows(e)).and_then(|e| child_of(parent, &e.key));
+        return Ok(match (name.map(str::to_string), event) {
+            (Some(name), Some(event)) => {
+                *index = event.modified_index;
+                Listed::Change { name, event }
+            }
+            _ => {
+                *index = None;
+                Listed::Reread
+            }
+        });
     }
     let node = root.get("node").ok_or_else(|| AdapterError::BadShape("no node".into()))?;
-    let children = match node.get("nodes") {
-        None => return Ok(BTreeSet::new()),
-        Some(Value::Array(nodes)) => nodes,
+    let at = etcd_index(response, &root)
+        .ok_or_else(|| AdapterError::BadShape("no X-Etcd-Index header: cannot watch from here".into()))?;
+    let nodes = match node.get("nodes") {
+        None => &[][..],
+        Some(Value::Array(nodes)) => nodes.as_slice(),
         Some(_) => return Err(AdapterError::BadShape("node.nodes is not an array".into())),
     };
-    let mut names = BTreeSet::new();
-    for child in children {
+    let mut children = BTreeMap::new();
+    for child in nodes {
         if child.get("dir").and_then(Value::as_bool) != Some(true) {
             continue;
         }
         let key = child.get("key").and_then(Value::as_str).unwrap_or("");
-        if let Some(name) = key.strip_prefix(parent).filter(|n| !n.is_empty() && !n.contains('/')) {
-            names.insert(name.to_string());
-        }
+        let Some(name) = key.strip_prefix(parent).filter(|n| !n.is_empty() && !n.contains('/')) else {
+            continue;
+        };
+        let mut entries = Vec::new();
+        leaves(child, &mut entries)?;
+        children.insert(name.to_string(), entries);
     }
-    Ok(names)
+    *index = Some(at);
+    Ok(Listed::Children { index: at, children })
 }
 
 fn consul_kv_children(parent: &str, root: &Value) -> Result<BTreeSet<String>, AdapterError> {
@@ -361,18 +485,76 @@ mod tests {
     }
 
     #[test]
-    fn etcd_v2_lists_child_directories_and_a_missing_parent_is_empty() {
-        let mut a = ListingAdapter::new(&RegistrySpec::EtcdV2 { prefix: "/upstreams/".into(), wait_ms: 1 }, None, 10);
-        assert_eq!(a.request().path, "/v2/keys/upstreams/");
+    fn etcd_v2_reads_every_child_with_its_keys_then_watches_the_parent() {
+        let mut a =
+            ListingAdapter::new(&RegistrySpec::EtcdV2 { prefix: "/upstreams/".into(), wait_ms: 20_000 }, None, 10);
+        assert!(a.feeds_children() && a.blocks() && !a.watching());
+        assert_eq!(a.request().path, "/v2/keys/upstreams?recursive=true");
+        assert_eq!(a.hold_ms(), 0);
         let body = r#"{"action":"get","node":{"key":"/upstreams","dir":true,"nodes":[
-            {"key":"/upstreams/web","dir":true},{"key":"/upstreams/api","dir":true},{"key":"/upstreams/file","value":"x"}]}}"#;
-        assert_eq!(a.parse(&answer(200, &[], body)).unwrap(), names(&["api", "web"]));
+            {"key":"/upstreams/web","dir":true,"nodes":[{"key":"/upstreams/web/10.0.0.1:80","value":"{}"},
+              {"key":"/upstreams/web/deeper","dir":true,"nodes":[{"key":"/upstreams/web/deeper/x","value":"y"}]}]},
+            {"key":"/upstreams/api","dir":true},{"key":"/upstreams/file","value":"x"}]}}"#;
+        let h = vec![("X-Etcd-Index".to_string(), "41".to_string())];
+        let Ok(Listed::Children { index: 41, children }) = a.parse(&answer(200, &h, body)) else { panic!() };
+        assert_eq!(children.keys().collect::<Vec<_>>(), ["api", "web"]);
+        assert_eq!(children["api"], []);
+        assert_eq!(
+            children["web"],
+            [
+                ("/upstreams/web/10.0.0.1:80".to_string(), b"{}".to_vec()),
+                ("/upstreams/web/deeper/x".to_string(), b"y".to_vec())
+            ]
+        );
+        assert!(a.watching());
+        assert_eq!(a.request().path, "/v2/keys/upstreams?wait=true&recursive=true&waitIndex=42");
+        assert_eq!(a.hold_ms(), 20_000);
+
+        // The hold ran out (Envoy: 504 or no status; nginx: 200, no body).
+        assert_eq!(a.parse(&answer(504, &[], "")).unwrap(), Listed::Unchanged);
+        assert_eq!(a.parse(&HttpResponse::new(None, &[], b"")).unwrap(), Listed::Unchanged);
+        assert_eq!(a.parse(&answer(200, &[], "")).unwrap(), Listed::Unchanged);
+        assert!(a.request().path.ends_with("waitIndex=42"));
+
+        // A change under a child: handed on; the watch goes on after it.
+        let set = r#"{"action":"set","node":{"key":"/upstreams/web/10.0.0.2:80","value":"{}","modifiedIndex":45}}"#;
+        let Ok(Listed::Change { name, event }) = a.parse(&answer(200, &h, set)) else { panic!() };
+        assert_eq!(
+            (name.as_str(), event.key.as_str(), event.modified_index),
+            ("web", "/upstreams/web/10.0.0.2:80", Some(45))
+        );
+        assert!(a.request().path.ends_with("waitIndex=46"));
+
+        // What the watch cannot follow: read everything again.
+        let rereads = [
+            r#"{"action":"delete","node":{"key":"/upstreams/web","dir":true,"modifiedIndex":47}}"#,
+            r#"{"action":"set","node":{"key":"/upstreams/loose","value":"{}","modifiedIndex":47}}"#,
+            r#"{"action":"set","node":{"key":"/upstreams/web/1.2.3.4:80","value":"{}","modifiedIndex":45}}"#,
+            r#"{"action":"set","node":{"key":"/upstreams/web/1.2.3.4:80","value":"{}"}}"#,
+            r#"{"errorCode":401,"message":"The event in requested index is outdated and cleared","index":3000}"#,
+        ];
+        for body in rereads {
+            let mut b = a.clone();
+            assert_eq!(b.parse(&answer(200, &h, body)).unwrap(), Listed::Reread, "{body}");
+            assert_eq!(b.request().path, "/v2/keys/upstreams?recursive=true", "{body}");
+        }
+
+        // A missing parent lists nothing and is watched from etcd's index.
+        let mut a = ListingAdapter::new(&RegistrySpec::EtcdV2 { prefix: "/upstreams/".into(), wait_ms: 1 }, None, 10);
         let missing = r#"{"errorCode":100,"message":"Key not found","cause":"/upstreams","index":5}"#;
-        assert_eq!(a.parse(&answer(404, &[], missing)).unwrap(), names(&[]));
+        assert_eq!(
+            a.parse(&answer(404, &[], missing)).unwrap(),
+            Listed::Children { index: 5, children: BTreeMap::new() }
+        );
+        assert!(a.request().path.ends_with("waitIndex=6"));
+        // Errors reset the cursor.
         assert!(matches!(
             a.parse(&answer(200, &[], r#"{"errorCode":300,"message":"raft"}"#)),
             Err(AdapterError::Registry(_))
         ));
+        assert!(!a.watching());
+        assert!(matches!(a.parse(&answer(200, &[], "{\"node\":{}}")), Err(AdapterError::BadShape(_))), "no index");
+        assert!(matches!(a.parse(&answer(502, &[], "<html>")), Err(AdapterError::Registry(_))));
     }
 
     #[test]

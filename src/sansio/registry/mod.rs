@@ -140,6 +140,17 @@ pub enum Pushed {
     Delta(MemberList),
 }
 
+/// What a `discover[]` parent that watches all its children at once (etcd
+/// v2: one recursive long poll on the parent) read for one child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentNews<'a> {
+    /// A full read of the parent at store index `index`: every key under
+    /// this child, with its value.
+    Read { index: u64, entries: Vec<(String, Vec<u8>)> },
+    /// One change under this child, the first after the parent's last answer.
+    Change(&'a etcd_v2::V2Event),
+}
+
 /// A registry protocol.
 pub trait RegistryAdapter {
     /// The next request, built from the adapter's cursor.
@@ -174,6 +185,15 @@ pub trait RegistryAdapter {
     /// The watch stopped: its stream closed (`garbled: false`), or a
     /// message on it could not be decoded (`garbled: true`: changes may
     /// have been missed, though the watch goes on).
+    /// What the upstream's `discover[]` parent read for it, applied as if
+    /// it were the answer to this adapter's own read: the member list
+    /// after it, or `None` when it cannot be applied (the adapter's cursor
+    /// is reset; the parent must read everything again). Only the adapters
+    /// of registries whose listing carries the members (etcd v2) take it.
+    fn fed(&mut self, _news: ParentNews<'_>) -> Option<Poll> {
+        None
+    }
+
     fn watch_ended(&mut self, garbled: bool) -> Pushed {
         if garbled {
             Pushed::Poll

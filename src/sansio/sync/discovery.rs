@@ -9,6 +9,7 @@
 //! listing never removes every upstream.
 
 use crate::sansio::config::{refusal, DiscoverConfig, NamePattern};
+use crate::sansio::registry::etcd_v2::V2Event;
 use crate::sansio::registry::listing::{ChildMark, Listed, ListingAdapter};
 use crate::sansio::registry::{HttpRequest, HttpResponse};
 use crate::sansio::util::backoff::Backoff;
@@ -18,6 +19,16 @@ use std::collections::{BTreeMap, BTreeSet};
 /// After a blocking query answers "unchanged", the next waits this long,
 /// so that a registry answering at once can never make a hot loop.
 const UNCHANGED_GAP_MS: u64 = 1_000;
+
+/// An etcd v2 long poll holds at least this long, even when the next full
+/// read is due sooner (which then waits for it): a shorter one is not
+/// worth a call, and full reads never follow each other in a loop.
+const MIN_HOLD_MS: u64 = 1_000;
+
+/// etcd v2: a full read asked for (a change the watch cannot follow) comes
+/// at least this long after the previous one, so that a registry that
+/// keeps answering "read again" cannot make a hot loop.
+const REREAD_GAP_MS: u64 = 100;
 
 /// A listing call for the host to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +49,17 @@ pub enum DiscoveryEvent {
     /// etcd v3: each listed child's key count and newest revision, for the
     /// poller to read again the found upstreams whose mark moved.
     Marks(BTreeMap<String, ChildMark>),
+    /// etcd v2: every child's keys at store index `index`, for the poller
+    /// to hand to each upstream found (after `Changed`, so new ones get theirs).
+    Read {
+        index: u64,
+        children: BTreeMap<String, Vec<(String, Vec<u8>)>>,
+    },
+    /// etcd v2: one change under child `name`, for its upstream to apply.
+    Change {
+        name: String,
+        event: V2Event,
+    },
     /// Names in the listing that do not become upstreams (reported once per name).
     Skipped {
         name: String,
@@ -58,7 +80,7 @@ pub enum DiscoveryEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Waiting { until: u64 },
-    InFlight { id: u64, deadline: u64 },
+    InFlight { id: u64, sent: u64, hold: u64, deadline: u64 },
     Backoff { until: u64, failures: u32 },
 }
 
@@ -86,6 +108,10 @@ pub struct ListingMachine {
     listings_ok: u64,
     last_error: Option<String>,
     last_listing_ms: Option<u64>,
+    /// etcd v2: when the parent is next read in full (between full reads
+    /// its long poll watches it), and when it last was.
+    full_due: u64,
+    last_full: Option<u64>,
 }
 
 impl ListingMachine {
@@ -110,7 +136,40 @@ impl ListingMachine {
             listings_ok: 0,
             last_error: None,
             last_listing_ms: None,
+            full_due: 0,
+            last_full: None,
         }
+    }
+
+    /// The listing carries the members of every child (etcd v2): the
+    /// upstreams it finds make no calls of their own.
+    pub fn feeds_children(&self) -> bool {
+        self.adapter.feeds_children()
+    }
+
+    /// An upstream this entry feeds wants a full read at `at` (a change it
+    /// could not apply, a held removal to confirm): the parent is read in
+    /// full then, or as soon as the call in flight is answered.
+    pub fn reread_at(&mut self, now: u64, at: u64) {
+        let at = self.last_full.map_or(at, |t| at.max(t.saturating_add(REREAD_GAP_MS)));
+        self.full_due = self.full_due.min(at);
+        if let Phase::Waiting { until } = &mut self.phase {
+            *until = (*until).min(at.max(now));
+        }
+    }
+
+    /// A name not found yet that a listing would take as an upstream.
+    pub fn would_add(&self, name: &str) -> bool {
+        !self.names.contains(name)
+            && self.names.len() < self.max_upstreams
+            && refusal(self.name_pattern.as_ref(), name).is_none()
+    }
+
+    /// The next call is a full read (a worker that just became the leader:
+    /// what it last watched may be long past).
+    pub fn restart(&mut self) {
+        self.adapter.reset();
+        self.full_due = 0;
     }
 
     /// The names of the upstreams found, in force.
@@ -148,8 +207,19 @@ impl ListingMachine {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let timeout_ms = self.timeout_ms.saturating_add(self.adapter.hold_ms());
-        self.phase = Phase::InFlight { id, deadline: now.saturating_add(timeout_ms) };
+        let mut hold = self.adapter.hold_ms();
+        if self.adapter.watching() {
+            if now >= self.full_due {
+                self.adapter.reset();
+                hold = 0;
+            } else {
+                // The long poll ends (at its timeout, as "unchanged") by the
+                // time the next full read is due.
+                hold = hold.min(self.full_due.saturating_sub(now)).max(MIN_HOLD_MS);
+            }
+        }
+        let timeout_ms = self.timeout_ms.saturating_add(hold);
+        self.phase = Phase::InFlight { id, sent: now, hold, deadline: now.saturating_add(timeout_ms) };
         let mut request = self.adapter.request();
         request.headers.extend(self.headers.iter().cloned());
         Some(ListingCall { id, request, timeout_ms })
@@ -175,9 +245,10 @@ impl ListingMachine {
     }
 
     pub fn handle_response(&mut self, now: u64, id: u64, response: HttpResponse<'_>) {
-        if !matches!(self.phase, Phase::InFlight { id: current, .. } if current == id) {
-            return;
-        }
+        let (sent, hold) = match self.phase {
+            Phase::InFlight { id: current, sent, hold, .. } if current == id => (sent, hold),
+            _ => return,
+        };
         match self.adapter.parse(&response) {
             Err(e) => {
                 self.adapter.reset();
@@ -186,8 +257,34 @@ impl ListingMachine {
             Ok(Listed::Unchanged) => {
                 self.listings_ok += 1;
                 self.last_listing_ms = Some(now);
-                let next = now + if self.adapter.blocks() { UNCHANGED_GAP_MS } else { self.interval_ms };
+                // A long poll that was held for (most of) its time goes on at
+                // once; one answered early waits a little.
+                let held_out = self.adapter.feeds_children() && now.saturating_sub(sent) >= hold / 2;
+                let next = match (self.adapter.blocks(), held_out) {
+                    (true, true) => now,
+                    (true, false) => now + UNCHANGED_GAP_MS,
+                    (false, _) => now + self.interval_ms,
+                };
                 self.phase = Phase::Waiting { until: self.confirm_by(next) };
+            }
+            Ok(Listed::Children { index, children }) => {
+                self.listings_ok += 1;
+                self.last_listing_ms = Some(now);
+                self.full_due = now.saturating_add(self.interval_ms);
+                self.last_full = Some(now);
+                self.apply(now, children.keys().cloned().collect());
+                self.events.push(DiscoveryEvent::Read { index, children });
+                self.phase = Phase::Waiting { until: now };
+            }
+            Ok(Listed::Change { name, event }) => {
+                self.listings_ok += 1;
+                self.events.push(DiscoveryEvent::Change { name, event });
+                self.phase = Phase::Waiting { until: now };
+            }
+            Ok(Listed::Reread) => {
+                let until = self.last_full.map_or(now, |t| now.max(t.saturating_add(REREAD_GAP_MS)));
+                self.full_due = self.full_due.min(until);
+                self.phase = Phase::Waiting { until };
             }
             Ok(listed @ (Listed::Names(_) | Listed::Marked(_))) => {
                 self.listings_ok += 1;

@@ -23,7 +23,8 @@ use crate::sansio::model::member_set::{Diff, MemberSet};
 use crate::sansio::model::update::{Published, Source};
 use crate::sansio::registry::etcd_watch::WatchResponse;
 use crate::sansio::registry::{
-    check_json_budget, AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, Poll, Pushed, RegistryAdapter,
+    check_json_budget, AdapterError, EntryProblem, HttpRequest, HttpResponse, MemberList, ParentNews, Poll, Pushed,
+    RegistryAdapter,
 };
 use crate::sansio::shared::status::{count_label, SyncStats};
 use crate::sansio::util::backoff::Backoff;
@@ -410,6 +411,26 @@ impl SyncMachine {
             Poll::Delta(list) => {
                 let pause = self.apply_delta(now, list);
                 self.wait(now, pause.unwrap_or(after_news));
+            }
+        }
+    }
+
+    /// What this upstream's `discover[]` parent read for it (etcd v2: the
+    /// parent's full read, or a change its long poll brought), taken by
+    /// the rules of this machine's own answers: keep-last-good, the empty
+    /// list refused, a mass removal held. The machine makes no call of its
+    /// own for it. Returns when the parent should read in full for this
+    /// upstream: `Some(0)` now (a change that cannot be applied, a change
+    /// to a refused list), `Some(ms)` to confirm a held removal.
+    pub fn handle_fed(&mut self, now: u64, news: ParentNews<'_>) -> Option<u64> {
+        let full = matches!(news, ParentNews::Read { .. });
+        match (self.adapter.fed(news), full) {
+            (Some(Poll::Members(list)), true) => self.apply(now, list, RefuseReason::Empty),
+            (Some(Poll::Delta(list)), false) => self.apply_delta(now, list),
+            _ => {
+                log::info!("upstream {}: a change its parent watched cannot be applied; reading again", self.name());
+                self.adapter.reset();
+                Some(0)
             }
         }
     }

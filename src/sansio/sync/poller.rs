@@ -16,9 +16,10 @@
 
 use crate::sansio::config::{DiscoverConfig, HostKind, PluginConfig, RegistryConfig, UpstreamConfig, MAX_UPSTREAMS};
 use crate::sansio::model::update::Source;
+use crate::sansio::registry::etcd_v2::V2Event;
 use crate::sansio::registry::etcd_watch;
 use crate::sansio::registry::listing::ChildMark;
-use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse};
+use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse, ParentNews};
 use crate::sansio::shared::keys::{cds_key, discovered_key};
 use crate::sansio::shared::lease::{self, Election};
 use crate::sansio::shared::names;
@@ -127,6 +128,9 @@ struct Upstream {
     queued: bool,
     /// What the last etcd v3 listing of its `discover[]` parent said of it.
     mark: Option<ChildMark>,
+    /// Its `discover[]` parent reads and watches its members for it (etcd
+    /// v2): it makes no calls of its own.
+    fed: bool,
 }
 
 /// One `discover[]` entry: its listing machine and what it found.
@@ -228,6 +232,7 @@ impl Poller {
             None if self.leadership == Leadership::Singleton => Part::Leading,
             None => Part::Following,
         };
+        let fed = group.and_then(|d| self.discoveries.get(d)).is_some_and(|d| d.machine.feeds_children());
         let i = match self.by_name.get(&cfg.name) {
             Some(&i) => {
                 let u = self.upstreams.get_mut(i)?;
@@ -239,6 +244,7 @@ impl Poller {
                 u.machine = machine(i);
                 u.registry = cfg.registry.clone();
                 u.part = part;
+                u.fed = fed;
                 i
             }
             None => {
@@ -258,6 +264,7 @@ impl Poller {
                     status_stale: true,
                     queued: false,
                     mark: None,
+                    fed,
                 });
                 self.by_name.insert(cfg.name.clone(), i);
                 self.join_watch(i, cfg, now);
@@ -272,7 +279,7 @@ impl Poller {
         match (group, self.leadership) {
             // Explicit upstreams on nginx elect their own poller.
             (None, Leadership::Lease { .. }) => self.timers.set(Timer { index: i, kind: TimerKind::Lease }, Some(now)),
-            _ if part == Part::Leading => self.timers.set(Timer { index: i, kind: TimerKind::Sync }, Some(now)),
+            _ if part == Part::Leading && !fed => self.timers.set(Timer { index: i, kind: TimerKind::Sync }, Some(now)),
             _ => {}
         }
         Some(i)
@@ -636,6 +643,14 @@ impl Poller {
         while let Some(event) = entry.machine.poll_event() {
             events.push(event);
         }
+        // What the answer brought first: an upstream it feeds may want the
+        // next call to be a full read rather than the long poll.
+        for event in events {
+            self.react_discovery(d, event, now);
+        }
+        let Some(entry) = self.discoveries.get_mut(d) else {
+            return;
+        };
         while let Some(call) = entry.machine.poll_transmit(now) {
             self.actions.push(Action::Dispatch(Dispatch {
                 upstream: DISCOVERY_CALLER + d,
@@ -648,8 +663,45 @@ impl Poller {
         }
         let at = entry.machine.poll_timeout();
         self.timers.set(Timer { index: d, kind: TimerKind::Discover }, Some(at));
-        for event in events {
-            self.react_discovery(d, event, now);
+    }
+
+    /// The live upstream named `name` that `discover[d]` found.
+    fn found(&self, d: usize, name: &str) -> Option<usize> {
+        let i = *self.by_name.get(name)?;
+        self.upstreams.get(i).filter(|u| u.group == Some(d) && !u.retired).map(|_| i)
+    }
+
+    /// Hands what `discover[d]`'s parent read to the upstreams it feeds;
+    /// asks the parent for a full read when one of them wants it.
+    fn feed(&mut self, d: usize, news: Vec<(String, FeedNews)>, now: u64) {
+        let mut reread: Option<u64> = None;
+        for (name, item) in news {
+            let fed = |u: &mut Upstream, news: ParentNews<'_>| u.machine.handle_fed(now, news);
+            let wants = match (self.found(d, &name), item) {
+                (Some(i), FeedNews::Read { index, entries }) => {
+                    let wants = self.upstreams.get_mut(i).and_then(|u| fed(u, ParentNews::Read { index, entries }));
+                    self.drive(i, now);
+                    wants
+                }
+                (Some(i), FeedNews::Change(event)) => {
+                    let wants = self.upstreams.get_mut(i).and_then(|u| fed(u, ParentNews::Change(&event)));
+                    self.drive(i, now);
+                    wants
+                }
+                // A change under a child that is no upstream yet: read it
+                // all (unless the listing would not take the name anyway).
+                (None, FeedNews::Change(_)) => {
+                    self.discoveries.get(d).filter(|e| e.machine.would_add(&name)).map(|_| 0)
+                }
+                (None, FeedNews::Read { .. }) => None,
+            };
+            if let Some(ms) = wants {
+                let at = now.saturating_add(ms);
+                reread = Some(reread.map_or(at, |r| r.min(at)));
+            }
+        }
+        if let (Some(at), Some(entry)) = (reread, self.discoveries.get_mut(d)) {
+            entry.machine.reread_at(now, at);
         }
     }
 
@@ -662,6 +714,12 @@ impl Poller {
                 self.apply_listing(d, &added, &removed, now);
             }
             DiscoveryEvent::Marks(marks) => self.check_marks(d, &marks, now),
+            DiscoveryEvent::Read { index, children } => {
+                let news =
+                    children.into_iter().map(|(name, entries)| (name, FeedNews::Read { index, entries })).collect();
+                self.feed(d, news, now);
+            }
+            DiscoveryEvent::Change { name, event } => self.feed(d, vec![(name, FeedNews::Change(event))], now),
             DiscoveryEvent::Skipped { name, why } => {
                 log::warn!("discover[{d}]: {:?} {why}; not an upstream", clip(&name))
             }
@@ -803,6 +861,7 @@ impl Poller {
                 self.drive(i, now);
             }
             if part == Part::Leading {
+                entry_restart(&mut self.discoveries, d);
                 self.timers.set(Timer { index: d, kind: TimerKind::Discover }, Some(now));
             } else {
                 self.timers.set(Timer { index: d, kind: TimerKind::Discover }, None);
@@ -850,7 +909,7 @@ impl Poller {
                 dirty = true;
                 u.react(&event, self.host);
             }
-            while let Some(call) = u.machine.poll_transmit(now) {
+            while let Some(call) = u.machine.poll_transmit(now).filter(|_| !u.fed) {
                 self.actions.push(Action::Dispatch(Dispatch {
                     upstream: i,
                     id: call.id,
@@ -865,8 +924,21 @@ impl Poller {
             u.status_stale = true;
             u.queue(&mut self.dirty, i);
         }
-        let sync_at = leading.then(|| u.machine.poll_timeout());
+        let sync_at = (leading && !u.fed).then(|| u.machine.poll_timeout());
         self.timers.set(Timer { index: i, kind: TimerKind::Sync }, sync_at);
+    }
+}
+
+/// What an etcd v2 parent read for one child, as the poller hands it on.
+enum FeedNews {
+    Read { index: u64, entries: Vec<(String, Vec<u8>)> },
+    Change(V2Event),
+}
+
+/// A worker that becomes the leader of `discover[d]` reads it in full first.
+fn entry_restart(discoveries: &mut [Discovery], d: usize) {
+    if let Some(entry) = discoveries.get_mut(d) {
+        entry.machine.restart();
     }
 }
 

@@ -66,3 +66,118 @@ impl EtcdScript {
         answer.to_string().into_bytes()
     }
 }
+
+/// Status, headers, body.
+pub type V2Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A scripted etcd v2 store: keys with their modified index, directories,
+/// and the event history long polls (`?wait=true&waitIndex=`) read from.
+#[derive(Default)]
+pub struct EtcdV2Script {
+    /// Key → (value, modified index).
+    keys: std::collections::BTreeMap<String, (String, u64)>,
+    /// Directories, made by the puts under them (etcd v2 keeps them when emptied).
+    dirs: std::collections::BTreeSet<String>,
+    index: u64,
+    /// (index, action, key, value, dir), oldest first.
+    history: Vec<(u64, &'static str, String, Option<String>, bool)>,
+    /// Events at or before this index are gone (etcd keeps the last 1000).
+    cleared_to: u64,
+}
+
+impl EtcdV2Script {
+    pub fn new() -> Self {
+        EtcdV2Script { index: 1, ..Default::default() }
+    }
+
+    pub fn put(&mut self, key: &str, value: &str) {
+        self.index += 1;
+        let mut dir = key;
+        while let Some((parent, _)) = dir.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            self.dirs.insert(parent.to_string());
+            dir = parent;
+        }
+        self.keys.insert(key.to_string(), (value.to_string(), self.index));
+        self.history.push((self.index, "set", key.to_string(), Some(value.to_string()), false));
+    }
+
+    pub fn delete(&mut self, key: &str) {
+        self.index += 1;
+        self.keys.remove(key);
+        self.history.push((self.index, "delete", key.to_string(), None, false));
+    }
+
+    /// `rm -r` of a directory: one event, for the directory.
+    pub fn delete_dir(&mut self, dir: &str) {
+        self.index += 1;
+        let under = format!("{dir}/");
+        self.keys.retain(|k, _| !k.starts_with(&under));
+        self.dirs.retain(|d| d != dir && !d.starts_with(&under));
+        self.history.push((self.index, "delete", dir.to_string(), None, true));
+    }
+
+    /// Forgets the history up to now (a long poll from before gets 401).
+    pub fn clear_history(&mut self) {
+        self.cleared_to = self.index;
+        self.history.clear();
+    }
+
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    fn node(&self, dir: &str) -> Value {
+        let under = format!("{dir}/");
+        let mut nodes: Vec<Value> = self
+            .dirs
+            .iter()
+            .filter(|d| d.strip_prefix(&under).is_some_and(|rest| !rest.contains('/')))
+            .map(|d| self.node(d))
+            .collect();
+        for (k, (v, i)) in &self.keys {
+            if k.strip_prefix(&under).is_some_and(|rest| !rest.contains('/')) {
+                nodes.push(json!({"key": k, "value": v, "modifiedIndex": i, "createdIndex": i}));
+            }
+        }
+        let mut node = json!({"key": dir, "dir": true});
+        if !nodes.is_empty() {
+            node["nodes"] = json!(nodes);
+        }
+        node
+    }
+
+    /// The answer to `request`: status, `X-Etcd-Index`, body; `None` for a
+    /// long poll with no event yet (it stays pending).
+    pub fn answer(&self, request: &HttpRequest) -> Option<V2Answer> {
+        let (path, query) = request.path.split_once('?').unwrap_or((request.path.as_str(), ""));
+        let dir = path.strip_prefix("/v2/keys").unwrap().trim_end_matches('/').to_string();
+        let headers = vec![("X-Etcd-Index".to_string(), self.index.to_string())];
+        let wait_index = query.split('&').find_map(|p| p.strip_prefix("waitIndex=")).map(|i| i.parse::<u64>().unwrap());
+        if let Some(from) = wait_index {
+            if from <= self.cleared_to {
+                let body = json!({"errorCode": 401, "message": "The event in requested index is outdated and cleared",
+                    "index": self.index});
+                return Some((400, headers, body.to_string().into_bytes()));
+            }
+            let under = format!("{dir}/");
+            let (i, action, key, value, is_dir) =
+                self.history.iter().find(|e| e.0 >= from && (e.2.starts_with(&under) || e.2 == dir))?;
+            let mut node = json!({"key": key, "modifiedIndex": i, "createdIndex": i});
+            if let Some(v) = value {
+                node["value"] = json!(v);
+            }
+            if *is_dir {
+                node["dir"] = json!(true);
+            }
+            return Some((200, headers, json!({"action": action, "node": node}).to_string().into_bytes()));
+        }
+        if !self.dirs.contains(&dir) {
+            let body = json!({"errorCode": 100, "message": "Key not found", "cause": dir, "index": self.index});
+            return Some((404, headers, body.to_string().into_bytes()));
+        }
+        Some((200, headers, json!({"action": "get", "node": self.node(&dir)}).to_string().into_bytes()))
+    }
+}

@@ -178,6 +178,12 @@ pub fn write_index(store: &mut dyn SharedStore, names: &[String]) -> Result<(), 
     crate::sansio::shared::names::write(store, &index_key(), names)
 }
 
+/// nginx: several filters share the index; each adds its names and takes
+/// out only the ones it retired.
+pub fn merge_index(store: &mut dyn SharedStore, mine: &[String], dropped: &[String]) -> Result<(), StoreError> {
+    crate::sansio::shared::names::merge(store, &index_key(), mine, dropped)
+}
+
 pub fn read_index(store: &dyn SharedStore) -> Vec<String> {
     crate::sansio::shared::names::read(store, &index_key()).ok().flatten().unwrap_or_default()
 }

@@ -521,7 +521,17 @@ impl Poller {
         if !self.index_written {
             let names: Vec<String> =
                 self.upstreams.iter().filter(|u| !u.retired).map(|u| u.machine.name().to_string()).collect();
-            match status::write_index(store, &names) {
+            // Envoy's one poller owns the index (replacing it drops the
+            // upstreams of an older configuration); nginx filters share it.
+            let written = match self.leadership {
+                Leadership::Singleton => status::write_index(store, &names),
+                Leadership::Lease { .. } => {
+                    let dropped: Vec<String> =
+                        self.upstreams.iter().filter(|u| u.retired).map(|u| u.machine.name().to_string()).collect();
+                    status::merge_index(store, &names, &dropped)
+                }
+            };
+            match written {
                 Ok(()) => self.index_written = true,
                 Err(e) => log::warn!("cannot write the upstream index: {e}"),
             }
@@ -1304,5 +1314,34 @@ mod tests {
         let record = StatusRecord::read(&store, "u0").unwrap();
         assert_eq!(record.sync.stats.syncs_ok, 1, "the leader's record stands");
         assert_eq!(follower.poll_timeout(), Some(3000), "the follower looks again when the lease could expire");
+    }
+
+    #[test]
+    fn nginx_filters_share_the_upstream_index_and_envoy_replaces_it() {
+        let filter = |names: &[&str]| {
+            let ups: Vec<String> = names
+                .iter()
+                .map(|n| {
+                    format!(
+                        r#"{{"name":"{n}","registry":{{"type":"etcd_v3","target":"127.0.0.1:1","prefix":"/{n}/"}}}}"#
+                    )
+                })
+                .collect();
+            config(&format!(r#"{{"host":"nginx","pick":"{}","upstreams":[{}]}}"#, names[0], ups.join(",")))
+        };
+        let mut store = MemoryStore::new(StoreRules::NgxWasm);
+        let lease = Leadership::Lease { me: 1, ttl_ms: 3000 };
+        let mut a = Poller::new(&filter(&["a1", "a2"]), lease, 1);
+        let mut b = Poller::new(&filter(&["b1"]), lease, 2);
+        a.flush(&mut store);
+        b.flush(&mut store);
+        let mut index = read_index(&store);
+        index.sort();
+        assert_eq!(index, ["a1", "a2", "b1"], "every filter's upstreams are listed");
+
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        Poller::new(&envoy(3, ""), Leadership::Singleton, 1).flush(&mut store);
+        Poller::new(&envoy(1, ""), Leadership::Singleton, 1).flush(&mut store);
+        assert_eq!(read_index(&store), ["u0"], "a new Envoy configuration replaces the index");
     }
 }

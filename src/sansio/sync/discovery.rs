@@ -25,6 +25,9 @@ const UNCHANGED_GAP_MS: u64 = 1_000;
 /// worth a call, and full reads never follow each other in a loop.
 const MIN_HOLD_MS: u64 = 1_000;
 
+/// Extra time past the host's own timeout before a call is given up.
+const DEADLINE_GRACE_MS: u64 = 1_000;
+
 /// etcd v2: a full read asked for (a change the watch cannot follow) comes
 /// at least this long after the previous one, so that a registry that
 /// keeps answering "read again" cannot make a hot loop.
@@ -219,7 +222,10 @@ impl ListingMachine {
             }
         }
         let timeout_ms = self.timeout_ms.saturating_add(hold);
-        self.phase = Phase::InFlight { id, sent: now, hold, deadline: now.saturating_add(timeout_ms) };
+        // The host ends the call at `timeout_ms` (a long poll with no event
+        // ends so every time): its answer must come before this gives up.
+        let deadline = now.saturating_add(timeout_ms).saturating_add(DEADLINE_GRACE_MS);
+        self.phase = Phase::InFlight { id, sent: now, hold, deadline };
         let mut request = self.adapter.request();
         request.headers.extend(self.headers.iter().cloned());
         Some(ListingCall { id, request, timeout_ms })

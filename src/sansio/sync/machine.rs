@@ -496,6 +496,11 @@ impl SyncMachine {
         }
     }
 
+    /// A removal over `max_removal_share` waits for a confirming read.
+    pub fn holding(&self) -> bool {
+        matches!(self.acceptance, Acceptance::Holding { .. })
+    }
+
     /// The last full read was refused (no members, `allow_empty` false): the last good list stays.
     pub fn refusing(&self) -> bool {
         matches!(self.acceptance, Acceptance::Refusing(_))

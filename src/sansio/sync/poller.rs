@@ -131,6 +131,10 @@ struct Upstream {
     /// Its `discover[]` parent reads and watches its members for it (etcd
     /// v2): it makes no calls of its own.
     fed: bool,
+    /// A hash of the keys the parent's last full read handed it (none
+    /// since a change came through the watch): an unchanged child of a
+    /// full read is not read again, as the etcd v3 listing's marks do.
+    fed_print: Option<u64>,
 }
 
 /// One `discover[]` entry: its listing machine and what it found.
@@ -245,6 +249,7 @@ impl Poller {
                 u.registry = cfg.registry.clone();
                 u.part = part;
                 u.fed = fed;
+                u.fed_print = None;
                 i
             }
             None => {
@@ -265,6 +270,7 @@ impl Poller {
                     queued: false,
                     mark: None,
                     fed,
+                    fed_print: None,
                 });
                 self.by_name.insert(cfg.name.clone(), i);
                 self.join_watch(i, cfg, now);
@@ -689,12 +695,22 @@ impl Poller {
             let fed = |u: &mut Upstream, news: ParentNews<'_>| u.machine.handle_fed(now, news);
             let wants = match (self.found(d, &name), item) {
                 (Some(i), FeedNews::Read { index, entries }) => {
-                    let wants = self.upstreams.get_mut(i).and_then(|u| fed(u, ParentNews::Read { index, entries }));
+                    let print = fingerprint(&entries);
+                    let Some(u) = self.upstreams.get_mut(i) else { continue };
+                    // Unchanged since the last full read, and no hold to confirm: nothing to do.
+                    if u.fed_print == Some(print) && !u.machine.holding() {
+                        continue;
+                    }
+                    u.fed_print = Some(print);
+                    let wants = fed(u, ParentNews::Read { index, entries });
                     self.drive(i, now);
                     wants
                 }
                 (Some(i), FeedNews::Change(event)) => {
-                    let wants = self.upstreams.get_mut(i).and_then(|u| fed(u, ParentNews::Change(&event)));
+                    let wants = self.upstreams.get_mut(i).and_then(|u| {
+                        u.fed_print = None;
+                        fed(u, ParentNews::Change(&event))
+                    });
                     self.drive(i, now);
                     wants
                 }
@@ -943,6 +959,14 @@ impl Poller {
 enum FeedNews {
     Read { index: u64, entries: Vec<(String, Vec<u8>)> },
     Change(V2Event),
+}
+
+/// What a full read handed a child, in a word.
+fn fingerprint(entries: &[(String, Vec<u8>)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    entries.hash(&mut h);
+    h.finish()
 }
 
 /// A worker that becomes the leader of `discover[d]` reads it in full first.

@@ -24,7 +24,23 @@ use crate::sansio::serve::status::{status_reply, upstream_filter};
 use crate::sansio::sync::poller::Leadership;
 use contexts::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, MapType};
+use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
+
+thread_local! {
+    /// Member lists published by any poller of this wasm instance: on nginx
+    /// the filters of a worker share one instance, so a worker's picks
+    /// refresh the moment its own poller publishes, not at the next tick.
+    static LOCAL_PUBLISHES: Cell<u64> = const { Cell::new(0) };
+}
+
+fn local_publishes() -> u64 {
+    LOCAL_PUBLISHES.with(Cell::get)
+}
+
+fn note_local_publish() {
+    LOCAL_PUBLISHES.with(|c| c.set(c.get().wrapping_add(1)));
+}
 use store::HostStore;
 
 proxy_wasm::main! {{
@@ -214,7 +230,7 @@ impl RootContext for Root {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Always a context: the SDK panics on None.
         match &self.role {
-            Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.filter.clone()))),
+            Role::Pick(n) => Some(Box::new(pick::PickStream::new(n.filter.clone(), n.seen.clone()))),
             Role::Server(c) => Some(Box::new(server::ServerStream::new(context_id, c.clone()))),
             Role::Poller(_) | Role::Unconfigured => Some(Box::new(PassThrough)),
         }

@@ -17,7 +17,7 @@ use crate::sansio::pick::request_key::RequestView;
 use crate::sansio::pick::route::{dynamic_host_states, original_dst_state, RouteMode, BACKEND_VARIABLE};
 use crate::sansio::serve::reply::LocalReply;
 use proxy_wasm::types::{Action, MapType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Hands the picked member to the router.
@@ -68,6 +68,7 @@ impl RequestView for HostRequest {
 pub struct PickRoot {
     pub poller: Option<HostPoller>,
     pub filter: Rc<RefCell<PickFilter>>,
+    pub seen: Rc<Cell<u64>>,
 }
 
 impl PickRoot {
@@ -82,7 +83,7 @@ impl PickRoot {
                 .map_or_else(|| config.pick.clone().unwrap_or_default(), |v| format!("${v}"));
             log::info!("pick-only filter ({what}): routes by the member lists other filters publish");
         }
-        Some(PickRoot { poller, filter: Rc::new(RefCell::new(filter)) })
+        Some(PickRoot { poller, filter: Rc::new(RefCell::new(filter)), seen: Rc::new(Cell::new(0)) })
     }
 
     pub fn on_tick(&mut self) {
@@ -95,12 +96,14 @@ impl PickRoot {
 
 pub struct PickStream {
     filter: Rc<RefCell<PickFilter>>,
+    /// The instance's publish count this filter last refreshed at.
+    seen: Rc<Cell<u64>>,
     picked: Option<Routed>,
 }
 
 impl PickStream {
-    pub fn new(filter: Rc<RefCell<PickFilter>>) -> Self {
-        PickStream { filter, picked: None }
+    pub fn new(filter: Rc<RefCell<PickFilter>>, seen: Rc<Cell<u64>>) -> Self {
+        PickStream { filter, seen, picked: None }
     }
 }
 
@@ -116,6 +119,11 @@ impl Context for PickStream {
 impl HttpContext for PickStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut filter = self.filter.borrow_mut();
+        let published = super::local_publishes();
+        if published != self.seen.get() {
+            self.seen.set(published);
+            filter.on_tick(&HostStore, now_ms());
+        }
         // Every host call here costs: only what the decision needs is read.
         let path = if filter.answers_paths() { request_header(":path") } else { None };
         let request = HostRequest(filter.route_mode().client_address_property());

@@ -85,7 +85,11 @@ impl HostPoller {
         if let Some(bytes) = super::memory_bytes() {
             self.poller.handle_memory(bytes);
         }
+        let publishes = self.poller.publishes();
         let written = self.poller.flush(&mut HostStore);
+        if self.poller.publishes() != publishes {
+            super::note_local_publish();
+        }
         if let Some(envoy) = self.envoy_stats.as_mut() {
             for i in written {
                 if let Some(stats) = self.poller.stats(i) {

@@ -32,10 +32,13 @@ pub enum RoleConfig {
 /// The tick period of a poller or picker: the core decides what is due;
 /// the tick only bounds how late a due deadline is served.
 pub const POLL_TICK_MS: u64 = 50;
-/// nginx workers tick faster: ngx_wasm_module cannot send a call from a
-/// call's answer, so the read that follows a long poll's news waits for the
-/// next tick (an idle tick costs one comparison: the timer table).
-pub const NGINX_TICK_MS: u64 = 10;
+/// nginx workers: ngx_wasm_module cannot send a call from a call's answer,
+/// so the next long poll after news waits for the next tick (the news itself
+/// is applied at once: deltas, and picks of the same worker refresh when its
+/// poller publishes); the other workers' picks refresh on their tick. Each
+/// tick wakes the worker: measured on ngx_wasm_module 3bed278, an empty
+/// tick costs 0.4-0.5 % of a core per worker at 10 ms, 0.2 % at 50 ms.
+pub const NGINX_TICK_MS: u64 = 50;
 /// How often an EDS server with `eds_hold_ms` checks its held requests.
 pub const HOLD_TICK_MS: u64 = 10;
 

@@ -168,6 +168,8 @@ pub struct Poller {
     /// Upstreams with something for [`Poller::flush`], each once.
     dirty: Vec<usize>,
     index_written: bool,
+    /// Flushes that published anything, so far.
+    publishes: u64,
     /// The host's last report of this VM's linear memory, and what was written.
     memory: Option<u64>,
     memory_written: Option<u64>,
@@ -205,6 +207,7 @@ impl Poller {
             actions: Vec::new(),
             dirty: Vec::new(),
             index_written: false,
+            publishes: 0,
             memory: None,
             memory_written: None,
         };
@@ -512,6 +515,12 @@ impl Poller {
         self.actions.pop()
     }
 
+    /// How many flushes published a member list so far: a host with picks
+    /// in the same instance refreshes them when it moves.
+    pub fn publishes(&self) -> u64 {
+        self.publishes
+    }
+
     /// Counters and outcomes of `upstream`, as its status record has them.
     pub fn stats(&self, upstream: usize) -> Option<SyncStats> {
         self.upstreams.get(upstream).map(|u| u.machine.stats())
@@ -592,6 +601,7 @@ impl Poller {
             }
         }
         if published_any {
+            self.publishes += 1;
             if let Err(e) = snapshot::bump_sequence(store) {
                 log::warn!("cannot move the publish sequence: {e}; held EDS requests answer at their hold's end");
             }

@@ -29,7 +29,11 @@ Several, comma-separated, are run one after the other.
 Each change is also split in two, from an access log on the plugin's EDS
 listener: "plugin" from the write's return until the plugin's answer
 was sent (the watch event, the snapshot published, the held request
-answered), "Envoy" from then until update_time.
+answered), "Envoy" from then until update_time. And the CPU each change
+cost (/proc/<pid>/task/<tid>/schedstat, from before the write until 50 ms
+after it was applied), which the machine's load hardly moves: Envoy's main
+thread (the poller's watch event and publish, Envoy's EDS update, the
+admin polls) and the workers (the held EDS request answered, the host sets).
 
 --envoy-floor ROUNDS: Envoy alone, without the plugin: a Python REST EDS
 server answers Envoy's held request with the answer the module served at
@@ -73,6 +77,8 @@ OBSERVERS = ("update-time", "stats", "clusters")
 # One line per answer of the plugin's EDS listener: when it ended (start + duration).
 ACCESS_FORMAT = "EDS %START_TIME(%s.%6f)% %DURATION% %RESPONSE_CODE% %BYTES_SENT%\n"
 EDS_PATH = "/v3/discovery:endpoints"
+# How long each admin poll took, per observer (Envoy's main thread was busy that long).
+POLL_SECONDS: dict[str, list[float]] = {}
 
 
 # --------------------------------------------------------------------------
@@ -120,19 +126,16 @@ def applied_at(envoy: sk.ScaleEnvoy, observer: str, expect: int, t_write: float,
     """Wall-clock time at which Envoy had applied the change (membership of
     NAME == expect), as `observer` sees it (module docstring)."""
     deadline = time.monotonic() + timeout
+    polls = POLL_SECONDS.setdefault(observer, [])
     while True:
-        if observer == "update-time":
-            if envoy.cluster_members(NAME) == expect:
+        p0 = time.monotonic()
+        seen = envoy.cluster_members(NAME) if observer != "clusters" else len(envoy.cluster_hosts(NAME))
+        polls.append(time.monotonic() - p0)
+        if seen == expect:
+            if observer == "update-time":
                 return envoy.stat(f"cluster.{NAME}.update_time") / 1000
-            pause = 0.02
-        elif observer == "stats":
-            if envoy.cluster_members(NAME) == expect:
-                return time.time()
-            pause = 0.002
-        else:
-            if len(envoy.cluster_hosts(NAME)) == expect:
-                return time.time()
-            pause = 0.002
+            return time.time()
+        pause = 0.02 if observer == "update-time" else 0.002
         if time.monotonic() > deadline:
             raise TimeoutError(f"{NAME}: membership not {expect} {timeout:.0f}s after the write ({observer})")
         time.sleep(pause)
@@ -146,6 +149,24 @@ def fetch_answer(envoy: sk.ScaleEnvoy) -> bytes:
                                headers={"content-type": "application/json"})
     with urllib.request.urlopen(r, timeout=10) as resp:
         return resp.read()
+
+
+def main_thread_cpu(pid: int) -> float:
+    """Seconds on CPU of Envoy's main thread (its tid is the pid)."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def worker_cpu(pid: int) -> float:
+    """Seconds on CPU of Envoy's worker threads (named wrk:worker_N)."""
+    total = 0.0
+    for tid in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (tid / "comm").read_text().startswith("wrk:"):
+                total += int((tid / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended
+    return total
 
 
 def run(work: Path, wasm: Path, m: int, changes: int, extra: dict, observer: str, capture: bool) -> dict:
@@ -167,14 +188,19 @@ def run(work: Path, wasm: Path, m: int, changes: int, extra: dict, observer: str
         time.sleep(2)
         ranges = sk.metric_sum(reg.metrics(), "etcd_debugging_mvcc_range_total")
         updates = envoy.stat(f"cluster.{NAME}.update_success")
-        writes, applied = [], []
+        writes, applied, main_cpu, workers_cpu = [], [], [], []
         for i in range(changes):
             key = sk.prefix_of(NAME) + sk.member_addr(m + i)
             for write, expect in ((lambda: reg.put(key, sk.member_value()), m + 1), (lambda: reg.delete(key), m)):
+                c0, w0 = main_thread_cpu(envoy.pid), worker_cpu(envoy.pid)
                 write()
                 t_write = time.time()
                 writes.append(t_write)
                 applied.append(applied_at(envoy, observer, expect, t_write))
+                # The workers' host sets and the next held request follow within a few ms.
+                time.sleep(0.05)
+                main_cpu.append(main_thread_cpu(envoy.pid) - c0)
+                workers_cpu.append(worker_cpu(envoy.pid) - w0)
         updates = envoy.stat(f"cluster.{NAME}.update_success") - updates
         ranges = sk.metric_sum(reg.metrics(), "etcd_debugging_mvcc_range_total") - ranges
         hosts = envoy.cluster_hosts(NAME)
@@ -198,6 +224,7 @@ def run(work: Path, wasm: Path, m: int, changes: int, extra: dict, observer: str
             envoy_part.append(a - ends[0])
     r = {"m": m, "all_in": all_in, "delays": delays, "rss": rss, "memories": mem, "ranges": ranges,
          "observer": observer, "plugin": plugin, "envoy": envoy_part, "updates": updates,
+         "main_cpu": main_cpu, "workers_cpu": workers_cpu,
          "answer": answer}
     split = ""
     if plugin:
@@ -205,7 +232,9 @@ def run(work: Path, wasm: Path, m: int, changes: int, extra: dict, observer: str
                  f"p50 {sk.ms(sk.quantile(envoy_part, 50))} ({len(plugin)} matched)")
     print(f"  {m} members [{observer}]: all in Envoy after {all_in:.1f} s; {len(delays)} changes: "
           f"p50 {sk.ms(sk.quantile(delays, 50))}, p99 {sk.ms(sk.quantile(delays, 99))}, "
-          f"max {sk.ms(max(delays))}; {ranges:.0f} etcd range reads, {updates} EDS updates{split}", flush=True)
+          f"max {sk.ms(max(delays))}; {ranges:.0f} etcd range reads, {updates} EDS updates{split}; CPU per change: "
+          f"Envoy's main thread p50 {1000 * statistics.median(main_cpu):.1f} ms, workers "
+          f"{1000 * statistics.median(workers_cpu):.1f} ms", flush=True)
     return r
 
 
@@ -339,10 +368,6 @@ def answer_variants(answer: bytes, m: int, changes: int) -> tuple[bytes, list[by
     return base, out
 
 
-def main_thread_cpu(pid: int) -> float:
-    """Seconds on CPU of Envoy's main thread (its tid is the pid)."""
-    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
-        return int(f.read().split()[0]) / 1e9
 
 
 def floor_run(work: Path, answer: bytes, m: int, changes: int) -> dict:
@@ -376,7 +401,7 @@ def floor_run(work: Path, answer: bytes, m: int, changes: int) -> dict:
 
 
 def floor_table(rows: list[tuple[str, int, dict]]) -> None:
-    print(f"\nEnvoy alone (--envoy-floor): the module's answer, one member moved per update, from a Python REST EDS "
+    print(f"\nEnvoy alone (--envoy-floor): each module's answer, one member moved per update, from a Python REST EDS "
           f"server; {sk.machine_load()}")
     print(f"{'module':>9} {'members':>8} {'answer KB':>10} {'updates':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
           f"  main-thread CPU per update: p50 / mean ms")
@@ -409,7 +434,7 @@ def build_rev(rev: str, work: Path) -> Path:
 def table(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     print(f"{'members':>8} {'observer':>12} {'all in (s)':>11} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'reads':>6} "
-          f"{'RSS MiB':>8}  plugin p50/p99 ms  Envoy p50/p99 ms  wasm memories MiB")
+          f"{'RSS MiB':>8}  plugin p50/p99 ms  Envoy p50/p99 ms  CPU ms main/workers  wasm memories MiB")
     for r in rows:
         d = r["delays"]
         split = "        -                 -   "
@@ -419,7 +444,8 @@ def table(title: str, rows: list[dict]) -> None:
                      f"  {1000 * sk.quantile(e, 50):>10.0f} /{1000 * sk.quantile(e, 99):>4.0f}")
         print(f"{r['m']:>8} {r['observer']:>12} {r['all_in']:>11.1f} {1000 * sk.quantile(d, 50):>7.0f} "
               f"{1000 * sk.quantile(d, 99):>7.0f} {1000 * max(d):>7.0f} {r['ranges']:>6.0f} {r['rss'] / 2**20:>8.0f}  "
-              f"{split}    {[round(x / 2**20, 1) for x in r['memories']]}")
+              f"{split}  {1000 * statistics.median(r['main_cpu']):>10.1f} / {1000 * statistics.median(r['workers_cpu']):<6.1f}"
+              f"  {[round(x / 2**20, 1) for x in r['memories']]}")
 
 
 def main() -> int:
@@ -487,7 +513,9 @@ def main() -> int:
         ratio = {q: sk.quantile(r["delays"], q) / max(sk.quantile(b["delays"], q), 1e-9) for q in (50, 99)}
         print(f"  {r['m']} members [{r['observer']}]: p50 {ratio[50]:.2f}x, p99 {ratio[99]:.2f}x the baseline's; "
               f"reads {r['ranges']:.0f} vs {b['ranges']:.0f}")
-    print(f"  {sk.poll_cost()}")
+    for observer, polls in POLL_SECONDS.items():
+        print(f"  [{observer}] each admin poll took p50 {1000 * sk.quantile(polls, 50):.1f} ms, max "
+              f"{1000 * max(polls):.1f} ms ({len(polls)} polls)")
     if floor_rows:
         floor_table(floor_rows)
     big = [r for r in rows if r["m"] >= TARGET_SIZE]

@@ -17,9 +17,14 @@ measured in this run (alternating, best of ROUNDS):
   and pick-filter rps and the ratio pick/empty (issue 10: target >= 0.95;
   0.83 when the issue was filed), for the pick filter as configured (passive
   health on, the default: one host call per response reads its status) and
-  with "passive_health": false. Also the Envoy worker thread's CPU time per
-  request (from /proc/<pid>/task/<tid>/schedstat): steadier than requests/s
-  on a machine shared with other work.
+  with "passive_health": false. All four variants run in ONE Envoy (one
+  worker), one listener each, measured in turns (the order rotates every
+  round): they share the process, its start and whatever else the machine
+  runs at that moment, so the per-round ratios compare like with like.
+  Also the Envoy worker thread's CPU time per request (from
+  /proc/<pid>/task/<tid>/schedstat): steadier than requests/s on a machine
+  shared with other work. --pin puts Envoy on CPU 1 and wrk on CPU 0
+  (taskset); the load average is printed before and after.
 
 Usage: python benches/pick_overhead.py --wasm target/upsync_wasm.wasm
        python benches/pick_overhead.py --sizes 10 --modes direct --rounds 5
@@ -84,19 +89,38 @@ PICK_CONFIGS = {
 }
 EMPTY_CRATE = REPO / "benches" / "empty-filter"
 EMPTY_TARGET_DIR = REPO / "target" / "empty-filter"
+PROBE_CRATE = EMPTY_CRATE / "probe"
+PROBE_TARGET_DIR = REPO / "target" / "probe-filter"
+# --probes: the empty filter plus one host call per request (benches/empty-filter/probe).
+PROBE_MODES = ("none", "header", "filter-state", "property", "clear-route-cache", "no-function",
+               "missing", "path", "status")
+PROBE_FILTER = """          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: probe_${MODE}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: ${MODE}
+                vm_config:
+                  vm_id: probe
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local: {filename: "${PROBE_WASM}"}"""
 PREFIX = "/upstreams/web/"
 TARGET_PICK_VS_EMPTY = 0.95
 FILED_PICK_VS_EMPTY = 0.83  # issue 10, when filed: 52.6k / 63.5k rps
 
 
-def build_empty_filter() -> Path:
-    """benches/empty-filter built for wasm32-wasip1 (its own workspace)."""
+def build_empty_filter(crate: Path = EMPTY_CRATE, target_dir: Path = EMPTY_TARGET_DIR,
+                       name: str = "empty_filter") -> Path:
+    """benches/empty-filter (or its probe) built for wasm32-wasip1 (its own workspace)."""
     subprocess.run(
         ["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip1",
-         "--manifest-path", str(EMPTY_CRATE / "Cargo.toml"), "--target-dir", str(EMPTY_TARGET_DIR)],
+         "--manifest-path", str(crate / "Cargo.toml"), "--target-dir", str(target_dir)],
         check=True, timeout=900,
     )
-    wasm = EMPTY_TARGET_DIR / "wasm32-wasip1" / "release" / "empty_filter.wasm"
+    wasm = target_dir / "wasm32-wasip1" / "release" / f"{name}.wasm"
     if not wasm.exists():
         raise FileNotFoundError(f"cargo built no {wasm}")
     return wasm
@@ -170,28 +194,69 @@ def register(etcd: harness.Etcd, addrs: list[str]) -> None:
         etcd._post("/v3/kv/txn", {"success": ops})
 
 
+PIN: dict[str, str] = {}  # --pin: {"envoy": cpu, "wrk": cpu}
+
+
+def pinned(argv: list[str], who: str) -> list[str]:
+    return ["taskset", "-c", PIN[who], *argv] if who in PIN else argv
+
+
 class BenchEnvoy(harness.Envoy):
     """One worker: wrk gets the other core."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.values["MORE_LISTENERS"] = ""
 
     def argv(self, *extra: str) -> list[str]:
         argv = super().argv(*extra)
         argv[argv.index("--concurrency") + 1] = "1"
-        return argv
+        return pinned(argv, "envoy")
+
+
+def http_filter(variant: str, wasm: Path) -> str:
+    """variant: "base" (no HTTP wasm filter), "empty" (the empty filter),
+    "pick" or "pick-nph" (the pick filter without passive health)."""
+    if variant in PICK_CONFIGS:
+        return PICK_FILTER.replace("${WASM_PATH}", str(wasm)).replace("${PICK_CONFIG}", PICK_CONFIGS[variant])
+    if variant.startswith("probe:"):
+        return PROBE_FILTER.replace("${MODE}", variant.removeprefix("probe:")).replace("${PROBE_WASM}", str(PROBE_WASM))
+    return {"base": "", "empty": EMPTY_FILTER.replace("${EMPTY_WASM}", str(EMPTY_WASM))}[variant]
 
 
 def start_envoy(workdir: Path, wasm: Path, etcd: harness.Etcd, variant: str, route: str, endpoints: str) -> harness.Envoy:
-    """variant: "base" (no HTTP wasm filter), "empty" (the empty filter),
-    "pick" or "pick-nph" (the pick filter without passive health)."""
     envoy = BenchEnvoy(workdir, wasm, etcd.client_port, template=TEMPLATE)
-    if variant in PICK_CONFIGS:
-        envoy.values["PICK_FILTER"] = PICK_FILTER.replace("${WASM_PATH}", str(envoy.wasm)).replace(
-            "${PICK_CONFIG}", PICK_CONFIGS[variant])
-    else:
-        envoy.values["PICK_FILTER"] = {"base": "", "empty": EMPTY_FILTER.replace("${EMPTY_WASM}", str(EMPTY_WASM))}[variant]
+    envoy.values["PICK_FILTER"] = http_filter(variant, envoy.wasm)
     envoy.values["ROUTE"] = route
     envoy.values["STATIC_ENDPOINTS"] = endpoints
     envoy.start(timeout=120)
     return envoy
+
+
+def ingress_copy(name: str, port: int, filter_yaml: str, route: str) -> str:
+    """The template's ingress listener again, as listener `name` on `port`."""
+    text = TEMPLATE.read_text()
+    block = text[text.index("  - name: ingress\n"):text.index("${MORE_LISTENERS}")]
+    return (block.replace("  - name: ingress\n", f"  - name: {name}\n", 1)
+            .replace("${INGRESS_PORT}", str(port)).replace("${PICK_FILTER}", filter_yaml).replace("${ROUTE}", route))
+
+
+def start_direct_envoy(workdir: Path, wasm: Path, etcd: harness.Etcd, variants: tuple[str, ...],
+                       endpoints: str) -> tuple[harness.Envoy, dict[str, int]]:
+    """One Envoy answering itself on one listener per variant (the first
+    on the template's ingress port); returns it and each variant's port."""
+    envoy = BenchEnvoy(workdir, wasm, etcd.client_port, template=TEMPLATE)
+    taken = {envoy.admin_port, envoy.ingress_port, envoy.eds_port}
+    extra = [p for p in harness.free_ports(len(variants) + 3) if p not in taken][:len(variants) - 1]
+    ports = dict(zip(variants, [envoy.ingress_port, *extra]))
+    envoy.values["PICK_FILTER"] = http_filter(variants[0], envoy.wasm)
+    envoy.values["ROUTE"] = DIRECT
+    envoy.values["STATIC_ENDPOINTS"] = endpoints
+    envoy.values["MORE_LISTENERS"] = "".join(
+        ingress_copy(f"ingress_{i}", ports[v], http_filter(v, envoy.wasm), DIRECT)
+        for i, v in enumerate(variants[1:], 1)).rstrip("\n")
+    envoy.start(timeout=120)
+    return envoy, ports
 
 
 def static_endpoints(ports: list[int]) -> str:
@@ -207,7 +272,7 @@ def wrk(port: int, seconds: int) -> float:
 def wrk_counted(port: int, seconds: int) -> tuple[float, int]:
     """(requests/s, requests) of one wrk run; any non-2xx answer is an error."""
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+        pinned(["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"], "wrk"),
         capture_output=True, text=True, timeout=seconds + 30, check=True,
     ).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -232,12 +297,12 @@ def worker_cpu_ns(pid: int) -> int:
     return total
 
 
-def wait_members(envoy: harness.Envoy, n: int, timeout: float = 60) -> None:
+def wait_members(envoy: harness.Envoy, n: int, timeout: float = 60, port: int | None = None) -> None:
     # No status endpoint in this config: wait until a request is answered
     # 200 (the pick filter answers 503 while it has no member), then give
     # the worker a moment to settle.
     deadline = time.monotonic() + timeout
-    client = harness.Client(envoy.ingress_port)
+    client = harness.Client(port or envoy.ingress_port)
     try:
         while time.monotonic() < deadline:
             status, _ = client.get("/")
@@ -251,41 +316,65 @@ def wait_members(envoy: harness.Envoy, n: int, timeout: float = 60) -> None:
 
 
 def measure(work: Path, wasm: Path, etcd: harness.Etcd, n: int, mode: str, seconds: int, rounds: int):
+    if mode == "direct":
+        return measure_direct(work, wasm, etcd, n, seconds, rounds)
     ports = MEMBER_PORTS[:n]
     endpoints = static_endpoints(ports)
     routes = {
-        ("proxy", "base"): "route: {cluster: web_static, timeout: 5s}",
-        ("proxy", "pick"): "route: {cluster: web, timeout: 5s}",
+        "base": "route: {cluster: web_static, timeout: 5s}",
+        "pick": "route: {cluster: web, timeout: 5s}",
     }
-    variants = ("base", "empty", "pick", "pick-nph") if mode == "direct" else ("base", "pick")
-    best, per_round, cpu = {}, [], {}
+    best = {}
     for r in range(rounds):
-        per_round.append({})
-        for variant in variants:
-            envoy = start_envoy(work / f"envoy-{mode}-{n}-{variant}-{r}", wasm, etcd, variant,
-                                routes.get((mode, variant), DIRECT), endpoints)
+        for variant in ("base", "pick"):
+            envoy = start_envoy(work / f"envoy-{mode}-{n}-{variant}-{r}", wasm, etcd, variant, routes[variant], endpoints)
             try:
                 wait_members(envoy, n)
                 wrk(envoy.ingress_port, 3)  # warm-up: fills Envoy's connection pools
+                best[variant] = max(best.get(variant, 0.0), wrk(envoy.ingress_port, seconds))
+            finally:
+                envoy.stop()
+    return best
+
+
+DIRECT_VARIANTS = ("base", "empty", "pick", "pick-nph")
+PROBES: list[str] = []  # --probes: more direct variants, "probe:<mode>"
+
+
+def measure_direct(work: Path, wasm: Path, etcd: harness.Etcd, n: int, seconds: int, rounds: int):
+    """The variants in one Envoy, in turns: round r starts at variant r
+    (mod their count), so none always runs first or after the same one."""
+    variants = DIRECT_VARIANTS + tuple(PROBES)
+    envoy, ports = start_direct_envoy(work / f"envoy-direct-{n}", wasm, etcd, variants,
+                                      static_endpoints(MEMBER_PORTS[:n]))
+    best, per_round, cpu = {}, [], {}
+    try:
+        for v in variants:
+            wait_members(envoy, n, port=ports[v])
+            wrk(ports[v], 2)  # warm-up (V8 tiers up the hot functions)
+        for r in range(rounds):
+            per_round.append({})
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            for variant in order:
                 before = worker_cpu_ns(envoy.proc.pid)
-                rps, requests = wrk_counted(envoy.ingress_port, seconds)
+                rps, requests = wrk_counted(ports[variant], seconds)
                 cpu.setdefault(variant, []).append((worker_cpu_ns(envoy.proc.pid) - before) / max(requests, 1))
                 best[variant] = max(best.get(variant, 0.0), rps)
                 per_round[-1][variant] = rps
-            finally:
-                envoy.stop()
-    if "empty" in best:
-        # On a shared machine the variants of one round ran closest in time:
-        # the median of the rounds' own ratios is steadier than best-of.
-        for v in ("pick", "pick-nph"):
-            best[f"{v}/empty per round"] = statistics.median(x[v] / x["empty"] for x in per_round)
-        # CPU per request: the median over rounds, in µs.
-        best["cpu"] = {v: statistics.median(ns) / 1000 for v, ns in cpu.items()}
+    finally:
+        envoy.stop()
+    # The variants of one round ran closest in time: the median of the
+    # rounds' own ratios is steadier than best-of on a shared machine.
+    for v in ("pick", "pick-nph"):
+        best[f"{v}/empty per round"] = statistics.median(x[v] / x["empty"] for x in per_round)
+    # CPU per request: the median over rounds, in µs.
+    best["cpu"] = {v: statistics.median(ns) / 1000 for v, ns in cpu.items()}
     return best
 
 
 MEMBER_PORTS: list[int] = []
 EMPTY_WASM = Path()
+PROBE_WASM = Path()
 
 
 def main() -> int:
@@ -296,7 +385,15 @@ def main() -> int:
     ap.add_argument("--sizes", default="10,1000,10000")
     ap.add_argument("--modes", default="proxy,direct",
                     help="comma-separated: proxy, direct (direct alone: the floor comparison only)")
+    ap.add_argument("--probes", default="",
+                    help=f"direct mode: also probe filters doing one host call per request, comma-separated "
+                         f"from {','.join(PROBE_MODES)} or 'all' (CPU per request and ratio to the empty filter)")
+    ap.add_argument("--pin", action="store_true",
+                    help="taskset: Envoy on CPU 1, wrk on CPU 0 (needs 2 CPUs)")
     args = ap.parse_args()
+    if args.pin:
+        PIN.update(envoy="1", wrk="0")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in ("proxy", "direct") for m in modes):
         ap.error(f"--modes: proxy and/or direct, got {args.modes!r}")
@@ -304,8 +401,14 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    global EMPTY_WASM
+    probes = list(PROBE_MODES) if args.probes == "all" else [m for m in args.probes.split(",") if m]
+    if any(m not in PROBE_MODES for m in probes):
+        ap.error(f"--probes: from {', '.join(PROBE_MODES)}, got {args.probes!r}")
+    PROBES.extend(f"probe:{m}" for m in probes)
+    global EMPTY_WASM, PROBE_WASM
     EMPTY_WASM = build_empty_filter()
+    if PROBES:
+        PROBE_WASM = build_empty_filter(PROBE_CRATE, PROBE_TARGET_DIR, "probe_filter")
     work = Path(tempfile.mkdtemp(prefix="upsync-bench-"))
     MEMBER_PORTS.extend(free_ports_below_ephemeral(max(sizes)))
     nginx = Nginx(work / "nginx", MEMBER_PORTS)
@@ -327,13 +430,15 @@ def main() -> int:
     finally:
         etcd.kill()
         nginx.stop()
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\npick-mode overhead (wrk -t1 -c32, Envoy --concurrency 1; best of {args.rounds} x {args.seconds}s)")
     print(f"{'mode':>6} {'members':>8} {'baseline rps':>13} {'pick rps':>10} {'ratio':>6}")
     for mode, n, b, p in rows:
         print(f"{mode:>6} {n:>8} {b:>13.0f} {p:>10.0f} {p / b:>6.2f}")
     print("  proxy: baseline = static cluster of the same members, no wasm; pick = upsync pick filter + override_host")
     print("  direct: Envoy answers itself; the ratio is the filter's whole per-request cost")
-    print(f"\npick mode against the floor (direct: Envoy answers itself; {args.rounds} x {args.seconds}s, best)")
+    print(f"\npick mode against the floor (direct: one Envoy, one listener per variant, in turns; "
+          f"{args.rounds} rounds x {args.seconds}s, best)")
     print(f"{'members':>8} {'no filter rps':>14} {'empty filter rps':>17} {'pick rps':>10} {'pick/empty':>11} "
           f"{'median of rounds':>17} {'pick, no passive health':>24} {'/empty':>7} {'median':>7}")
     for n, b, e, p, med, q, qmed, _ in floor:
@@ -343,14 +448,24 @@ def main() -> int:
     for n, *_, cpu in floor:
         print(f"{n:>8} {cpu['base']:>10.2f} {cpu['empty']:>7.2f} {cpu['pick']:>7.2f} {cpu['pick-nph']:>8.2f} "
               f"{cpu['empty'] / cpu['pick']:>11.2f} {cpu['empty'] / cpu['pick-nph']:>14.2f}")
-    ten = [(p / e, med, q / e, qmed) for n, b, e, p, med, q, qmed, _ in floor if n == 10]
+    for n, *_, cpu in floor:
+        if PROBES:
+            print(f"\nprobes at {n} members: the empty filter plus one host call per request "
+                  "(benches/empty-filter/probe; worker CPU µs per request, median of rounds)")
+            print(f"{'probe':>18} {'µs/req':>7} {'- empty':>8} {'empty/probe':>12}")
+        for v in PROBES:
+            print(f"{v.removeprefix('probe:'):>18} {cpu[v]:>7.2f} {cpu[v] - cpu['empty']:>+8.2f} "
+                  f"{cpu['empty'] / cpu[v]:>12.2f}")
+    ten = [(p / e, med, q / e, qmed, cpu) for n, b, e, p, med, q, qmed, cpu in floor if n == 10]
     if ten:
-        best_ratio, med, nph, nph_med = ten[0]
+        best_ratio, med, nph, nph_med, cpu = ten[0]
         print(f"target (issue 10): pick/empty >= {TARGET_PICK_VS_EMPTY} at 10 members: {best_ratio:.2f} best-of, "
               f"{med:.2f} median of rounds (when filed: {FILED_PICK_VS_EMPTY}) -> "
               f"{'met' if min(best_ratio, med) >= TARGET_PICK_VS_EMPTY else 'NOT met'}; "
               f"without passive health {nph:.2f} best-of, {nph_med:.2f} median -> "
               f"{'met' if min(nph, nph_med) >= TARGET_PICK_VS_EMPTY else 'NOT met'}")
+        print(f"  the same in worker CPU per request (empty/pick): {cpu['empty'] / cpu['pick']:.2f}, "
+              f"without passive health {cpu['empty'] / cpu['pick-nph']:.2f}")
     target = [p / b for mode, n, b, p in rows if mode == "proxy" and n == 10000]
     if target:
         print(f"target: proxy ratio >= 0.90 at 10000 members: {target[0]:.2f} -> {'met' if target[0] >= 0.9 else 'NOT met'}")

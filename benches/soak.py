@@ -220,6 +220,14 @@ def report_target(g: dict | None, label: str) -> None:
     print(f"  each wasm memory from {first['updates']:,} to {last['updates']:,} updates: {'; '.join(each)}")
     print(f"  members from {first['updates']:,} to {last['updates']:,} updates: {first['members']} -> {last['members']} "
           f"(largest upstream {first['largest']} -> {last['largest']})")
+    cold = [k for k, v in last["memories"].items() if first["memories"].get(k) and v >= 1.5 * first["memories"][k]]
+    if cold:
+        # A worker VM answers its first EDS requests when Envoy first connects
+        # to it (under load, possibly after the first checkpoint): one step to
+        # its working size, the other worker's size at the first checkpoint.
+        print(f"  note: {len(cold)} wasm memory(s) grew by half or more: a VM that reached its working size only "
+              "after the first checkpoint (a worker's first EDS answers), not growth from the updates: see each "
+              "memory above")
     print(sk.target_line(f"linear memory after {last['updates']:,} vs {first['updates']:,} updates",
                          f"{100 * g['total']:+.1f} %", "within 10 %", abs(g["total"]) <= TARGET_GROWTH))
     if g["status"] is not None:

@@ -30,7 +30,6 @@ use crate::sansio::registry::kv_layout::KvMembers;
 use crate::sansio::registry::{AdapterError, HttpRequest, Pushed};
 use crate::sansio::registry::{HttpResponse, MemberList, Poll, RegistryAdapter};
 use crate::sansio::util::base64;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::Cell;
 
@@ -185,14 +184,6 @@ impl EtcdV3Adapter {
 
     /// A full range answer as keys.
     fn read_fetch(&self, body: &[u8]) -> Result<Keys, AdapterError> {
-        match self.read_fetch_typed(body) {
-            Some(keys) => Ok(keys),
-            None => self.read_fetch_tree(body),
-        }
-    }
-
-    /// A full range answer as keys, read through a JSON tree.
-    fn read_fetch_tree(&self, body: &[u8]) -> Result<Keys, AdapterError> {
         let root = parse_root(body)?;
         if root.get("more").and_then(Value::as_bool) == Some(true) {
             return Err(AdapterError::BadShape("range answer is truncated (\"more\": true)".into()));
@@ -204,27 +195,6 @@ impl EtcdV3Adapter {
             entries.push((b64_field(kv, "key")?, b64_field(kv, "value")?, mod_revision));
         }
         Ok(Keys { kv: KvMembers::from_entries(&self.prefix, entries), revision: header_revision(&root)? })
-    }
-
-    /// [`EtcdV3Adapter::read_fetch`] of a well-formed answer, read into
-    /// borrowed fields instead of a JSON tree (issue 10: a tree of a
-    /// 200-member answer is ~300 KB of the poller's linear memory at
-    /// once; these fields are ~50 bytes a key). `None` for anything else
-    /// (an error answer, a field of an unexpected type, an escaped string,
-    /// bad base64): the tree reads it, with its errors.
-    fn read_fetch_typed(&self, body: &[u8]) -> Option<Keys> {
-        let wire: FetchWire<'_> = serde_json::from_slice(body).ok()?;
-        if wire.error.0 || wire.message.0 || wire.more == Some(true) {
-            return None;
-        }
-        let mut kv = KvMembers::new(&self.prefix);
-        for entry in wire.kvs.unwrap_or_default() {
-            let key = base64::decode(entry.key.unwrap_or_default()).ok()?;
-            let value = base64::decode(entry.value.unwrap_or_default()).ok()?;
-            kv.put(&key, &value, entry.mod_revision.map_or(0, |r| r.0));
-        }
-        let revision = wire.header.revision.map_or(0, |r| r.0);
-        Some(Keys { kv, revision: (revision > 0).then_some(revision) })
     }
 
     /// What a request sent now asks.
@@ -423,71 +393,6 @@ impl RegistryAdapter for EtcdV3Adapter {
         }
         self.watch = WatchTrack::default();
         Pushed::Nothing
-    }
-}
-
-/// A full range answer as [`EtcdV3Adapter::read_fetch_typed`] reads it.
-#[derive(Deserialize)]
-struct FetchWire<'a> {
-    header: HeaderWire,
-    #[serde(default, borrow)]
-    kvs: Option<Vec<KvWire<'a>>>,
-    #[serde(default)]
-    more: Option<bool>,
-    #[serde(default)]
-    error: Present,
-    #[serde(default)]
-    message: Present,
-}
-
-#[derive(Deserialize)]
-struct HeaderWire {
-    #[serde(default)]
-    revision: Option<Int64>,
-}
-
-#[derive(Deserialize)]
-struct KvWire<'a> {
-    #[serde(default, borrow)]
-    key: Option<&'a str>,
-    #[serde(default, borrow)]
-    value: Option<&'a str>,
-    #[serde(default)]
-    mod_revision: Option<Int64>,
-}
-
-/// A field that is there, whatever its value (`null` included).
-#[derive(Default)]
-struct Present(bool);
-
-impl<'de> Deserialize<'de> for Present {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
-    }
-}
-
-/// proto3 JSON int64 as [`int64`] reads it: a string or an integer.
-struct Int64(i64);
-
-impl<'de> Deserialize<'de> for Int64 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = Int64;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an int64 as a string or an integer")
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int64, E> {
-                Ok(Int64(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int64, E> {
-                i64::try_from(v).map(Int64).map_err(E::custom)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int64, E> {
-                v.parse().map(Int64).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visit)
     }
 }
 
@@ -699,46 +604,6 @@ mod tests {
         let repaired = r.problems.iter().filter(|p| !p.skipped).count();
         assert_eq!((skipped, repaired), (4, 1), "{:#?}", r.problems);
         assert_eq!(cursor, RangeCursor { count: 7, max_mod_revision: 11 });
-    }
-
-    #[test]
-    fn the_typed_read_gives_the_trees_keys_or_leaves_the_answer_to_it() {
-        let a = EtcdV3Adapter::new("/p/");
-        let b64 = |s: &str| base64::encode(s.as_bytes());
-        let same: Vec<String> = vec![
-            String::from_utf8(answer(vec![kv("/p/10.0.0.1:80", r#"{"weight":2}"#, 5), kv("/p/x", "{}", 6)], 2))
-                .unwrap(),
-            r#"{"header":{"revision":"7"}}"#.into(),
-            r#"{"header":{}, "kvs":null}"#.into(),
-            format!(
-                r#"{{"header":{{"revision":9}},"kvs":[{{"key":"{}","mod_revision":3}}],"more":false}}"#,
-                b64("/p/10.0.0.2:80")
-            ),
-            format!(r#"{{"header":{{"revision":"0"}},"kvs":[{{"key":"{}","value":null}}]}}"#, b64("/p/10.0.0.3:80")),
-        ];
-        for body in &same {
-            let typed = a.read_fetch_typed(body.as_bytes()).unwrap_or_else(|| panic!("typed: {body}"));
-            let tree = a.read_fetch_tree(body.as_bytes()).unwrap();
-            assert_eq!((typed.kv, typed.revision), (tree.kv, tree.revision), "{body}");
-        }
-        let left: Vec<String> = vec![
-            r#"{"header":{},"error":null}"#.into(),
-            r#"{"header":{},"message":"denied"}"#.into(),
-            r#"{"header":{},"more":true}"#.into(),
-            r#"{"header":{},"kvs":[1]}"#.into(),
-            r#"{"header":{},"kvs":[{"key":"***"}]}"#.into(),
-            r#"{"header":{"revision":1.5}}"#.into(),
-            format!(r#"{{"header":{{}},"kvs":[{{"key":"{}\/"}}]}}"#, b64("/p/a")),
-            r#"{"kvs":[]}"#.into(),
-            "[]".into(),
-        ];
-        for body in &left {
-            assert!(a.read_fetch_typed(body.as_bytes()).is_none(), "{body}");
-        }
-        // What the tree makes of the answers left to it is what read_fetch gives.
-        assert!(matches!(a.read_fetch(left[0].as_bytes()), Err(AdapterError::Registry(_))));
-        assert!(matches!(a.read_fetch(left[2].as_bytes()), Err(AdapterError::BadShape(_))));
-        assert_eq!(a.read_fetch(left[3].as_bytes()).map(|k| k.kv.len()), Ok(1), "a key the tree reads as empty");
     }
 
     #[test]

@@ -205,3 +205,15 @@ fuzz-slow:
 
 ## ---- OCI image (make oci, make publish, make test-oci) ------------------
 include oci/oci.mk
+
+## ---- soak, natively (issue 10) ---------------------------------------------
+# benches/soak_heap.rs: benches/soak.py's updates fed to the poller natively
+# (its live heap bytes, per-call transients), then built for wasm32-wasip1
+# and run under Node's WASI (the module's linear memory, its own allocator).
+.PHONY: bench-heap
+bench-heap:
+	$(CARGO) bench --bench soak_heap
+	$(CARGO) bench --bench soak_heap -- --drift
+	$(CARGO) bench --bench soak_heap --no-run --target $(WASM_TARGET) --no-default-features
+	node --no-warnings benches/soak_heap_wasi.mjs \
+	  $$(ls -t target/$(WASM_TARGET)/release/deps/soak_heap-*.wasm | head -1)

@@ -18,6 +18,11 @@ impl MemberSet {
     /// set and the addresses that were dropped as duplicates.
     pub fn from_members(members: impl IntoIterator<Item = Member>) -> (Self, Vec<HostPort>) {
         let mut all: Vec<Member> = members.into_iter().collect();
+        // Already in address order, one per address (a list read from keys
+        // kept by address): taken as it is, with no sort buffer and no copy.
+        if all.windows(2).all(|w| matches!(w, [a, b] if a.addr < b.addr)) {
+            return (MemberSet { members: all }, Vec::new());
+        }
         // Stable sort keeps the registry's order among equal addresses.
         all.sort_by(|a, b| a.addr.cmp(&b.addr));
         let mut out: Vec<Member> = Vec::with_capacity(all.len());

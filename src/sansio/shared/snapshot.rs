@@ -12,7 +12,7 @@ use crate::sansio::model::update::{Published, Source};
 use crate::sansio::shared::keys::{publish_sequence_key, snapshot_key, version_key};
 use crate::sansio::shared::store::{cas_update, CasStep, Entry, SharedStore, StoreError};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// A published member list.
@@ -120,15 +120,73 @@ impl std::fmt::Display for SnapshotError {
     }
 }
 
+/// The members of a set as stored, written one [`MemberWire`] at a time
+/// (no list of them is built).
+struct MembersOut<'a>(&'a MemberSet);
+
+impl Serialize for MembersOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(MemberWire::from))
+    }
+}
+
+/// A snapshot's JSON (the bytes of [`SnapshotWire`]) but for the digits of
+/// its version, which go at `at`: one encoding of the members serves to
+/// compare with the stored snapshot and to write the next version.
+struct Unversioned {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+/// Room kept for the version's digits.
+const VERSION_DIGITS: usize = 20;
+
+impl Unversioned {
+    fn new(key: &str, source: Source, members: &MemberSet) -> Unversioned {
+        // ~100 bytes a member: the buffer is sized once, not grown by doubling.
+        let mut bytes = Vec::with_capacity(members.len().saturating_mul(112).saturating_add(key.len() + 64));
+        bytes.extend_from_slice(b"{\"key\":");
+        let _ = serde_json::to_writer(&mut bytes, key);
+        bytes.extend_from_slice(b",\"version\":");
+        let at = bytes.len();
+        bytes.extend_from_slice(b",\"source\":");
+        let _ = serde_json::to_writer(&mut bytes, source.as_str());
+        bytes.extend_from_slice(b",\"members\":");
+        let _ = serde_json::to_writer(&mut bytes, &MembersOut(members));
+        bytes.push(b'}');
+        bytes.reserve_exact(VERSION_DIGITS);
+        Unversioned { bytes, at }
+    }
+
+    /// The bytes with `version` in place.
+    fn with_version(mut self, version: u64) -> Vec<u8> {
+        let at = self.at.min(self.bytes.len());
+        let _ = self.bytes.splice(at..at, version.to_string().into_bytes());
+        self.bytes
+    }
+
+    /// The version of `stored` if it is these very bytes with a version.
+    fn version_of(&self, stored: &[u8]) -> Option<u64> {
+        let (head, tail) = self.bytes.split_at_checked(self.at)?;
+        let digits = stored.strip_prefix(head)?.strip_suffix(tail)?;
+        if digits.is_empty() || digits.len() > VERSION_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    }
+}
+
+/// What [`publish`] reads of a stored snapshot: its members are skipped, not decoded.
+#[derive(Deserialize)]
+struct StoredHead {
+    key: String,
+    version: u64,
+    source: String,
+}
+
 impl Snapshot {
     pub fn encode(&self, key: &str) -> Vec<u8> {
-        let wire = SnapshotWire {
-            key: key.to_string(),
-            version: self.version,
-            source: self.source.as_str().to_string(),
-            members: self.members.iter().map(MemberWire::from).collect(),
-        };
-        serde_json::to_vec(&wire).unwrap_or_default()
+        Unversioned::new(key, self.source, &self.members).with_version(self.version)
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
@@ -237,35 +295,51 @@ pub enum PublishOutcome {
 /// Publishes `update` for `upstream` with a CAS loop: the new version is
 /// one above whatever is stored at the moment of writing, so a concurrent
 /// writer's newer version is never overwritten by a blind set.
+///
+/// The members are encoded once, before the loop; the stored snapshot is
+/// compared with that encoding and only its head (key, version, source) is
+/// decoded, so a publish holds the new snapshot's bytes and the stored
+/// ones, not decoded copies of both lists (issue 10: what a change of an
+/// upstream allocates is what the poller's linear memory grows to).
 pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) -> Result<PublishOutcome, StoreError> {
     let key = snapshot_key(upstream);
     let mut outcome = PublishOutcome::Unchanged { version: 0 };
+    let mut encoded = Some(Unversioned::new(&key, update.source, &update.members));
     cas_update(store, &key, &mut |store, entry| {
-        let stored = match entry.value.as_deref().map(|v| Snapshot::decode(&key, v)) {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                log::warn!("upstream {upstream}: stored snapshot replaced: {e}");
-                None
-            }
+        // A retry (another writer got in between) encodes again.
+        let unversioned = encoded.take().unwrap_or_else(|| Unversioned::new(&key, update.source, &update.members));
+        let stored = match entry.value.as_deref() {
             None => None,
+            Some(v) => match unversioned.version_of(v) {
+                Some(version) => {
+                    outcome = PublishOutcome::Unchanged { version };
+                    return Ok(CasStep::Keep);
+                }
+                // A fallback list never replaces a readable one: read it whole.
+                None if update.source == Source::Fallback => match Snapshot::decode(&key, v) {
+                    Ok(s) if s.members == update.members && s.source == update.source => {
+                        outcome = PublishOutcome::Unchanged { version: s.version };
+                        return Ok(CasStep::Keep);
+                    }
+                    Ok(s) => {
+                        outcome = PublishOutcome::KeptStored { version: s.version };
+                        return Ok(CasStep::Keep);
+                    }
+                    Err(e) => Err(e),
+                },
+                None => stored_head(&key, v),
+            }
+            .map_err(|e| log::warn!("upstream {upstream}: stored snapshot replaced: {e}"))
+            .ok(),
         };
-        let version = match &stored {
-            Some(s) if s.members == update.members && s.source == update.source => {
-                outcome = PublishOutcome::Unchanged { version: s.version };
-                return Ok(CasStep::Keep);
-            }
-            Some(s) if update.source == Source::Fallback => {
-                outcome = PublishOutcome::KeptStored { version: s.version };
-                return Ok(CasStep::Keep);
-            }
-            Some(s) => s.version.saturating_add(1),
+        let version = match stored {
+            Some(v) => v.saturating_add(1),
             // Nothing readable stored: continue from the version entry, so a
             // version never repeats (a repeat could make Envoy keep an old list).
             None => read_version(store, upstream).map_or(1, |v| v.saturating_add(1)),
         };
-        let snapshot = Snapshot { version, source: update.source, members: update.members.clone() };
         outcome = PublishOutcome::Written { version };
-        Ok(CasStep::Write(snapshot.encode(&key)))
+        Ok(CasStep::Write(unversioned.with_version(version)))
     })?;
     if let PublishOutcome::Written { version } = outcome {
         // Written after the snapshot, so it is never ahead of it.
@@ -273,6 +347,17 @@ pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) 
         put_json(store, &vkey, &VersionWire { key: vkey.clone(), version })?;
     }
     Ok(outcome)
+}
+
+/// The version of a stored snapshot whose members differ from the ones
+/// being published, checked as [`Snapshot::decode`] checks the head.
+fn stored_head(key: &str, bytes: &[u8]) -> Result<u64, SnapshotError> {
+    let head: StoredHead = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    if head.key != key {
+        return Err(SnapshotError::OtherKey(head.key));
+    }
+    Source::parse(&head.source).ok_or_else(|| SnapshotError::Corrupt(format!("unknown source {:?}", head.source)))?;
+    Ok(head.version)
 }
 
 #[cfg(test)]
@@ -306,6 +391,39 @@ mod tests {
             Err(SnapshotError::OtherKey("upsync/v1/snap/web".into()))
         );
         assert!(matches!(Snapshot::decode("k", b"{"), Err(SnapshotError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_encoding_is_the_wire_structs_and_only_its_own_bytes_read_as_unchanged() {
+        let meta = MemberMeta {
+            locality: Locality { region: "eu".into(), zone: "z\"1".into(), sub_zone: String::new() },
+            tags: vec![("a".into(), "b".into())],
+        };
+        let members = MemberSet::from_members([
+            Member { addr: "10.0.0.1:80".parse().unwrap(), attrs: MemberAttrs::default(), meta },
+            Member::new("[::1]:81".parse().unwrap(), MemberAttrs { weight: 7, down: true, ..MemberAttrs::default() }),
+        ])
+        .0;
+        for (key, version, members) in [("k\"é", 12_345, members), ("upsync/v1/snap/web", u64::MAX, MemberSet::new())]
+        {
+            let s = Snapshot { version, source: Source::Fallback, members };
+            let wire = SnapshotWire {
+                key: key.into(),
+                version,
+                source: "fallback".into(),
+                members: s.members.iter().map(MemberWire::from).collect(),
+            };
+            let bytes = s.encode(key);
+            assert_eq!(bytes, serde_json::to_vec(&wire).unwrap());
+            let unversioned = Unversioned::new(key, s.source, &s.members);
+            assert_eq!(unversioned.version_of(&bytes), Some(version));
+            let other = Snapshot { version, source: Source::Registry, ..s.clone() }.encode(key);
+            assert_eq!(unversioned.version_of(&other), None, "another source");
+            let mut edited = bytes.clone();
+            edited.pop();
+            assert_eq!(unversioned.version_of(&edited), None);
+            assert_eq!(unversioned.version_of(b""), None);
+        }
     }
 
     #[test]

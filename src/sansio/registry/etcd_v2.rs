@@ -212,7 +212,7 @@ impl RegistryAdapter for EtcdV2Adapter {
         match news {
             ParentNews::Read { index, entries } => {
                 let keys =
-                    KvMembers::from_entries(&self.prefix, entries.into_iter().map(|(k, v)| (k.into_bytes(), v, 0)));
+                    KvMembers::from_entries(&self.prefix, entries.into_iter().map(|(k, v, _)| (k.into_bytes(), v, 0)));
                 let list = keys.list();
                 self.index = Some(index);
                 self.keys = Some(keys);

@@ -28,7 +28,9 @@ use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec, RegistrySpec};
 use crate::sansio::registry::consul::{BlockingQuery, IndexMove};
 use crate::sansio::registry::etcd_v2::{etcd_index, leaves, V2Event};
 use crate::sansio::registry::etcd_v3::prefix_range_end;
-use crate::sansio::registry::{check_json_budget, get_json, short_text, AdapterError, HttpRequest, HttpResponse};
+use crate::sansio::registry::{
+    check_json_budget, get_json, short_text, AdapterError, ChildKeys, HttpRequest, HttpResponse,
+};
 use crate::sansio::util::{base64, url};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,7 +45,7 @@ pub enum Listed {
     Unchanged,
     /// etcd v2: every child with every key under it (absolute key, value),
     /// read at store index `index`.
-    Children { index: u64, children: BTreeMap<String, Vec<(String, Vec<u8>)>> },
+    Children { index: u64, children: BTreeMap<String, ChildKeys> },
     /// etcd v2: the first change after the last answer, under child `name`.
     Change { name: String, event: V2Event },
     /// etcd v2: the watch cannot go on from here (history cleared, a change
@@ -386,7 +388,7 @@ fn etcd_v2_parse(parent: &str, index: &mut Option<u64>, response: &HttpResponse<
         };
         let mut entries = Vec::new();
         leaves(child, &mut entries)?;
-        children.insert(name.to_string(), entries);
+        children.insert(name.to_string(), entries.into_iter().map(|(k, v)| (k, v, 0)).collect());
     }
     *index = Some(at);
     Ok(Listed::Children { index: at, children })
@@ -502,8 +504,8 @@ mod tests {
         assert_eq!(
             children["web"],
             [
-                ("/upstreams/web/10.0.0.1:80".to_string(), b"{}".to_vec()),
-                ("/upstreams/web/deeper/x".to_string(), b"y".to_vec())
+                ("/upstreams/web/10.0.0.1:80".to_string(), b"{}".to_vec(), 0),
+                ("/upstreams/web/deeper/x".to_string(), b"y".to_vec(), 0)
             ]
         );
         assert!(a.watching());

@@ -140,13 +140,18 @@ pub enum Pushed {
     Delta(MemberList),
 }
 
-/// What a `discover[]` parent that watches all its children at once (etcd
-/// v2: one recursive long poll on the parent) read for one child.
+/// Every key under one child of a `discover[]` parent: absolute key, value,
+/// `mod_revision` (etcd v3; 0 on etcd v2).
+pub type ChildKeys = Vec<(String, Vec<u8>, i64)>;
+
+/// What a `discover[]` parent that reads its children for them read for
+/// one child (etcd v2: its full read and its one recursive long poll;
+/// etcd v3 without a watch: one transaction of range reads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParentNews<'a> {
     /// A full read of the parent at store index `index`: every key under
     /// this child, with its value.
-    Read { index: u64, entries: Vec<(String, Vec<u8>)> },
+    Read { index: u64, entries: ChildKeys },
     /// One change under this child, the first after the parent's last answer.
     Change(&'a etcd_v2::V2Event),
 }

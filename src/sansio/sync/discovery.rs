@@ -11,7 +11,7 @@
 use crate::sansio::config::{refusal, DiscoverConfig, NamePattern};
 use crate::sansio::registry::etcd_v2::V2Event;
 use crate::sansio::registry::listing::{ChildMark, Listed, ListingAdapter};
-use crate::sansio::registry::{HttpRequest, HttpResponse};
+use crate::sansio::registry::{ChildKeys, HttpRequest, HttpResponse};
 use crate::sansio::util::backoff::Backoff;
 use crate::sansio::util::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,7 +56,7 @@ pub enum DiscoveryEvent {
     /// to hand to each upstream found (after `Changed`, so new ones get theirs).
     Read {
         index: u64,
-        children: BTreeMap<String, Vec<(String, Vec<u8>)>>,
+        children: BTreeMap<String, ChildKeys>,
     },
     /// etcd v2: one change under child `name`, for its upstream to apply.
     Change {

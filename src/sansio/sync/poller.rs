@@ -19,7 +19,7 @@ use crate::sansio::model::update::Source;
 use crate::sansio::registry::etcd_v2::V2Event;
 use crate::sansio::registry::etcd_watch;
 use crate::sansio::registry::listing::ChildMark;
-use crate::sansio::registry::{adapter_for, HttpRequest, HttpResponse, ParentNews};
+use crate::sansio::registry::{adapter_for, ChildKeys, HttpRequest, HttpResponse, ParentNews};
 use crate::sansio::shared::keys::{cds_key, discovered_key};
 use crate::sansio::shared::lease::{self, Election};
 use crate::sansio::shared::names;
@@ -967,12 +967,12 @@ impl Poller {
 
 /// What an etcd v2 parent read for one child, as the poller hands it on.
 enum FeedNews {
-    Read { index: u64, entries: Vec<(String, Vec<u8>)> },
+    Read { index: u64, entries: ChildKeys },
     Change(V2Event),
 }
 
 /// What a full read handed a child, in a word.
-fn fingerprint(entries: &[(String, Vec<u8>)]) -> u64 {
+fn fingerprint(entries: &ChildKeys) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     entries.hash(&mut h);

@@ -22,6 +22,8 @@ DISCOVER_TEMPLATE = REPO / "envoy" / "discover.yaml"
 
 REGISTRIES = {
     "etcd_v3": {"type": "etcd_v3", "target": "etcd", "prefix": "/upstreams/", "grpc_target": "etcd_grpc"},
+    # No watch: the listing reads the upstreams whose keys moved, in transactions.
+    "etcd_v3_nowatch": {"type": "etcd_v3", "target": "etcd", "prefix": "/upstreams/"},
     "etcd_v2": {"type": "etcd_v2", "target": "etcd", "prefix": "/upstreams/", "wait_ms": 5000},
     "consul_kv": {"type": "consul_kv", "target": "consul", "prefix": "upstreams/", "wait_ms": 5000},
 }
@@ -47,7 +49,7 @@ class DiscoverStack:
     def put(self, upstream: str, backend: str) -> None:
         address = self.backends[backend].address
         value = harness.member_value()
-        if self.kind == "etcd_v3":
+        if self.kind.startswith("etcd_v3"):
             self.etcd.put(f"/upstreams/{upstream}/{address}", value)
         elif self.kind == "etcd_v2":
             self.etcd.v2_put(f"/upstreams/{upstream}/{address}", value)
@@ -56,7 +58,7 @@ class DiscoverStack:
 
     def delete(self, upstream: str, backend: str) -> None:
         address = self.backends[backend].address
-        if self.kind == "etcd_v3":
+        if self.kind.startswith("etcd_v3"):
             self.etcd.delete(f"/upstreams/{upstream}/{address}")
         elif self.kind == "etcd_v2":
             self.etcd.v2_delete(f"/upstreams/{upstream}/{address}")

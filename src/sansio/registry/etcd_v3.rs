@@ -27,7 +27,7 @@
 
 use crate::sansio::registry::etcd_watch::{Event, EventKind, WatchMessage, WatchResponse};
 use crate::sansio::registry::kv_layout::KvMembers;
-use crate::sansio::registry::{AdapterError, HttpRequest, Pushed};
+use crate::sansio::registry::{AdapterError, ChildKeys, HttpRequest, ParentNews, Pushed};
 use crate::sansio::registry::{HttpResponse, MemberList, Poll, RegistryAdapter};
 use crate::sansio::util::base64;
 use serde_json::{json, Value};
@@ -352,6 +352,17 @@ impl RegistryAdapter for EtcdV3Adapter {
         }
     }
 
+    fn fed(&mut self, news: ParentNews<'_>) -> Option<Poll> {
+        let ParentNews::Read { index, entries } = news else {
+            return None;
+        };
+        let kv = KvMembers::from_entries(&self.prefix, entries.into_iter().map(|(k, v, r)| (k.into_bytes(), v, r)));
+        let list = kv.list();
+        self.drop_keys();
+        self.keys = Some(Keys { kv, revision: i64::try_from(index).ok().filter(|r| *r > 0) });
+        Some(Poll::Members(list))
+    }
+
     fn reset(&mut self) {
         self.drop_keys();
     }
@@ -397,6 +408,26 @@ impl RegistryAdapter for EtcdV3Adapter {
 }
 
 /// `header.revision`, `None` when absent or 0.
+/// Every key under `prefix` of a range answer (an object with `kvs`), with
+/// its value and `mod_revision`, as a `discover[]` parent hands them to a child.
+pub fn range_keys(range: &Value) -> Result<ChildKeys, AdapterError> {
+    if range.get("more").and_then(Value::as_bool) == Some(true) {
+        return Err(AdapterError::BadShape("range answer is truncated (\"more\": true)".into()));
+    }
+    let mut out = Vec::new();
+    for kv in kvs(range)? {
+        let key = String::from_utf8(b64_field(kv, "key")?)
+            .map_err(|_| AdapterError::BadShape("kvs[].key is not UTF-8".into()))?;
+        out.push((key, b64_field(kv, "value")?, int64(kv.get("mod_revision"), "kvs[].mod_revision")?));
+    }
+    Ok(out)
+}
+
+/// The store revision of an answer's header (`None` for none or 0).
+pub fn answer_revision(root: &Value) -> Result<Option<i64>, AdapterError> {
+    header_revision(root)
+}
+
 fn header_revision(root: &Value) -> Result<Option<i64>, AdapterError> {
     let revision = int64(root.get("header").and_then(|h| h.get("revision")), "header.revision")?;
     Ok((revision > 0).then_some(revision))

@@ -27,7 +27,7 @@
 use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec, RegistrySpec};
 use crate::sansio::registry::consul::{BlockingQuery, IndexMove};
 use crate::sansio::registry::etcd_v2::{etcd_index, leaves, V2Event};
-use crate::sansio::registry::etcd_v3::prefix_range_end;
+use crate::sansio::registry::etcd_v3::{answer_revision, prefix_range_end, range_keys};
 use crate::sansio::registry::{
     check_json_budget, get_json, short_text, AdapterError, ChildKeys, HttpRequest, HttpResponse,
 };
@@ -81,8 +81,11 @@ impl Listed {
 
 #[derive(Debug, Clone)]
 enum Kind {
+    /// `feed`: no watch (no `grpc_target`), so the listing reads the
+    /// children whose mark moved for them, in transactions.
     EtcdV3 {
         parent: String,
+        feed: bool,
     },
     /// `index`: the store index of the last answer; `None` → a full read next.
     EtcdV2 {
@@ -118,7 +121,9 @@ impl ListingAdapter {
     pub fn new(spec: &RegistrySpec, tag: Option<&str>, most: usize) -> Self {
         let (mut dc, mut consistency, mut wait_ms) = (None, Consistency::Default, 0);
         let kind = match spec {
-            RegistrySpec::EtcdV3 { prefix, .. } => Kind::EtcdV3 { parent: prefix.clone() },
+            RegistrySpec::EtcdV3 { prefix, grpc_target } => {
+                Kind::EtcdV3 { parent: prefix.clone(), feed: grpc_target.is_none() }
+            }
             RegistrySpec::EtcdV2 { prefix, wait_ms } => {
                 Kind::EtcdV2 { parent: prefix.clone(), wait_ms: *wait_ms, index: None }
             }
@@ -155,7 +160,72 @@ impl ListingAdapter {
     /// The listing carries every child's members, and its next call
     /// watches them: the upstreams found make no calls of their own.
     pub fn feeds_children(&self) -> bool {
-        matches!(self.kind, Kind::EtcdV2 { .. })
+        matches!(self.kind, Kind::EtcdV2 { .. } | Kind::EtcdV3 { feed: true, .. })
+    }
+
+    /// etcd v3 without a watch: one transaction reading every key of the
+    /// children `names` (at most [`MAX_TXN_READS`]), `<parent><name>/` each.
+    pub fn children_request(&self, names: &[String]) -> Option<HttpRequest> {
+        let Kind::EtcdV3 { parent, feed: true } = &self.kind else {
+            return None;
+        };
+        let reads: Vec<Value> = names
+            .iter()
+            .map(|name| {
+                let prefix = format!("{parent}{name}/");
+                json!({"request_range": {
+                    "key": base64::encode(prefix.as_bytes()),
+                    "range_end": base64::encode(&prefix_range_end(prefix.as_bytes())),
+                }})
+            })
+            .collect();
+        Some(HttpRequest {
+            method: "POST",
+            path: "/v3/kv/txn".to_string(),
+            headers: vec![("content-type".to_string(), "application/json".to_string())],
+            body: json!({ "success": reads }).to_string().into_bytes(),
+        })
+    }
+
+    /// The answer to [`ListingAdapter::children_request`] for `names`: the
+    /// store revision and each child's keys.
+    pub fn parse_children(
+        &self,
+        response: &HttpResponse<'_>,
+        names: &[String],
+    ) -> Result<(u64, BTreeMap<String, ChildKeys>), AdapterError> {
+        response.expect_ok().map_err(|e| match e {
+            AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
+            other => other,
+        })?;
+        check_json_budget(response.body)?;
+        let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
+        if let Some(e) = root.get("error").or_else(|| root.get("message")) {
+            return Err(AdapterError::Registry(e.as_str().unwrap_or("(no message)").chars().take(200).collect()));
+        }
+        let revision = answer_revision(&root)?
+            .and_then(|r| u64::try_from(r).ok())
+            .ok_or_else(|| AdapterError::BadShape("no header.revision in the transaction answer".into()))?;
+        let answers = match root.get("responses") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(_) => return Err(AdapterError::BadShape("\"responses\" is not an array".into())),
+        };
+        if answers.len() != names.len() {
+            return Err(AdapterError::BadShape(format!(
+                "{} answers to a transaction of {} reads",
+                answers.len(),
+                names.len()
+            )));
+        }
+        let mut children = BTreeMap::new();
+        for (name, answer) in names.iter().zip(answers) {
+            // An empty range is `{}` (proto3 JSON leaves empty fields out).
+            let empty = Value::Object(serde_json::Map::new());
+            let range = answer.get("response_range").unwrap_or(&empty);
+            children.insert(name.clone(), range_keys(range)?);
+        }
+        Ok((revision, children))
     }
 
     /// The next call is a long poll (not a full read).
@@ -173,7 +243,7 @@ impl ListingAdapter {
 
     pub fn request(&self) -> HttpRequest {
         match &self.kind {
-            Kind::EtcdV3 { parent } => {
+            Kind::EtcdV3 { parent, .. } => {
                 let body = json!({
                     "key": base64::encode(parent.as_bytes()),
                     "range_end": base64::encode(&prefix_range_end(parent.as_bytes())),
@@ -237,14 +307,14 @@ impl ListingAdapter {
         if missing {
             return Ok(Listed::Names(BTreeSet::new()));
         }
-        if let Kind::EtcdV3 { parent } = &self.kind {
+        if let Kind::EtcdV3 { parent, .. } = &self.kind {
             check_json_budget(response.body)?;
             return Ok(Listed::Marked(etcd_v3_children(parent, response.body)?));
         }
         check_json_budget(response.body)?;
         let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
         let names = match &self.kind {
-            Kind::EtcdV3 { parent } => etcd_v3_children(parent, response.body)?.into_keys().collect(),
+            Kind::EtcdV3 { parent, .. } => etcd_v3_children(parent, response.body)?.into_keys().collect(),
             Kind::EtcdV2 { .. } => return Err(AdapterError::BadShape("etcd v2 is read above".into())),
             Kind::ConsulKv { parent } => consul_kv_children(parent.trim_start_matches('/'), &root)?,
             Kind::ConsulServices { tag } => consul_services(tag.as_deref(), &root)?,
@@ -254,6 +324,9 @@ impl ListingAdapter {
         Ok(Listed::Names(names))
     }
 }
+
+/// The most reads one transaction carries: etcd's default `--max-txn-ops`.
+pub const MAX_TXN_READS: usize = 128;
 
 /// The name of the child a key lies under: `<parent><name>/...`. Keys
 /// directly under the parent (no second '/') belong to no child.

@@ -10,7 +10,7 @@
 
 use crate::sansio::config::{refusal, DiscoverConfig, NamePattern};
 use crate::sansio::registry::etcd_v2::V2Event;
-use crate::sansio::registry::listing::{ChildMark, Listed, ListingAdapter};
+use crate::sansio::registry::listing::{ChildMark, Listed, ListingAdapter, MAX_TXN_READS};
 use crate::sansio::registry::{ChildKeys, HttpRequest, HttpResponse};
 use crate::sansio::util::backoff::Backoff;
 use crate::sansio::util::rng::Rng;
@@ -115,6 +115,16 @@ pub struct ListingMachine {
     /// its long poll watches it), and when it last was.
     full_due: u64,
     last_full: Option<u64>,
+    /// etcd v3 without a watch: the last listing's marks, the mark each
+    /// child was last read at, the children to read (in transactions of
+    /// at most [`MAX_TXN_READS`]), the ones being read, the ones an
+    /// upstream asked to read again at a time, and the next listing.
+    listed_marks: BTreeMap<String, ChildMark>,
+    fed_marks: BTreeMap<String, ChildMark>,
+    to_read: BTreeSet<String>,
+    reading: Vec<String>,
+    wanted: BTreeMap<String, u64>,
+    next_listing: u64,
 }
 
 impl ListingMachine {
@@ -141,6 +151,12 @@ impl ListingMachine {
             last_listing_ms: None,
             full_due: 0,
             last_full: None,
+            listed_marks: BTreeMap::new(),
+            fed_marks: BTreeMap::new(),
+            to_read: BTreeSet::new(),
+            reading: Vec::new(),
+            wanted: BTreeMap::new(),
+            next_listing: 0,
         }
     }
 
@@ -153,7 +169,23 @@ impl ListingMachine {
     /// An upstream this entry feeds wants a full read at `at` (a change it
     /// could not apply, a held removal to confirm): the parent is read in
     /// full then, or as soon as the call in flight is answered.
-    pub fn reread_at(&mut self, now: u64, at: u64) {
+    /// The upstream `name` this entry feeds wants its keys read at `at`:
+    /// etcd v3 reads that child alone; etcd v2 reads the whole parent.
+    pub fn reread(&mut self, name: &str, now: u64, at: u64) {
+        if self.reads_children() {
+            let due = self.wanted.entry(name.to_string()).or_insert(at);
+            *due = (*due).min(at);
+        } else {
+            self.reread_at(now, at);
+        }
+    }
+
+    /// etcd v3 without a watch: children are read by transaction.
+    fn reads_children(&self) -> bool {
+        self.adapter.feeds_children() && !self.adapter.blocks()
+    }
+
+    fn reread_at(&mut self, now: u64, at: u64) {
         let at = self.last_full.map_or(at, |t| at.max(t.saturating_add(REREAD_GAP_MS)));
         self.full_due = self.full_due.min(at);
         if let Phase::Waiting { until } = &mut self.phase {
@@ -173,6 +205,11 @@ impl ListingMachine {
     pub fn restart(&mut self) {
         self.adapter.reset();
         self.full_due = 0;
+        self.fed_marks.clear();
+        self.to_read.clear();
+        self.reading.clear();
+        self.wanted.clear();
+        self.phase = Phase::Waiting { until: 0 };
     }
 
     /// The names of the upstreams found, in force.
@@ -197,19 +234,41 @@ impl ListingMachine {
     #[must_use]
     pub fn poll_timeout(&self) -> u64 {
         match self.phase {
-            Phase::Waiting { until } | Phase::Backoff { until, .. } => until,
+            Phase::Waiting { until } => self.wanted.values().fold(until, |a, b| a.min(*b)),
+            Phase::Backoff { until, .. } => until,
             Phase::InFlight { deadline, .. } => deadline,
         }
     }
 
     /// The call to send now, if one is due.
     pub fn poll_transmit(&mut self, now: u64) -> Option<ListingCall> {
+        let wanted_due = self.wanted.values().any(|at| *at <= now);
         match self.phase {
-            Phase::Waiting { until } | Phase::Backoff { until, .. } if until <= now => {}
+            Phase::Waiting { until } if until <= now || wanted_due => {}
+            Phase::Backoff { until, .. } if until <= now => {}
             _ => return None,
         }
         let id = self.next_id;
         self.next_id += 1;
+        if self.reads_children() {
+            let due: Vec<String> = self.wanted.iter().filter(|(_, at)| **at <= now).map(|(n, _)| n.clone()).collect();
+            for name in due {
+                self.wanted.remove(&name);
+                self.to_read.insert(name);
+            }
+            let names: Vec<String> = self.to_read.iter().take(MAX_TXN_READS).cloned().collect();
+            if let Some(mut request) = self.adapter.children_request(&names).filter(|_| !names.is_empty()) {
+                for name in &names {
+                    self.to_read.remove(name);
+                }
+                self.reading = names;
+                request.headers.extend(self.headers.iter().cloned());
+                let timeout_ms = self.timeout_ms;
+                let deadline = now.saturating_add(timeout_ms).saturating_add(DEADLINE_GRACE_MS);
+                self.phase = Phase::InFlight { id, sent: now, hold: 0, deadline };
+                return Some(ListingCall { id, request, timeout_ms });
+            }
+        }
         let mut hold = self.adapter.hold_ms();
         if self.adapter.watching() {
             if now >= self.full_due {
@@ -255,6 +314,9 @@ impl ListingMachine {
             Phase::InFlight { id: current, sent, hold, .. } if current == id => (sent, hold),
             _ => return,
         };
+        if !self.reading.is_empty() {
+            return self.handle_children(now, &response);
+        }
         match self.adapter.parse(&response) {
             Err(e) => {
                 self.adapter.reset();
@@ -292,6 +354,23 @@ impl ListingMachine {
                 self.full_due = self.full_due.min(until);
                 self.phase = Phase::Waiting { until };
             }
+            Ok(Listed::Marked(marks)) if self.reads_children() => {
+                self.listings_ok += 1;
+                self.last_listing_ms = Some(now);
+                self.apply(now, marks.keys().cloned().collect());
+                // Read the children found whose mark moved since they were read.
+                let names = &self.names;
+                self.fed_marks.retain(|name, _| names.contains(name));
+                for (name, mark) in marks.iter().filter(|(name, _)| names.contains(*name)) {
+                    if self.fed_marks.get(name) != Some(mark) {
+                        self.to_read.insert(name.clone());
+                    }
+                }
+                self.listed_marks = marks;
+                self.next_listing = now + self.interval_ms;
+                let next = if self.to_read.is_empty() { self.next_listing } else { now };
+                self.phase = Phase::Waiting { until: self.confirm_by(next) };
+            }
             Ok(listed @ (Listed::Names(_) | Listed::Marked(_))) => {
                 self.listings_ok += 1;
                 self.last_listing_ms = Some(now);
@@ -306,6 +385,27 @@ impl ListingMachine {
                 self.apply(now, names);
                 let next = if self.adapter.blocks() { now } else { now + self.interval_ms };
                 self.phase = Phase::Waiting { until: self.confirm_by(next) };
+            }
+        }
+    }
+
+    /// The answer to a transaction reading the children in `reading`.
+    fn handle_children(&mut self, now: u64, response: &HttpResponse<'_>) {
+        let names = std::mem::take(&mut self.reading);
+        match self.adapter.parse_children(response, &names) {
+            Ok((index, children)) => {
+                for name in &names {
+                    if let Some(mark) = self.listed_marks.get(name) {
+                        self.fed_marks.insert(name.clone(), *mark);
+                    }
+                }
+                self.events.push(DiscoveryEvent::Read { index, children });
+                let next = if self.to_read.is_empty() { self.next_listing.max(now) } else { now };
+                self.phase = Phase::Waiting { until: next };
+            }
+            Err(e) => {
+                self.to_read.extend(names);
+                self.fail(now, format!("reading the upstreams found: {e}"));
             }
         }
     }

@@ -700,7 +700,7 @@ impl Poller {
     /// Hands what `discover[d]`'s parent read to the upstreams it feeds;
     /// asks the parent for a full read when one of them wants it.
     fn feed(&mut self, d: usize, news: Vec<(String, FeedNews)>, now: u64) {
-        let mut reread: Option<u64> = None;
+        let mut reread: Vec<(String, u64)> = Vec::new();
         for (name, item) in news {
             let fed = |u: &mut Upstream, news: ParentNews<'_>| u.machine.handle_fed(now, news);
             let wants = match (self.found(d, &name), item) {
@@ -732,12 +732,13 @@ impl Poller {
                 (None, FeedNews::Read { .. }) => None,
             };
             if let Some(ms) = wants {
-                let at = now.saturating_add(ms);
-                reread = Some(reread.map_or(at, |r| r.min(at)));
+                reread.push((name, now.saturating_add(ms)));
             }
         }
-        if let (Some(at), Some(entry)) = (reread, self.discoveries.get_mut(d)) {
-            entry.machine.reread_at(now, at);
+        if let Some(entry) = self.discoveries.get_mut(d) {
+            for (name, at) in reread {
+                entry.machine.reread(&name, now, at);
+            }
         }
     }
 

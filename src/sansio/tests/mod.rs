@@ -2,7 +2,7 @@
 
 mod deltas;
 mod discovery;
-mod discovery_v2;
+mod discovery_fed;
 mod locality;
 pub mod testkit;
 mod worker_sim;

@@ -40,6 +40,28 @@ impl EtcdScript {
     }
     pub fn answer(&self, request: &HttpRequest) -> Vec<u8> {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
+        if request.path == "/v3/kv/txn" {
+            // Range reads only, as the gateway answers them.
+            let responses: Vec<Value> = body["success"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|op| {
+                    let range = HttpRequest {
+                        method: "POST",
+                        path: "/v3/kv/range".into(),
+                        headers: Vec::new(),
+                        body: op["request_range"].to_string().into_bytes(),
+                    };
+                    let mut answer: Value = serde_json::from_slice(&self.answer(&range)).unwrap();
+                    answer.as_object_mut().unwrap().remove("header");
+                    json!({ "response_range": answer })
+                })
+                .collect();
+            let answer = json!({"header": {"revision": self.revision.to_string()}, "succeeded": true,
+                "responses": responses});
+            return answer.to_string().into_bytes();
+        }
         let prefix = String::from_utf8(base64::decode(body["key"].as_str().unwrap()).unwrap()).unwrap();
         let mut kvs: Vec<&(String, String, i64)> = self.kvs.iter().filter(|kv| kv.0.starts_with(&prefix)).collect();
         let count = kvs.len();

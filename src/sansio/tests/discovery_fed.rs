@@ -1,7 +1,9 @@
-//! `discover[]` on etcd v2: the parent is read in full (members included)
-//! and then watched by one recursive long poll, whose events go to the
-//! upstream they concern as deltas. One call is ever in flight for the
-//! whole parent, and the upstreams found make none of their own.
+//! `discover[]` entries that read their children for them, so that one
+//! call is ever in flight for the whole parent and the upstreams found make
+//! none of their own: etcd v2 (a full read of the parent with every member,
+//! then one recursive long poll whose events go to the upstream they
+//! concern as deltas) and etcd v3 without a watch (the keys-only listing,
+//! then transactions reading the children whose mark moved).
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -14,7 +16,7 @@ use crate::sansio::shared::snapshot;
 use crate::sansio::shared::status::DiscoveryRecord;
 use crate::sansio::shared::store::{MemoryStore, SharedStore, StoreRules};
 use crate::sansio::sync::poller::{Action, Dispatch, Leadership, Poller, DISCOVERY_CALLER};
-use crate::sansio::tests::testkit::EtcdV2Script;
+use crate::sansio::tests::testkit::{EtcdScript, EtcdV2Script};
 
 const ENVOY: &str = r#"{"discover":[{"registry":{"type":"etcd_v2","target":"etcd","prefix":"/upstreams/",
     "wait_ms":20000},"interval_ms":10000,"timeout_ms":1000,"defaults":{"interval_ms":1000}}]}"#;
@@ -277,4 +279,83 @@ fn a_short_interval_never_makes_a_loop_of_calls() {
     assert!(full.len() <= 31 && polls.len() <= 31, "{} full reads, {} long polls in a minute", full.len(), polls.len());
     assert!(full.len() >= 20, "the full reads still come about every {} ms: {}", 2000, full.len());
     assert_eq!(r.members("web"), ["10.0.0.1:80"]);
+}
+
+const V3: &str = r#"{"discover":[{"registry":{"type":"etcd_v3","target":"etcd","prefix":"/upstreams/"},
+    "interval_ms":1000,"timeout_ms":1000,"defaults":{"interval_ms":600000}}]}"#;
+
+/// Runs the poller to `until`, answering each call at once from `etcd`;
+/// returns the paths of the calls, checking none is sent while another is out.
+fn run_v3(p: &mut Poller, store: &mut MemoryStore, etcd: &EtcdScript, until: u64) -> Vec<String> {
+    let mut paths = Vec::new();
+    while let Some(due) = p.poll_timeout().filter(|d| *d <= until) {
+        p.handle_timeout(store, due);
+        loop {
+            let calls: Vec<Dispatch> = std::iter::from_fn(|| p.poll_action())
+                .filter_map(|a| match a {
+                    Action::Dispatch(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
+            assert!(calls.len() <= 1, "{} calls at once", calls.len());
+            let Some(call) = calls.into_iter().next() else { break };
+            assert!(call.upstream >= DISCOVERY_CALLER, "a found upstream called etcd itself");
+            paths.push(call.request.path.clone());
+            let body = etcd.answer(&call.request);
+            p.handle_response(due, call.upstream, call.id, HttpResponse::new(Some(200), &[], &body));
+        }
+        p.flush(store);
+    }
+    paths
+}
+
+#[test]
+fn etcd_v3_without_a_watch_reads_the_children_whose_mark_moved_in_transactions() {
+    let mut etcd = EtcdScript::new();
+    for u in 0..300 {
+        etcd.put_key(&format!("/upstreams/u{u}/10.0.0.1:80"), "{}");
+    }
+    let mut store = MemoryStore::new(StoreRules::Envoy);
+    let mut p = Poller::new(&PluginConfig::parse(V3.as_bytes()).unwrap(), Leadership::Singleton, 7);
+    let paths = run_v3(&mut p, &mut store, &etcd, 0);
+    // One listing, then every child read: 300 in transactions of 128.
+    assert_eq!(paths, ["/v3/kv/range", "/v3/kv/txn", "/v3/kv/txn", "/v3/kv/txn"]);
+    assert_eq!(names::read(&store as &dyn SharedStore, &cds_key()).unwrap().unwrap().len(), 300);
+    assert_eq!(snapshot::read(&store, "u7").unwrap().unwrap().members.len(), 1);
+
+    // One child changes: the next listing sees its mark move and reads it alone.
+    etcd.put_key("/upstreams/u7/10.0.0.2:80", "{}");
+    let paths = run_v3(&mut p, &mut store, &etcd, 1000);
+    assert_eq!(paths, ["/v3/kv/range", "/v3/kv/txn"]);
+    assert_eq!(snapshot::read(&store, "u7").unwrap().unwrap().members.len(), 2);
+    // Nothing changes: a listing a second, nothing else.
+    let paths = run_v3(&mut p, &mut store, &etcd, 3000);
+    assert_eq!(paths, ["/v3/kv/range", "/v3/kv/range"]);
+}
+
+#[test]
+fn etcd_v3_without_a_watch_confirms_a_held_removal_by_reading_that_child_again() {
+    let json = V3.replace(r#""interval_ms":600000"#, r#""interval_ms":5000"#);
+    let mut etcd = EtcdScript::new();
+    for m in 1..=4 {
+        etcd.put_key(&format!("/upstreams/web/10.0.0.{m}:80"), "{}");
+    }
+    let mut store = MemoryStore::new(StoreRules::Envoy);
+    let mut p = Poller::new(&PluginConfig::parse(json.as_bytes()).unwrap(), Leadership::Singleton, 7);
+    run_v3(&mut p, &mut store, &etcd, 0);
+    for m in 1..=3 {
+        etcd.put_key(&format!("/upstreams/web/10.0.0.{m}:80"), "");
+    }
+    let mut gone = EtcdScript::new();
+    for _ in 0..20 {
+        gone.touch_elsewhere();
+    }
+    gone.put_key("/upstreams/web/10.0.0.4:80", "{}");
+    run_v3(&mut p, &mut store, &gone, 1000);
+    assert_eq!(snapshot::read(&store, "web").unwrap().unwrap().members.len(), 4, "75 % removed: held");
+    // The listing's mark does not move again, yet the hold's own read comes
+    // interval_ms (5 s) after it.
+    let paths = run_v3(&mut p, &mut store, &gone, 6000);
+    assert!(paths.iter().any(|p| p == "/v3/kv/txn"), "{paths:?}");
+    assert_eq!(snapshot::read(&store, "web").unwrap().unwrap().members.len(), 1, "confirmed");
 }

@@ -23,6 +23,25 @@ pub fn read(store: &dyn SharedStore, key: &str) -> Result<Option<Vec<String>>, S
     Ok(wire.map(|w| w.names))
 }
 
+/// As [`read`], but `Ok(None)` while the entry's cas is still `seen` (not
+/// written since the last read): a follower looking every second at a
+/// listing of thousands of names parses it only when it changed.
+pub fn read_changed(
+    store: &dyn SharedStore,
+    key: &str,
+    seen: &mut Option<u32>,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let entry = store.get(key)?;
+    if entry.cas.is_some() && entry.cas == *seen {
+        return Ok(None);
+    }
+    let names = snapshot::keyed_value(&entry, key, |w: &NamesWire| &w.key).map(|w| w.names);
+    if names.is_some() {
+        *seen = entry.cas;
+    }
+    Ok(names)
+}
+
 /// Adds `mine` to the list under `key` and takes `dropped` out of it, by
 /// compare-and-swap, keeping what other writers listed: several nginx
 /// filters each poll their own upstreams and share one index.
@@ -66,5 +85,17 @@ mod tests {
         assert_eq!(read(&store, "k").unwrap().unwrap(), ["b", "c"]);
         merge(&mut store, "k", &[], &[]).unwrap();
         assert_eq!(read(&store, "k").unwrap().unwrap(), ["b", "c"]);
+    }
+
+    #[test]
+    fn read_changed_parses_only_what_was_written_since() {
+        let mut store = MemoryStore::new(StoreRules::NgxWasm);
+        let mut seen = None;
+        assert_eq!(read_changed(&store, "k", &mut seen).unwrap(), None);
+        write(&mut store, "k", &strings(&["a"])).unwrap();
+        assert_eq!(read_changed(&store, "k", &mut seen).unwrap().unwrap(), ["a"]);
+        assert_eq!(read_changed(&store, "k", &mut seen).unwrap(), None, "not written since");
+        write(&mut store, "k", &strings(&["a", "b"])).unwrap();
+        assert_eq!(read_changed(&store, "k", &mut seen).unwrap().unwrap(), ["a", "b"]);
     }
 }

@@ -148,6 +148,8 @@ struct Discovery {
     unwritten: bool,
     /// The status record waits for [`Poller::flush`].
     status_stale: bool,
+    /// nginx followers: the cas of the leader's listing they last adopted.
+    listing_seen: Option<u32>,
 }
 
 pub struct Poller {
@@ -192,6 +194,7 @@ impl Poller {
                 part,
                 unwritten: false,
                 status_stale: true,
+                listing_seen: None,
             })
             .collect();
         let mut poller = Poller {
@@ -863,7 +866,7 @@ impl Poller {
         let changed = part != entry.part;
         entry.part = part;
         if part == Part::Following {
-            match names::read(store, &discovered_key(d)) {
+            match names::read_changed(store, &discovered_key(d), &mut entry.listing_seen) {
                 Ok(Some(found)) => {
                     if let Some(DiscoveryEvent::Changed { added, removed }) =
                         entry.machine.adopt(found.into_iter().collect::<BTreeSet<String>>())

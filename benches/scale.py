@@ -163,8 +163,11 @@ def cpu_line(r: dict) -> str:
 
 
 CONTROL_TEMPLATE = """# scale.py's control: the plugin's EDS clusters, no wasm; their EDS is
-# served by the bench (ControlEds) on EDS_PORT.
+# served by the bench (ControlEds) on EDS_PORT. The bootstrap settings of
+# benches/envoy-scale-bench.yaml (the shipped ones), except that the EDS
+# cluster speaks HTTP/1.1: ControlEds has no HTTP/2.
 node: {id: scale-bench, cluster: scale-bench}
+stats_flush_interval: 60s
 admin:
   address:
     socket_address: {address: 127.0.0.1, port_value: ${ADMIN_PORT}}
@@ -174,6 +177,11 @@ ${EDS_CLUSTERS}
   - name: upsync_eds
     type: STATIC
     connect_timeout: 0.25s
+    circuit_breakers:
+      thresholds:
+      - max_requests: 20000
+        max_pending_requests: 20000
+        max_connections: 20000
     load_assignment:
       cluster_name: upsync_eds
       endpoints:

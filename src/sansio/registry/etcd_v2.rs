@@ -107,6 +107,15 @@ impl V2Event {
     }
 }
 
+/// A long poll's hold ran out with no event: the proxy ends the call with a
+/// 504, or with no status when etcd had already sent its headers, or (on
+/// ngx_wasm_module, measured) with etcd's 200 and no body at all: an event
+/// always has a JSON body.
+pub(crate) fn long_poll_ran_out(response: &HttpResponse<'_>) -> bool {
+    let cut_after_headers = response.status == Some(200) && response.body_size == 0;
+    matches!(response.status, None | Some(504)) || cut_after_headers
+}
+
 pub(crate) fn etcd_index(response: &HttpResponse<'_>, body: &Value) -> Option<u64> {
     response
         .header("x-etcd-index")
@@ -145,12 +154,7 @@ impl RegistryAdapter for EtcdV2Adapter {
 
     fn parse(&mut self, response: &HttpResponse<'_>) -> Result<Poll, AdapterError> {
         let watching = self.index.is_some();
-        // The hold ran out with no event: the proxy ends the call with a 504,
-        // or with no status when etcd had already sent its headers, or (on
-        // ngx_wasm_module, measured) with etcd's 200 and no body at all: an
-        // event always has a JSON body.
-        let cut_after_headers = response.status == Some(200) && response.body_size == 0;
-        if watching && (matches!(response.status, None | Some(504)) || cut_after_headers) {
+        if watching && long_poll_ran_out(response) {
             return Ok(Poll::Unchanged);
         }
         let body: Value = match serde_json::from_slice(response.body) {

@@ -424,11 +424,7 @@ pub fn range_keys(range: &Value) -> Result<ChildKeys, AdapterError> {
 }
 
 /// The store revision of an answer's header (`None` for none or 0).
-pub fn answer_revision(root: &Value) -> Result<Option<i64>, AdapterError> {
-    header_revision(root)
-}
-
-fn header_revision(root: &Value) -> Result<Option<i64>, AdapterError> {
+pub fn header_revision(root: &Value) -> Result<Option<i64>, AdapterError> {
     let revision = int64(root.get("header").and_then(|h| h.get("revision")), "header.revision")?;
     Ok((revision > 0).then_some(revision))
 }

@@ -26,8 +26,8 @@
 
 use crate::sansio::config::{Consistency, ConsulQuery, ConsulSpec, RegistrySpec};
 use crate::sansio::registry::consul::{BlockingQuery, IndexMove};
-use crate::sansio::registry::etcd_v2::{etcd_index, leaves, V2Event};
-use crate::sansio::registry::etcd_v3::{answer_revision, prefix_range_end, range_keys};
+use crate::sansio::registry::etcd_v2::{etcd_index, leaves, long_poll_ran_out, V2Event};
+use crate::sansio::registry::etcd_v3::{header_revision, prefix_range_end, range_keys};
 use crate::sansio::registry::{
     check_json_budget, get_json, short_text, AdapterError, ChildKeys, HttpRequest, HttpResponse,
 };
@@ -194,16 +194,13 @@ impl ListingAdapter {
         response: &HttpResponse<'_>,
         names: &[String],
     ) -> Result<(u64, BTreeMap<String, ChildKeys>), AdapterError> {
-        response.expect_ok().map_err(|e| match e {
-            AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
-            other => other,
-        })?;
+        expect_ok(response)?;
         check_json_budget(response.body)?;
         let root: Value = serde_json::from_slice(response.body).map_err(|e| AdapterError::NotJson(e.to_string()))?;
         if let Some(e) = root.get("error").or_else(|| root.get("message")) {
             return Err(AdapterError::Registry(e.as_str().unwrap_or("(no message)").chars().take(200).collect()));
         }
-        let revision = answer_revision(&root)?
+        let revision = header_revision(&root)?
             .and_then(|r| u64::try_from(r).ok())
             .ok_or_else(|| AdapterError::BadShape("no header.revision in the transaction answer".into()))?;
         let answers = match root.get("responses") {
@@ -296,10 +293,7 @@ impl ListingAdapter {
         match &self.kind {
             // A parent that does not exist (yet) lists nothing.
             Kind::ConsulKv { .. } | Kind::Eureka if missing => {}
-            _ => response.expect_ok().map_err(|e| match e {
-                AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
-                other => other,
-            })?,
+            _ => expect_ok(response)?,
         }
         if self.blocks() && self.blocking.take_index(response)? == IndexMove::Unchanged {
             return Ok(Listed::Unchanged);
@@ -327,6 +321,14 @@ impl ListingAdapter {
 
 /// The most reads one transaction carries: etcd's default `--max-txn-ops`.
 pub const MAX_TXN_READS: usize = 128;
+
+/// A 2xx answer, or the registry's error with the start of its body.
+fn expect_ok(response: &HttpResponse<'_>) -> Result<(), AdapterError> {
+    response.expect_ok().map_err(|e| match e {
+        AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
+        other => other,
+    })
+}
 
 /// The name of the child a key lies under: `<parent><name>/...`. Keys
 /// directly under the parent (no second '/') belong to no child.
@@ -390,11 +392,7 @@ fn etcd_v3_children(parent: &str, body: &[u8]) -> Result<BTreeMap<String, ChildM
 /// poll from `index + 1`. `index` moves to what the answer says.
 fn etcd_v2_parse(parent: &str, index: &mut Option<u64>, response: &HttpResponse<'_>) -> Result<Listed, AdapterError> {
     let watching = index.is_some();
-    // The hold ran out with no event (see the etcd v2 member adapter):
-    // Envoy ends the call with 504 or no status, ngx_wasm_module with
-    // etcd's 200 and no body.
-    let cut_after_headers = response.status == Some(200) && response.body_size == 0;
-    if watching && (matches!(response.status, None | Some(504)) || cut_after_headers) {
+    if watching && long_poll_ran_out(response) {
         return Ok(Listed::Unchanged);
     }
     check_json_budget(response.body)?;
@@ -423,10 +421,7 @@ fn etcd_v2_parse(parent: &str, index: &mut Option<u64>, response: &HttpResponse<
             }
         };
     }
-    response.expect_ok().map_err(|e| match e {
-        AdapterError::Status(s) => AdapterError::Registry(format!("HTTP {s}: {}", short_text(response.body))),
-        other => other,
-    })?;
+    expect_ok(response)?;
     if let Some(waited) = *index {
         let event = V2Event::from_body(&root);
         let follows = |e: &V2Event| e.modified_index.is_some_and(|i| i > waited);

@@ -901,7 +901,10 @@ impl Poller {
                 self.drive(i, now);
             }
             if part == Part::Leading {
-                entry_restart(&mut self.discoveries, d);
+                // What it last watched may be long past: read in full first.
+                if let Some(entry) = self.discoveries.get_mut(d) {
+                    entry.machine.restart();
+                }
                 self.timers.set(Timer { index: d, kind: TimerKind::Discover }, Some(now));
             } else {
                 self.timers.set(Timer { index: d, kind: TimerKind::Discover }, None);
@@ -981,13 +984,6 @@ fn fingerprint(entries: &ChildKeys) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     entries.hash(&mut h);
     h.finish()
-}
-
-/// A worker that becomes the leader of `discover[d]` reads it in full first.
-fn entry_restart(discoveries: &mut [Discovery], d: usize) {
-    if let Some(entry) = discoveries.get_mut(d) {
-        entry.machine.restart();
-    }
 }
 
 /// This worker's part after an election, and when to look at the lease

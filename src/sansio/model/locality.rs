@@ -31,6 +31,13 @@ impl Locality {
     pub fn is_empty(&self) -> bool {
         self.region.is_empty() && self.zone.is_empty() && self.sub_zone.is_empty()
     }
+
+    /// `==`, answered from the lengths when both are unset (most members):
+    /// the derived comparison calls `memcmp` for each empty string, which
+    /// was a fifth of a one-member change at 10,000 members.
+    pub fn same(&self, other: &Locality) -> bool {
+        (self.is_empty() && other.is_empty()) || self == other
+    }
 }
 
 /// A member's locality and tags. Tags are sorted by key, one per key.
@@ -43,6 +50,11 @@ pub struct MemberMeta {
 impl MemberMeta {
     pub fn is_empty(&self) -> bool {
         self.locality.is_empty() && self.tags.is_empty()
+    }
+
+    /// `==`, quick when both are empty ([`Locality::same`]).
+    pub fn same(&self, other: &MemberMeta) -> bool {
+        (self.is_empty() && other.is_empty()) || self == other
     }
 
     /// The value of tag `key`.

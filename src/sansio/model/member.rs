@@ -68,8 +68,9 @@ impl std::fmt::Display for AddressError {
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.host {
+            Host::Ipv4(ip) => write!(f, "{ip}:{}", self.port),
             Host::Ipv6(ip) => write!(f, "[{ip}]:{}", self.port),
-            other => write!(f, "{}:{}", other.bare(), self.port),
+            Host::Hostname(name) => write!(f, "{name}:{}", self.port),
         }
     }
 }

@@ -52,6 +52,20 @@ impl MemberSet {
         self.members.binary_search_by(|m| m.addr.cmp(addr)).ok().and_then(|i| self.members.get(i)).map(|m| &m.attrs)
     }
 
+    /// How many of `self`'s addresses `next` lacks: one walk of both
+    /// sorted lists, nothing copied.
+    pub fn removed_from(&self, next: &MemberSet) -> usize {
+        let mut theirs = next.members.iter().map(|m| &m.addr).peekable();
+        let mut removed = 0;
+        for m in &self.members {
+            while theirs.next_if(|a| *a < &m.addr).is_some() {}
+            if theirs.next_if(|a| *a == &m.addr).is_none() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// What changed from `self` to `next`.
     pub fn diff(&self, next: &MemberSet) -> Diff {
         let mut diff = Diff::default();
@@ -77,7 +91,7 @@ impl MemberSet {
                         b.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        if old.attrs != new.attrs || old.meta != new.meta {
+                        if old.attrs != new.attrs || !old.meta.same(&new.meta) {
                             diff.changed.push((*new).clone());
                         }
                         a.next();
@@ -152,5 +166,21 @@ mod tests {
         assert_eq!(d.to_string(), "+1 -1 ~1");
         assert_eq!(MemberSet::new().diff(&new).added.len(), 3);
         assert_eq!(new.diff(&MemberSet::new()).removed.len(), 3);
+    }
+
+    #[test]
+    fn removed_from_counts_what_the_diff_removes() {
+        let set = |addrs: &[&str]| MemberSet::from_members(addrs.iter().map(|a| m(a, 1))).0;
+        let cases = [
+            (vec!["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], vec!["10.0.0.2:80", "10.0.0.4:80"]),
+            (vec!["10.0.0.1:80"], vec![]),
+            (vec![], vec!["10.0.0.1:80"]),
+            (vec!["10.0.0.5:80", "10.0.0.6:80"], vec!["10.0.0.1:80", "10.0.0.9:80"]),
+            (vec!["10.0.0.1:80", "[::1]:80", "a.example:80"], vec!["[::1]:80", "a.example:80", "b.example:80"]),
+        ];
+        for (old, new) in cases {
+            let (old, new) = (set(&old), set(&new));
+            assert_eq!(old.removed_from(&new), old.diff(&new).removed.len(), "{old:?} -> {new:?}");
+        }
     }
 }

@@ -86,6 +86,13 @@ impl Parsed {
     }
 }
 
+/// The keys of one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AddrKeys {
+    keys: Vec<Vec<u8>>,
+    member: Member,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     parsed: Parsed,
@@ -100,8 +107,12 @@ struct Entry {
 pub struct KvMembers {
     prefix: String,
     entries: BTreeMap<Vec<u8>, Entry>,
-    /// The keys that list each address, in key order: the first one's member is the member.
-    by_addr: BTreeMap<HostPort, Vec<Vec<u8>>>,
+    /// The keys that list each address, in key order, and the first one's
+    /// member, which is the member: [`KvMembers::list`] copies it from here
+    /// instead of looking each first key up (10,000 lookups per change).
+    by_addr: BTreeMap<HostPort, AddrKeys>,
+    /// How many entries have problems: with none, a list skips looking.
+    with_problems: usize,
     /// How many keys were last changed at each revision (etcd v3; 0 for v2).
     revisions: BTreeMap<i64, usize>,
 }
@@ -112,6 +123,7 @@ impl KvMembers {
             prefix: prefix.to_string(),
             entries: BTreeMap::new(),
             by_addr: BTreeMap::new(),
+            with_problems: 0,
             revisions: BTreeMap::new(),
         }
     }
@@ -148,10 +160,17 @@ impl KvMembers {
         self.delete(key);
         let parsed = Parsed::read(&self.prefix, &String::from_utf8_lossy(key), value);
         if let Parsed::Member(m, _) = &parsed {
-            let keys = self.by_addr.entry(m.addr.clone()).or_default();
-            if let Err(at) = keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-                keys.insert(at, key.to_vec());
+            let slot =
+                self.by_addr.entry(m.addr.clone()).or_insert_with(|| AddrKeys { keys: Vec::new(), member: m.clone() });
+            if let Err(at) = slot.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+                slot.keys.insert(at, key.to_vec());
+                if at == 0 {
+                    slot.member = m.clone();
+                }
             }
+        }
+        if parsed.has_problems() {
+            self.with_problems += 1;
         }
         *self.revisions.entry(mod_revision).or_insert(0) += 1;
         self.entries.insert(key.to_vec(), Entry { parsed, mod_revision });
@@ -162,12 +181,22 @@ impl KvMembers {
         let Some(entry) = self.entries.remove(key) else {
             return false;
         };
+        if entry.parsed.has_problems() {
+            self.with_problems = self.with_problems.saturating_sub(1);
+        }
         if let Parsed::Member(m, _) = &entry.parsed {
-            if let Some(keys) = self.by_addr.get_mut(&m.addr) {
-                if let Ok(at) = keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-                    keys.remove(at);
+            if let Some(slot) = self.by_addr.get_mut(&m.addr) {
+                if let Ok(at) = slot.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+                    slot.keys.remove(at);
+                    if at == 0 {
+                        // The next key of the address holds the member now.
+                        let next = slot.keys.first().and_then(|k| self.entries.get(k));
+                        if let Some(Entry { parsed: Parsed::Member(next, _), .. }) = next {
+                            slot.member = next.clone();
+                        }
+                    }
                 }
-                if keys.is_empty() {
+                if slot.keys.is_empty() {
                     self.by_addr.remove(&m.addr);
                 }
             }
@@ -191,26 +220,26 @@ impl KvMembers {
     /// key order, then one for each key beyond the first of an address.
     pub fn list(&self) -> MemberList {
         let mut problems = Vec::new();
-        for (key, entry) in self.entries.iter().filter(|(_, e)| e.parsed.has_problems()) {
-            let text = String::from_utf8_lossy(key);
-            match &entry.parsed {
-                Parsed::Member(_, notes) => problems.extend(notes.iter().map(|note| EntryProblem {
-                    key: text.clone().into_owned(),
-                    problem: note.clone(),
-                    skipped: false,
-                })),
-                Parsed::Skipped(problem) => {
-                    problems.push(EntryProblem { key: text.into_owned(), problem: problem.clone(), skipped: true })
+        if self.with_problems > 0 {
+            for (key, entry) in self.entries.iter().filter(|(_, e)| e.parsed.has_problems()) {
+                let text = String::from_utf8_lossy(key);
+                match &entry.parsed {
+                    Parsed::Member(_, notes) => problems.extend(notes.iter().map(|note| EntryProblem {
+                        key: text.clone().into_owned(),
+                        problem: note.clone(),
+                        skipped: false,
+                    })),
+                    Parsed::Skipped(problem) => {
+                        problems.push(EntryProblem { key: text.into_owned(), problem: problem.clone(), skipped: true })
+                    }
+                    Parsed::Folder => {}
                 }
-                Parsed::Folder => {}
             }
         }
         let mut members = Vec::with_capacity(self.by_addr.len());
-        for (addr, keys) in &self.by_addr {
-            if let Some(Entry { parsed: Parsed::Member(m, _), .. }) = keys.first().and_then(|k| self.entries.get(k)) {
-                members.push(m.clone());
-            }
-            for _ in 1..keys.len() {
+        for (addr, slot) in &self.by_addr {
+            members.push(slot.member.clone());
+            for _ in 1..slot.keys.len() {
                 problems.push(EntryProblem {
                     key: addr.to_string(),
                     problem: DUPLICATE_KEY.to_string(),

@@ -19,6 +19,7 @@ use crate::sansio::model::member::{Host, Member};
 use crate::sansio::serve::reply::LocalReply;
 use crate::sansio::shared::snapshot::{self, Snapshot};
 use crate::sansio::shared::store::SharedStore;
+use crate::sansio::util::json_out::{self, push_str as push_json_str};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt::Write;
@@ -215,7 +216,7 @@ pub fn cluster_load_assignment<'a>(name: &str, members: impl Iterator<Item = &'a
             continue;
         }
         let priority = u32::from(m.attrs.backup);
-        let same = |g: &Group<'_>| g.priority == priority && *g.locality == m.meta.locality;
+        let same = |g: &Group<'_>| g.priority == priority && g.locality.same(&m.meta.locality);
         let at = match last {
             Some(at) if groups.get(at).is_some_and(same) => at,
             _ => {
@@ -331,20 +332,28 @@ fn push_endpoint(out: &mut String, m: &Member) {
     };
     out.push_str("{\"endpoint\":{\"address\":{\"socket_address\":{\"address\":");
     // An IP address's text needs no escaping: written in place, not copied.
-    let _ = match &m.addr.host {
-        Host::Ipv4(ip) => write!(out, "\"{ip}\""),
-        Host::Ipv6(ip) => write!(out, "\"{ip}\""),
-        Host::Hostname(name) => {
-            push_json_str(out, name);
-            Ok(())
+    match &m.addr.host {
+        Host::Ipv4(ip) => {
+            out.push('"');
+            json_out::push_ipv4(out, *ip);
+            out.push('"');
         }
-    };
-    let _ = write!(out, ",\"port_value\":{}}}}}}}", m.addr.port);
+        Host::Ipv6(ip) => {
+            let _ = write!(out, "\"{ip}\"");
+        }
+        Host::Hostname(name) => push_json_str(out, name),
+    }
+    out.push_str(",\"port_value\":");
+    json_out::push_uint(out, u64::from(m.addr.port));
+    out.push_str("}}}");
     if m.attrs.weight > 1 {
-        let _ = write!(out, ",\"load_balancing_weight\":{}", m.attrs.weight);
+        out.push_str(",\"load_balancing_weight\":");
+        json_out::push_uint(out, u64::from(m.attrs.weight));
     }
     if let Some(health) = health {
-        let _ = write!(out, ",\"health_status\":\"{health}\"");
+        out.push_str(",\"health_status\":\"");
+        out.push_str(health);
+        out.push('"');
     }
     if !m.meta.tags.is_empty() {
         out.push_str(",\"metadata\":{\"filter_metadata\":{\"envoy.lb\":{");
@@ -360,22 +369,6 @@ fn push_endpoint(out: &mut String, m: &Member) {
         out.push_str("}}}");
     }
     out.push('}');
-}
-
-/// `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

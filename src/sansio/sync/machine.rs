@@ -564,7 +564,7 @@ impl SyncMachine {
     fn removal(&self, next: &MemberSet) -> Option<(usize, usize)> {
         let current = self.published.as_ref().filter(|p| p.source == Source::Registry)?;
         let of = current.members.len();
-        let removed = current.members.iter().filter(|m| next.get(&m.addr).is_none()).count();
+        let removed = current.members.removed_from(next);
         #[allow(clippy::cast_precision_loss)] // member counts are far below 2^52
         let over = of > 0 && removed as f64 > self.config.max_removal_share * of as f64;
         over.then_some((removed, of))
@@ -641,11 +641,14 @@ impl SyncMachine {
     }
 
     fn offer(&mut self, members: MemberSet, source: Source) {
+        // One walk of both lists: an empty diff is an equal list.
         let diff = match &self.published {
-            Some(old) if old.members == members && old.source == source => return,
             Some(old) => old.members.diff(&members),
             None => MemberSet::new().diff(&members),
         };
+        if diff.is_empty() && self.published.as_ref().is_some_and(|old| old.source == source) {
+            return;
+        }
         self.stats.updates_applied += 1;
         self.published = Some(Published { members, source });
         self.events.push(SyncEvent::Published { source, diff });

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod base64;
+pub mod json_out;
 pub(crate) mod proto;
 pub mod rng;
 pub mod text;

@@ -7,5 +7,6 @@ pub mod keys;
 pub mod lease;
 pub mod names;
 pub mod snapshot;
+mod snapshot_scan;
 pub mod status;
 pub mod store;

@@ -10,6 +10,7 @@ use crate::sansio::model::member::{Host, HostPort, Member, MemberAttrs};
 use crate::sansio::model::member_set::MemberSet;
 use crate::sansio::model::update::{Published, Source};
 use crate::sansio::shared::keys::{publish_sequence_key, snapshot_key, version_key};
+use crate::sansio::shared::snapshot_scan;
 use crate::sansio::shared::store::{cas_update, CasStep, Entry, SharedStore, StoreError};
 use crate::sansio::util::json_out;
 use serde::de::DeserializeOwned;
@@ -256,6 +257,9 @@ impl Snapshot {
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        if let Some((version, source, members)) = snapshot_scan::scan(key, bytes) {
+            return Ok(Snapshot { version, source, members });
+        }
         let wire: SnapshotWire = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         if wire.key != key {
             return Err(SnapshotError::OtherKey(wire.key.into_owned()));

@@ -152,12 +152,15 @@ fn main() {
         }
         eds_ms.push(ms(t));
     }
-    // The EDS answer's parts.
-    let (mut decode, mut cla, mut text) = (Vec::new(), Vec::new(), Vec::new());
+    // The flush's and the EDS answer's parts.
+    let (mut encode, mut decode, mut cla, mut text) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
         let t = Instant::now();
         let snap = snapshot::read(&store, "big").unwrap().unwrap();
         decode.push(ms(t));
+        let t = Instant::now();
+        assert!(snap.encode("upsync/v1/snap/big").len() > n);
+        encode.push(ms(t));
         let t = Instant::now();
         let (value, _) = eds::cluster_load_assignment("big", snap.members.iter());
         cla.push(ms(t));
@@ -179,6 +182,7 @@ fn main() {
     let rows = [
         ("watch event applied (decode, change, member list, checks)".to_string(), median(apply)),
         ("flush (the snapshot written)".to_string(), median(flush)),
+        ("  of which the snapshot encoded".to_string(), median(encode)),
         (format!("EDS answer built ({eds_bytes} bytes)"), median(eds_ms)),
         ("  of which the snapshot decoded".to_string(), median(decode)),
         ("  of which the ClusterLoadAssignment built".to_string(), median(cla)),

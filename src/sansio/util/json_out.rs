@@ -44,7 +44,19 @@ fn push_control(out: &mut String, b: u8) {
 }
 
 /// `n` in decimal.
+#[inline]
 pub fn push_uint(out: &mut String, n: u64) {
+    // Most numbers written are small (weights, octets, ports): one or two
+    // pushes, no digit buffer.
+    if n < 10 {
+        out.push(char::from(b'0' + n as u8));
+        return;
+    }
+    if n < 100 {
+        out.push(char::from(b'0' + (n / 10) as u8));
+        out.push(char::from(b'0' + (n % 10) as u8));
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
@@ -59,9 +71,8 @@ pub fn push_uint(out: &mut String, n: u64) {
             break;
         }
     }
-    for &d in digits.get(at..).unwrap_or_default() {
-        out.push(char::from(d));
-    }
+    // ASCII digits: always UTF-8.
+    out.push_str(std::str::from_utf8(digits.get(at..).unwrap_or_default()).unwrap_or_default());
 }
 
 /// `ip` in dotted decimal, as its `Display` writes it.

@@ -135,7 +135,33 @@ fn parse_port(port: &str) -> Result<u16, AddressError> {
     }
 }
 
+/// `a.b.c.d` in its canonical form (no leading zeros), read without std's
+/// general parser, which took most of a 10,000-member snapshot's read in
+/// V8; `None` for anything else, which std's parser then decides.
+fn dotted_quad(host: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = host.split('.');
+    for octet in &mut octets {
+        let part = parts.next()?.as_bytes();
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part.first() == Some(&b'0')) {
+            return None;
+        }
+        let mut n: u16 = 0;
+        for &d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u16::from(d - b'0');
+        }
+        *octet = u8::try_from(n).ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(octets))
+}
+
 fn parse_host(host: &str) -> Result<Host, AddressError> {
+    if let Some(ip) = dotted_quad(host) {
+        return Ok(Host::Ipv4(ip));
+    }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(Host::Ipv4(ip));
     }
@@ -408,5 +434,39 @@ mod tests {
         let (attrs, problems) = parse_upsync_value(br#"{"weight":65535,"extra":"ignored"}"#);
         assert_eq!(attrs.weight, 65535);
         assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn the_quick_dotted_quad_agrees_with_std() {
+        let samples = [
+            "0.0.0.0",
+            "10.0.0.1",
+            "255.255.255.255",
+            "256.0.0.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1..3.4",
+            "1.2.3.",
+            ".1.2.3",
+            "a.b.c.d",
+            "1.2.3.4 ",
+            "+1.2.3.4",
+            "1.2.3.999",
+            "1000.1.1.1",
+            "",
+        ];
+        for s in samples {
+            if let Some(ip) = dotted_quad(s) {
+                assert_eq!(s.parse::<Ipv4Addr>(), Ok(ip), "{s}");
+            }
+            assert_eq!(dotted_quad(s).is_some(), s.parse::<Ipv4Addr>().is_ok(), "{s}");
+        }
+        let mut rng = crate::sansio::util::rng::Rng::new(7);
+        for _ in 0..2000 {
+            let ip = Ipv4Addr::from(u32::try_from(rng.up_to(u64::from(u32::MAX))).unwrap());
+            assert_eq!(dotted_quad(&ip.to_string()), Some(ip));
+        }
     }
 }

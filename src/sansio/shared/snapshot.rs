@@ -422,6 +422,9 @@ pub fn publish(store: &mut dyn SharedStore, upstream: &str, update: &Published) 
 /// The version of a stored snapshot whose members differ from the ones
 /// being published, checked as [`Snapshot::decode`] checks the head.
 fn stored_head(key: &str, bytes: &[u8]) -> Result<u64, SnapshotError> {
+    if let Some((version, _)) = snapshot_scan::head(key, bytes) {
+        return Ok(version);
+    }
     let head: StoredHead = serde_json::from_slice(bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     if head.key != key {
         return Err(SnapshotError::OtherKey(head.key));

@@ -53,26 +53,28 @@ fn kv_instance(prefix: &str, key: &str, value: &[u8]) -> Instance {
     Ok(Some((Member { addr, attrs, meta }, notes)))
 }
 
-/// What one key holds, by the rules of [`members_from_kv`].
+/// What one key holds, by the rules of [`members_from_kv`]. A member
+/// itself is kept once, in [`KvMembers::by_addr`]; here its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Parsed {
     /// No member, on purpose (a folder key).
     Folder,
-    /// A member, and what was repaired in its value.
-    Member(Member, Vec<String>),
+    /// A member at this address, and what was repaired in its value.
+    Member(HostPort, Vec<String>),
     /// No member: why.
     Skipped(String),
 }
 
 impl Parsed {
-    /// [`kv_instance`], then [`member_list_with`]'s rule for an address that is never a member.
-    fn read(prefix: &str, key: &str, value: &[u8]) -> Parsed {
+    /// [`kv_instance`], then [`member_list_with`]'s rule for an address
+    /// that is never a member; the member read, if any.
+    fn read(prefix: &str, key: &str, value: &[u8]) -> (Parsed, Option<Member>) {
         match kv_instance(prefix, key, value) {
-            Ok(None) => Parsed::Folder,
-            Err(problem) => Parsed::Skipped(problem),
+            Ok(None) => (Parsed::Folder, None),
+            Err(problem) => (Parsed::Skipped(problem), None),
             Ok(Some((member, notes))) => match member.addr.not_a_member() {
-                Some(why) => Parsed::Skipped(format!("{} is {why}: not a member", member.addr)),
-                None => Parsed::Member(member, notes),
+                Some(why) => (Parsed::Skipped(format!("{} is {why}: not a member", member.addr)), None),
+                None => (Parsed::Member(member.addr.clone(), notes), Some(member)),
             },
         }
     }
@@ -86,12 +88,9 @@ impl Parsed {
     }
 }
 
-/// The keys of one address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AddrKeys {
-    keys: Vec<Vec<u8>>,
-    member: Member,
-}
+/// The keys that list one address, in key order, each with its member:
+/// the first one's is the member.
+type AddrKeys = Vec<(Vec<u8>, Member)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -107,9 +106,9 @@ struct Entry {
 pub struct KvMembers {
     prefix: String,
     entries: BTreeMap<Vec<u8>, Entry>,
-    /// The keys that list each address, in key order, and the first one's
-    /// member, which is the member: [`KvMembers::list`] copies it from here
-    /// instead of looking each first key up (10,000 lookups per change).
+    /// The keys of each address with their members ([`AddrKeys`]):
+    /// [`KvMembers::list`] copies each first member from here, with no
+    /// lookup per member (10,000 of them on every change).
     by_addr: BTreeMap<HostPort, AddrKeys>,
     /// How many entries have problems: with none, a list skips looking.
     with_problems: usize,
@@ -158,15 +157,13 @@ impl KvMembers {
     /// `key` now holds `value` (written at `mod_revision`).
     pub fn put(&mut self, key: &[u8], value: &[u8], mod_revision: i64) {
         self.delete(key);
-        let parsed = Parsed::read(&self.prefix, &String::from_utf8_lossy(key), value);
-        if let Parsed::Member(m, _) = &parsed {
-            let slot =
-                self.by_addr.entry(m.addr.clone()).or_insert_with(|| AddrKeys { keys: Vec::new(), member: m.clone() });
-            if let Err(at) = slot.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-                slot.keys.insert(at, key.to_vec());
-                if at == 0 {
-                    slot.member = m.clone();
-                }
+        let (parsed, member) = Parsed::read(&self.prefix, &String::from_utf8_lossy(key), value);
+        if let Some(m) = member {
+            // Room for one: an address under two keys is a registry mistake,
+            // and a Vec's first growth would make room for four members.
+            let keys = self.by_addr.entry(m.addr.clone()).or_insert_with(|| Vec::with_capacity(1));
+            if let Err(at) = keys.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                keys.insert(at, (key.to_vec(), m));
             }
         }
         if parsed.has_problems() {
@@ -184,20 +181,13 @@ impl KvMembers {
         if entry.parsed.has_problems() {
             self.with_problems = self.with_problems.saturating_sub(1);
         }
-        if let Parsed::Member(m, _) = &entry.parsed {
-            if let Some(slot) = self.by_addr.get_mut(&m.addr) {
-                if let Ok(at) = slot.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-                    slot.keys.remove(at);
-                    if at == 0 {
-                        // The next key of the address holds the member now.
-                        let next = slot.keys.first().and_then(|k| self.entries.get(k));
-                        if let Some(Entry { parsed: Parsed::Member(next, _), .. }) = next {
-                            slot.member = next.clone();
-                        }
-                    }
+        if let Parsed::Member(addr, _) = &entry.parsed {
+            if let Some(keys) = self.by_addr.get_mut(addr) {
+                if let Ok(at) = keys.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+                    keys.remove(at);
                 }
-                if slot.keys.is_empty() {
-                    self.by_addr.remove(&m.addr);
+                if keys.is_empty() {
+                    self.by_addr.remove(addr);
                 }
             }
         }
@@ -237,9 +227,11 @@ impl KvMembers {
             }
         }
         let mut members = Vec::with_capacity(self.by_addr.len());
-        for (addr, slot) in &self.by_addr {
-            members.push(slot.member.clone());
-            for _ in 1..slot.keys.len() {
+        for (addr, keys) in &self.by_addr {
+            if let Some((_, m)) = keys.first() {
+                members.push(m.clone());
+            }
+            for _ in 1..keys.len() {
                 problems.push(EntryProblem {
                     key: addr.to_string(),
                     problem: DUPLICATE_KEY.to_string(),

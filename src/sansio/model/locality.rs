@@ -40,6 +40,32 @@ impl Locality {
     }
 }
 
+/// A [`Locality`] borrowed (from a member, or from a snapshot's bytes),
+/// ordered as `Locality` is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalityRef<'a> {
+    pub region: &'a str,
+    pub zone: &'a str,
+    pub sub_zone: &'a str,
+}
+
+impl LocalityRef<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.sub_zone.is_empty()
+    }
+
+    /// `==`, quick when both are unset ([`Locality::same`]).
+    pub fn same(&self, other: &LocalityRef<'_>) -> bool {
+        (self.is_empty() && other.is_empty()) || self == other
+    }
+}
+
+impl Locality {
+    pub fn borrowed(&self) -> LocalityRef<'_> {
+        LocalityRef { region: &self.region, zone: &self.zone, sub_zone: &self.sub_zone }
+    }
+}
+
 /// A member's locality and tags. Tags are sorted by key, one per key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberMeta {

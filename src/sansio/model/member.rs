@@ -138,7 +138,7 @@ fn parse_port(port: &str) -> Result<u16, AddressError> {
 /// `a.b.c.d` in its canonical form (no leading zeros), read without std's
 /// general parser, which took most of a 10,000-member snapshot's read in
 /// V8; `None` for anything else, which std's parser then decides.
-fn dotted_quad(host: &str) -> Option<Ipv4Addr> {
+pub(crate) fn dotted_quad(host: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut parts = host.split('.');
     for octet in &mut octets {

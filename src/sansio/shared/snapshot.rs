@@ -320,6 +320,13 @@ pub fn read_version(store: &dyn SharedStore, upstream: &str) -> Option<u64> {
 }
 
 /// Reads the snapshot of `upstream`, if there is a readable one.
+/// The stored bytes of `upstream`'s snapshot, unread.
+pub fn read_bytes(store: &dyn SharedStore, upstream: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+    store.get(&snapshot_key(upstream)).map(|e| e.value).map_err(|e| SnapshotError::Corrupt(e.to_string()))
+}
+
+pub use snapshot_scan::{views, View};
+
 pub fn read(store: &dyn SharedStore, upstream: &str) -> Result<Option<Snapshot>, SnapshotError> {
     let key = snapshot_key(upstream);
     match store.get(&key) {

@@ -98,16 +98,30 @@ fn read_head(c: &mut Cursor<'_>, key: &str) -> Option<(u64, Source)> {
     Some((version, source))
 }
 
-/// The snapshot stored under `key`, if `bytes` are in the writer's own form
-/// and belong to `key`: `(version, source, members)`.
-pub fn scan(key: &str, bytes: &[u8]) -> Option<(u64, Source, MemberSet)> {
+/// One member as stored, borrowed from the snapshot's bytes: an EDS answer
+/// is written from these without building [`Member`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View<'a> {
+    /// `host:port` as the writer wrote it (`HostPort`'s text).
+    pub address: &'a str,
+    pub attrs: MemberAttrs,
+    pub region: &'a str,
+    pub zone: &'a str,
+    pub sub_zone: &'a str,
+}
+
+/// The members stored under `key`, borrowed, in stored order, if `bytes`
+/// are in the writer's own form and belong to `key`: `(version, source,
+/// members)`. The writer stores them sorted, one per address; the
+/// addresses are checked as [`scan`] checks them only by [`scan`].
+pub fn views<'a>(key: &str, bytes: &'a [u8]) -> Option<(u64, Source, Vec<View<'a>>)> {
     let mut c = Cursor { bytes, at: 0 };
     let (version, source) = read_head(&mut c, key)?;
-    // A member takes ~95 bytes: sized once, not grown by doubling 1.5 MB.
+    // A member takes ~95 bytes: sized once, not grown by doubling.
     let mut members = Vec::with_capacity(bytes.len() / 90);
     if !c.eat(b"]") {
         loop {
-            members.push(member(&mut c)?);
+            members.push(view(&mut c)?);
             if c.eat(b"]") {
                 break;
             }
@@ -115,17 +129,27 @@ pub fn scan(key: &str, bytes: &[u8]) -> Option<(u64, Source, MemberSet)> {
         }
     }
     c.expect(b"}")?;
-    if c.at != bytes.len() {
-        return None;
+    (c.at == bytes.len()).then_some((version, source, members))
+}
+
+/// The snapshot stored under `key`, if `bytes` are in the writer's own form
+/// and belong to `key`: `(version, source, members)`.
+pub fn scan(key: &str, bytes: &[u8]) -> Option<(u64, Source, MemberSet)> {
+    let (version, source, views) = views(key, bytes)?;
+    let mut members = Vec::with_capacity(views.len());
+    for v in views {
+        let addr: HostPort = v.address.parse().ok()?;
+        let locality = Locality { region: v.region.into(), zone: v.zone.into(), sub_zone: v.sub_zone.into() };
+        members.push(Member { addr, attrs: v.attrs, meta: MemberMeta { locality, tags: Vec::new() } });
     }
     let (members, duplicates) = MemberSet::from_members(members);
     // A writer never stores an address twice: let serde's reading decide.
     duplicates.is_empty().then_some((version, source, members))
 }
 
-fn member(c: &mut Cursor<'_>) -> Option<Member> {
+fn view<'a>(c: &mut Cursor<'a>) -> Option<View<'a>> {
     c.expect(b"{\"address\":")?;
-    let addr: HostPort = c.string()?.parse().ok()?;
+    let address = c.string()?;
     c.expect(b",\"weight\":")?;
     let weight = c.u32()?;
     c.expect(b",\"max_fails\":")?;
@@ -136,20 +160,19 @@ fn member(c: &mut Cursor<'_>) -> Option<Member> {
     let down = c.boolean()?;
     c.expect(b",\"backup\":")?;
     let backup = c.boolean()?;
-    let mut locality = Locality::default();
-    for (name, field) in [
-        (&b",\"region\":"[..], &mut locality.region),
-        (&b",\"zone\":"[..], &mut locality.zone),
-        (&b",\"sub_zone\":"[..], &mut locality.sub_zone),
-    ] {
+    let mut locality = [""; 3];
+    for (name, field) in
+        [&b",\"region\":"[..], &b",\"zone\":"[..], &b",\"sub_zone\":"[..]].into_iter().zip(&mut locality)
+    {
         if c.eat(name) {
-            *field = c.string()?.to_string();
+            *field = c.string()?;
         }
     }
     // Tags (or any other field) are left to serde.
     c.expect(b"}")?;
+    let [region, zone, sub_zone] = locality;
     let attrs = MemberAttrs { weight, max_fails, fail_timeout, down, backup };
-    Some(Member { addr, attrs, meta: MemberMeta { locality, tags: Vec::new() } })
+    Some(View { address, attrs, region, zone, sub_zone })
 }
 
 #[cfg(test)]

@@ -97,7 +97,12 @@ fn send_metrics() {
 }
 
 fn read_buffer(kind: BufferType, size: usize) -> Vec<u8> {
-    match abi::get_buffer(kind, 0, size) {
+    read_buffer_at(kind, 0, size)
+}
+
+/// `size` bytes of the buffer from `start` (fewer at its end).
+fn read_buffer_at(kind: BufferType, start: usize, size: usize) -> Vec<u8> {
+    match abi::get_buffer(kind, start, size) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => Vec::new(),
         Err(e) => {

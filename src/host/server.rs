@@ -7,12 +7,13 @@
 use super::abi;
 use super::contexts::{Context, HttpContext};
 use super::store::HostStore;
-use super::{now_ms, read_buffer, request_header, send, send_metrics, send_status};
+use super::{now_ms, read_buffer, read_buffer_at, request_header, send, send_metrics, send_status};
 use crate::sansio::config::roles::HOLD_TICK_MS;
 use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::cds;
 use crate::sansio::serve::eds::{self, EdsReply};
 use crate::sansio::serve::eds_hold::{EdsHold, Tick};
+use crate::sansio::serve::eds_request;
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
 use proxy_wasm::types::{Action, BufferType};
 use std::cell::RefCell;
@@ -94,6 +95,20 @@ pub fn answer_held(root_id: u32) {
     HELD.with(|h| steer_tick(&mut h.borrow_mut()));
 }
 
+/// The EDS request of `size` bytes: from its two ends when they have
+/// Envoy's shape ([`eds_request`]: the same few bytes whatever the size of
+/// Envoy's node), else the whole body, parsed.
+fn read_eds_request(size: usize) -> Result<eds::DiscoveryRequest, String> {
+    if let Some(tail_at) = size.checked_sub(eds_request::TAIL).filter(|&at| at >= eds_request::HEAD) {
+        let head = read_buffer_at(BufferType::HttpRequestBody, 0, eds_request::HEAD);
+        let tail = read_buffer_at(BufferType::HttpRequestBody, tail_at, eds_request::TAIL);
+        if let Some(request) = eds_request::parse_ends(&head, &tail) {
+            return Ok(request);
+        }
+    }
+    eds::parse_request(&read_buffer(BufferType::HttpRequestBody, size))
+}
+
 impl Context for ServerStream {
     fn on_done(&mut self) -> bool {
         // The stream is gone (answered, reset or timed out): never answer it later.
@@ -131,8 +146,8 @@ impl HttpContext for ServerStream {
             // Pausing here makes the host buffer the body until the end.
             return Action::Pause;
         }
-        let body = read_buffer(BufferType::HttpRequestBody, body_size);
         if self.awaiting.take() == Some(Endpoint::Cds) {
+            let body = read_buffer(BufferType::HttpRequestBody, body_size);
             let reply = match cds::parse_request(&body) {
                 Ok(version) => cds::answer(&HostStore, &self.config.cds, &version),
                 Err(e) => cds::CdsReply::BadRequest(e),
@@ -143,7 +158,7 @@ impl HttpContext for ServerStream {
             send(&reply.to_json_reply());
             return Action::Pause;
         }
-        let request = match eds::parse_request(&body) {
+        let request = match read_eds_request(body_size) {
             Ok(r) => r,
             Err(e) => {
                 send_eds(&EdsReply::BadRequest(e));

@@ -506,6 +506,12 @@ fn status_token(f: &Fields<'_>) -> Result<Option<Secret>, ConfigError> {
     }
 }
 
+/// The longest `eds_hold_ms`: below the 5 minutes of Envoy's default
+/// `stream_idle_timeout` on the EDS listener's HTTP connection manager,
+/// which resets a request held longer (Envoy counts it as an EDS update
+/// failure and asks again).
+pub const MAX_EDS_HOLD_MS: u64 = 290_000;
+
 pub fn parse_server_config(bytes: &[u8]) -> Result<ServerConfig, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(ServerConfig::default());
@@ -513,7 +519,7 @@ pub fn parse_server_config(bytes: &[u8]) -> Result<ServerConfig, ConfigError> {
     let root: Value =
         serde_json::from_slice(bytes).map_err(|e| err("(configuration)", format!("is not valid JSON: {e}")))?;
     let f = Fields::new("", &root, &["eds_hold_ms", "status_token", "cds"])?;
-    let eds_hold_ms = f.uint("eds_hold_ms", 0, 0, 60_000)?;
+    let eds_hold_ms = f.uint("eds_hold_ms", 0, 0, MAX_EDS_HOLD_MS)?;
     Ok(ServerConfig { eds_hold_ms, status_token: status_token(&f)?, cds: CdsConfig::parse(f.get("cds"), eds_hold_ms)? })
 }
 
@@ -847,6 +853,8 @@ mod tests {
         let held = parse_server_config(br#"{"eds_hold_ms":400}"#).unwrap();
         assert_eq!((held.eds_hold_ms, held.status_token, held.cds.request_timeout_ms), (400, None, 5400));
         assert_eq!(parse_server_config(br#"{"eds_hold_ms":-1}"#).unwrap_err().field, "eds_hold_ms");
+        assert_eq!(parse_server_config(br#"{"eds_hold_ms":290000}"#).map(|c| c.eds_hold_ms), Ok(290_000));
+        assert_eq!(parse_server_config(br#"{"eds_hold_ms":290001}"#).unwrap_err().field, "eds_hold_ms");
         assert_eq!(parse_server_config(MINIMAL.as_bytes()).unwrap_err().field, "upstreams");
         assert!(parse_server_config(b"nope").is_err());
         let guarded = parse_server_config(br#"{"status_token":"0123456789abcdef"}"#).unwrap();

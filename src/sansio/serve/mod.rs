@@ -4,6 +4,7 @@
 pub mod cds;
 pub mod eds;
 pub mod eds_hold;
+pub mod eds_request;
 pub mod local;
 pub mod metrics;
 pub mod reply;

@@ -36,7 +36,7 @@ impl Locality {
     /// the derived comparison calls `memcmp` for each empty string, which
     /// was a fifth of a one-member change at 10,000 members.
     pub fn same(&self, other: &Locality) -> bool {
-        (self.is_empty() && other.is_empty()) || self == other
+        self.borrowed().same(&other.borrowed())
     }
 }
 

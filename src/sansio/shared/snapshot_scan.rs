@@ -30,13 +30,26 @@ impl<'a> Cursor<'a> {
         found
     }
 
-    fn expect(&mut self, lit: &[u8]) -> Option<()> {
+    /// `lit` must come next.
+    fn literal(&mut self, lit: &[u8]) -> Option<()> {
         self.eat(lit).then_some(())
+    }
+
+    /// The number after the field name `lit`.
+    fn u32_after(&mut self, lit: &[u8]) -> Option<u32> {
+        self.literal(lit)?;
+        u32::try_from(self.uint()?).ok()
+    }
+
+    /// The boolean after the field name `lit`.
+    fn bool_after(&mut self, lit: &[u8]) -> Option<bool> {
+        self.literal(lit)?;
+        self.boolean()
     }
 
     /// A string with no escapes in it.
     fn string(&mut self) -> Option<&'a str> {
-        self.expect(b"\"")?;
+        self.literal(b"\"")?;
         let rest = self.rest();
         let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
         if rest.get(len) != Some(&b'"') {
@@ -61,10 +74,6 @@ impl<'a> Cursor<'a> {
         Some(n)
     }
 
-    fn u32(&mut self) -> Option<u32> {
-        u32::try_from(self.uint()?).ok()
-    }
-
     fn boolean(&mut self) -> Option<bool> {
         if self.eat(b"true") {
             Some(true)
@@ -86,15 +95,15 @@ pub fn head(key: &str, bytes: &[u8]) -> Option<(u64, Source)> {
 }
 
 fn read_head(c: &mut Cursor<'_>, key: &str) -> Option<(u64, Source)> {
-    c.expect(b"{\"key\":")?;
+    c.literal(b"{\"key\":")?;
     if c.string()? != key {
         return None;
     }
-    c.expect(b",\"version\":")?;
+    c.literal(b",\"version\":")?;
     let version = c.uint()?;
-    c.expect(b",\"source\":")?;
+    c.literal(b",\"source\":")?;
     let source = Source::parse(c.string()?)?;
-    c.expect(b",\"members\":[")?;
+    c.literal(b",\"members\":[")?;
     Some((version, source))
 }
 
@@ -125,10 +134,10 @@ pub fn views<'a>(key: &str, bytes: &'a [u8]) -> Option<(u64, Source, Vec<View<'a
             if c.eat(b"]") {
                 break;
             }
-            c.expect(b",")?;
+            c.literal(b",")?;
         }
     }
-    c.expect(b"}")?;
+    c.literal(b"}")?;
     (c.at == bytes.len()).then_some((version, source, members))
 }
 
@@ -148,18 +157,13 @@ pub fn scan(key: &str, bytes: &[u8]) -> Option<(u64, Source, MemberSet)> {
 }
 
 fn view<'a>(c: &mut Cursor<'a>) -> Option<View<'a>> {
-    c.expect(b"{\"address\":")?;
+    c.literal(b"{\"address\":")?;
     let address = c.string()?;
-    c.expect(b",\"weight\":")?;
-    let weight = c.u32()?;
-    c.expect(b",\"max_fails\":")?;
-    let max_fails = c.u32()?;
-    c.expect(b",\"fail_timeout\":")?;
-    let fail_timeout = c.u32()?;
-    c.expect(b",\"down\":")?;
-    let down = c.boolean()?;
-    c.expect(b",\"backup\":")?;
-    let backup = c.boolean()?;
+    let weight = c.u32_after(b",\"weight\":")?;
+    let max_fails = c.u32_after(b",\"max_fails\":")?;
+    let fail_timeout = c.u32_after(b",\"fail_timeout\":")?;
+    let down = c.bool_after(b",\"down\":")?;
+    let backup = c.bool_after(b",\"backup\":")?;
     let mut locality = [""; 3];
     for (name, field) in
         [&b",\"region\":"[..], &b",\"zone\":"[..], &b",\"sub_zone\":"[..]].into_iter().zip(&mut locality)
@@ -169,7 +173,7 @@ fn view<'a>(c: &mut Cursor<'a>) -> Option<View<'a>> {
         }
     }
     // Tags (or any other field) are left to serde.
-    c.expect(b"}")?;
+    c.literal(b"}")?;
     let [region, zone, sub_zone] = locality;
     let attrs = MemberAttrs { weight, max_fails, fail_timeout, down, backup };
     Some(View { address, attrs, region, zone, sub_zone })

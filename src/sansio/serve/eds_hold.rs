@@ -11,6 +11,16 @@
 //! are held: the held requests' versions are read only when the sequence
 //! moved or a hold ran out.
 //!
+//! A tick answers at most [`MAX_ANSWERS_PER_CALL`] requests; the rest of
+//! those due wait, in order, for the next ticks. Envoy sends a local reply
+//! only after the VM call that asked for it returns, and each reply runs
+//! the filter's response callback, a VM call that sends the next queued
+//! reply before it returns: the replies of one call nest, one level each.
+//! Measured on Envoy 1.40 (V8): 150 replies from one tick went out, 400
+//! overflowed V8's stack (`RangeError: Maximum call stack size exceeded`
+//! in `proxy_on_response_headers`) and the worker's VM was lost, every EDS
+//! request on it answered 503 from then on.
+//!
 //! The tick itself runs only while requests are held ([`EdsHold::tick_change`]):
 //! a VM that holds nothing (Envoy's main-thread instance of the filter, which
 //! never gets a request, or a worker with no EDS stream) is never woken.
@@ -18,6 +28,12 @@
 use crate::sansio::serve::eds::{current_version, DiscoveryRequest};
 use crate::sansio::shared::snapshot::read_sequence;
 use crate::sansio::shared::store::SharedStore;
+use std::collections::VecDeque;
+
+/// The most held requests one tick answers: well below the 150 measured
+/// safe in one VM call (module docs); 1,000 due at once go out within 16
+/// ticks (160 ms at the 10 ms hold tick).
+pub const MAX_ANSWERS_PER_CALL: usize = 64;
 
 /// A held EDS request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +47,8 @@ pub struct Held {
 #[derive(Debug)]
 pub struct EdsHold {
     held: Vec<Held>,
+    /// Due, not answered yet: over [`MAX_ANSWERS_PER_CALL`] came due at once.
+    backlog: VecDeque<Held>,
     /// The publish sequence when the held requests were last checked.
     seen: Option<u64>,
     /// The earliest end of a hold.
@@ -41,7 +59,7 @@ pub struct EdsHold {
 
 impl Default for EdsHold {
     fn default() -> Self {
-        EdsHold { held: Vec::new(), seen: None, earliest: 0, ticking: true }
+        EdsHold { held: Vec::new(), backlog: VecDeque::new(), seen: None, earliest: 0, ticking: true }
     }
 }
 
@@ -66,21 +84,23 @@ impl EdsHold {
     /// The stream is gone (answered, reset or timed out): never answer it.
     pub fn release(&mut self, stream: u32) {
         self.held.retain(|h| h.stream != stream);
+        self.backlog.retain(|h| h.stream != stream);
     }
 
+    /// Requests held or due and not answered yet.
     pub fn len(&self) -> usize {
-        self.held.len()
+        self.held.len() + self.backlog.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.backlog.is_empty()
     }
 
     /// The tick change needed now, if any: the tick is wanted exactly while
     /// a request is held. The caller makes it and reports it with
     /// [`EdsHold::ticked`] (a change the host refused is asked again).
     pub fn tick_change(&self) -> Option<Tick> {
-        match (self.held.is_empty(), self.ticking) {
+        match (self.is_empty(), self.ticking) {
             (false, false) => Some(Tick::Arm),
             (true, true) => Some(Tick::Stop),
             _ => None,
@@ -92,10 +112,18 @@ impl EdsHold {
         self.ticking = change == Tick::Arm;
     }
 
-    /// The held requests to answer now: their hold ran out, or the version
-    /// of their clusters moved (one with no snapshot yet is due as soon as
-    /// one appears).
+    /// The held requests to answer now, at most [`MAX_ANSWERS_PER_CALL`]:
+    /// their hold ran out, or the version of their clusters moved (one with
+    /// no snapshot yet is due as soon as one appears). Those due earlier
+    /// and left over come first.
     pub fn take_due(&mut self, store: &dyn SharedStore, now: u64) -> Vec<Held> {
+        let due = self.newly_due(store, now);
+        self.backlog.extend(due);
+        let n = self.backlog.len().min(MAX_ANSWERS_PER_CALL);
+        self.backlog.drain(..n).collect()
+    }
+
+    fn newly_due(&mut self, store: &dyn SharedStore, now: u64) -> Vec<Held> {
         if self.held.is_empty() {
             return Vec::new();
         }
@@ -203,6 +231,61 @@ mod tests {
         assert_eq!(due, [8]);
     }
 
+    #[test]
+    fn a_tick_answers_a_bounded_number_and_the_rest_come_at_the_next_ticks() {
+        // 1,000 held requests all due at once (their cluster moved): one
+        // tick answering them all overflows V8's stack on Envoy.
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        publish(&mut store, "web", "10.0.0.1:80");
+        let mut hold = EdsHold::default();
+        for i in 0..1000u32 {
+            hold.hold(i, request(&["web"], "1"), 30_000);
+        }
+        assert!(hold.take_due(&store, 10).is_empty());
+        publish(&mut store, "web", "10.0.0.2:80");
+        // Gone before its turn: never answered.
+        let mut answered = Vec::new();
+        let mut ticks = 0;
+        while !hold.is_empty() {
+            let due = hold.take_due(&store, 20 + ticks);
+            assert!(!due.is_empty(), "a due request waits no longer than the next tick");
+            assert!(due.len() <= MAX_ANSWERS_PER_CALL, "{} answered in one tick", due.len());
+            if !hold.is_empty() {
+                assert_eq!(hold.tick_change(), None, "the tick stays armed while some are due");
+            }
+            answered.extend(due.iter().map(|h| h.stream));
+            ticks += 1;
+            if ticks == 1 {
+                hold.release(999);
+            }
+        }
+        assert_eq!(answered, (0..999).collect::<Vec<u32>>(), "each once, in order, 999 released");
+        assert_eq!(ticks as usize, 999_usize.div_ceil(MAX_ANSWERS_PER_CALL));
+        assert_eq!(hold.tick_change(), Some(Tick::Stop));
+    }
+
+    #[test]
+    fn requests_due_later_queue_behind_those_left_over() {
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        publish(&mut store, "web", "10.0.0.1:80");
+        publish(&mut store, "api", "10.0.0.9:80");
+        let mut hold = EdsHold::default();
+        let over = MAX_ANSWERS_PER_CALL as u32 + 10;
+        for i in 0..over {
+            hold.hold(i, request(&["web"], "1"), 30_000);
+        }
+        hold.hold(500, request(&["api"], "1"), 30_000);
+        assert!(hold.take_due(&store, 10).is_empty());
+        publish(&mut store, "web", "10.0.0.2:80");
+        assert_eq!(hold.take_due(&store, 20).len(), MAX_ANSWERS_PER_CALL);
+        publish(&mut store, "api", "10.0.0.8:80");
+        let next: Vec<u32> = hold.take_due(&store, 30).iter().map(|h| h.stream).collect();
+        let mut want: Vec<u32> = (MAX_ANSWERS_PER_CALL as u32..over).collect();
+        want.push(500);
+        assert_eq!(next, want, "the left-over first, then the newly due");
+        assert!(hold.is_empty());
+    }
+
     /// Counts reads.
     struct Counting(MemoryStore, std::cell::Cell<usize>);
 
@@ -240,6 +323,10 @@ mod tests {
         publish(&mut store, "u7", "10.0.0.2:80");
         let due: Vec<u32> = hold.take_due(&store, 50).iter().map(|h| h.stream).collect();
         assert_eq!(due, [7]);
-        assert_eq!(hold.take_due(&store, 30_000).len(), 999, "the holds end");
+        let mut ended = 0;
+        for _ in 0..100 {
+            ended += hold.take_due(&store, 30_000).len();
+        }
+        assert_eq!(ended, 999, "the holds end");
     }
 }

@@ -182,6 +182,17 @@ unsafe extern "C" {
     ) -> u32;
     fn proxy_grpc_cancel(token: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_register_shared_queue(name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_resolve_shared_queue(
+        vm_id_data: *const u8,
+        vm_id_size: usize,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(queue_id: u32, return_value_data: *mut *mut u8, return_value_size: *mut usize)
+        -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -368,6 +379,44 @@ pub fn set_map_value(map_type: MapType, key: &str, value: Option<&str>) -> Resul
         None => unsafe { proxy_remove_header_map_value(map_type as u32, key.as_ptr(), key.len()) },
     };
     check(code)
+}
+
+/// Registers queue `name` in this VM's vm_id; its `on_queue_ready` goes to
+/// the calling root context, on its thread.
+pub fn register_shared_queue(name: &str) -> Result<u32, Status> {
+    let mut id = 0u32;
+    // SAFETY: the name pointer and length describe a live &str the host only
+    // reads; `id` is a live u32 the host writes.
+    check(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// The queue `name` of `vm_id`; `Ok(None)` when nobody registered it.
+pub fn resolve_shared_queue(vm_id: &str, name: &str) -> Result<Option<u32>, Status> {
+    let mut id = 0u32;
+    // SAFETY: as above, for both strings.
+    let code = unsafe { proxy_resolve_shared_queue(vm_id.as_ptr(), vm_id.len(), name.as_ptr(), name.len(), &mut id) };
+    none_if_not_found(check(code).map(|()| Some(id)))
+}
+
+pub fn enqueue_shared_queue(queue_id: u32, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: the value pointer and length describe a live slice the host only reads.
+    check(unsafe { proxy_enqueue_shared_queue(queue_id, value.as_ptr(), value.len()) })
+}
+
+/// The next message of queue `queue_id`; `Ok(None)` when it is empty.
+pub fn dequeue_shared_queue(queue_id: u32) -> Result<Option<Vec<u8>>, Status> {
+    let mut out = HostBuffer::new();
+    // SAFETY: the out-parameters are `out`'s live fields, adopted with the call's status.
+    let got = unsafe {
+        let code = proxy_dequeue_shared_queue(queue_id, &mut out.data, &mut out.size);
+        out.adopt(code)
+    };
+    match got {
+        Err(Status::Empty) => Ok(None),
+        Ok(None) => Ok(Some(Vec::new())),
+        other => other,
+    }
 }
 
 pub fn get_property(path: Vec<&str>) -> Result<Option<Vec<u8>>, Status> {

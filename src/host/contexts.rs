@@ -47,6 +47,8 @@ pub trait RootContext: Context {
 
     fn on_tick(&mut self) {}
 
+    fn on_queue_ready(&mut self, _queue_id: u32) {}
+
     /// `None` gets a stream that lets everything through (the SDK panics on `None`).
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         None
@@ -375,6 +377,10 @@ impl sdk::RootContext for Root {
 
     fn on_tick(&mut self) {
         self.0.on_tick();
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        self.0.on_queue_ready(queue_id);
     }
 
     fn get_type(&self) -> Option<ContextType> {

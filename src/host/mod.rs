@@ -15,6 +15,7 @@ mod pick;
 mod poller;
 mod server;
 mod store;
+mod wake;
 
 use crate::sansio::config::roles::{role_config, RoleConfig};
 use crate::sansio::config::ServerConfig;
@@ -229,6 +230,12 @@ impl RootContext for Root {
             Role::Server(_) => server::answer_held(self.context_id),
             Role::Pick(n) => n.on_tick(),
             Role::Unconfigured => {}
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Role::Server(_) = self.role {
+            server::on_queue_ready(self.context_id, queue_id);
         }
     }
 

@@ -29,6 +29,8 @@ pub struct HostPoller {
     /// a dispatch was made from `on_http_call_response`).
     defer_from_responses: bool,
     deferred: Vec<Action>,
+    /// Envoy: wakes the workers holding EDS requests when a list is published.
+    waker: Option<super::wake::Waker>,
 }
 
 impl HostPoller {
@@ -40,6 +42,7 @@ impl HostPoller {
             streams: Vec::new(),
             defer_from_responses,
             deferred: Vec::new(),
+            waker: (config.host == HostKind::Envoy).then(super::wake::Waker::default),
         }
     }
 
@@ -89,6 +92,9 @@ impl HostPoller {
         let written = self.poller.flush(&mut HostStore);
         if self.poller.publishes() != publishes {
             super::note_local_publish();
+            if let Some(waker) = self.waker.as_mut() {
+                waker.wake();
+            }
         }
         if let Some(envoy) = self.envoy_stats.as_mut() {
             for i in written {

@@ -1,14 +1,14 @@
 //! The request-serving role: REST EDS for Envoy and the status endpoint,
 //! both answered locally from shared data. Held EDS requests
-//! ([`crate::sansio::serve::eds_hold`]) are answered from the root
-//! context's tick of the same worker; that tick runs only while requests
-//! are held.
+//! ([`crate::sansio::serve::eds_hold`]) are answered when the poller's
+//! wake-up reaches the worker's shared queue ([`super::wake`]) and from the
+//! root context's tick of the same worker; that tick runs only while
+//! requests are held.
 
 use super::abi;
 use super::contexts::{Context, HttpContext};
 use super::store::HostStore;
 use super::{now_ms, read_buffer, read_buffer_at, request_header, send, send_metrics, send_status};
-use crate::sansio::config::roles::HOLD_TICK_MS;
 use crate::sansio::config::ServerConfig;
 use crate::sansio::serve::cds;
 use crate::sansio::serve::eds::{self, EdsReply};
@@ -16,13 +16,35 @@ use crate::sansio::serve::eds_hold::{EdsHold, Tick};
 use crate::sansio::serve::eds_request;
 use crate::sansio::serve::local::{body_too_large, endpoint, Endpoint};
 use proxy_wasm::types::{Action, BufferType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
 thread_local! {
     // One VM per worker thread: the held requests of this worker's streams.
     static HELD: RefCell<EdsHold> = RefCell::new(EdsHold::default());
+    // This worker's wake queue: registered on the first tick (not in
+    // on_configure, which also runs in Envoy's throwaway validation VM).
+    static WAKE_QUEUE: Cell<Option<Option<u32>>> = const { Cell::new(None) };
+}
+
+/// The poller published: answer what moved now (at most a tick's worth;
+/// the tick drains the rest).
+pub fn on_queue_ready(root_id: u32, queue_id: u32) {
+    if WAKE_QUEUE.with(Cell::get) != Some(Some(queue_id)) {
+        return;
+    }
+    super::wake::drain(queue_id);
+    let first = HELD.with(|h| {
+        let mut held = h.borrow_mut();
+        let first = !held.is_woken();
+        held.woken();
+        first
+    });
+    if first {
+        log::info!("EDS: the poller's wake-ups reach this worker: held requests are answered from them");
+    }
+    answer_held(root_id);
 }
 
 pub struct ServerStream {
@@ -49,15 +71,15 @@ fn send_eds(reply: &EdsReply) {
     send(&reply.to_json_reply());
 }
 
-/// Arms or stops this VM's tick as the held requests need it (armed
-/// exactly while one is held). `false`: a request is held and the host
-/// refused to arm the tick.
+/// Arms, re-times or stops this VM's tick as the held requests need it
+/// (armed exactly while one is held). `false`: a request is held and no
+/// tick runs (the host refused to arm it).
 fn steer_tick(held: &mut EdsHold) -> bool {
     let Some(change) = held.tick_change() else {
         return true;
     };
     let period = match change {
-        Tick::Arm => Duration::from_millis(HOLD_TICK_MS),
+        Tick::Every(ms) => Duration::from_millis(ms),
         Tick::Stop => Duration::ZERO,
     };
     match abi::set_tick_period(period) {
@@ -67,14 +89,18 @@ fn steer_tick(held: &mut EdsHold) -> bool {
         }
         Err(e) => {
             log::warn!("EDS: cannot set the tick period to {period:?}: {e:?}");
-            change == Tick::Stop
+            change == Tick::Stop || held.is_ticking()
         }
     }
 }
 
 /// Answers the held requests that are due. Called from the root context's
-/// tick; `root_id` is restored as the effective context afterwards.
+/// tick and wake-ups; `root_id` is restored as the effective context
+/// afterwards.
 pub fn answer_held(root_id: u32) {
+    if WAKE_QUEUE.with(Cell::get).is_none() {
+        WAKE_QUEUE.with(|q| q.set(Some(super::wake::register(super::worker_identity(root_id)))));
+    }
     let due = HELD.with(|h| {
         let mut held = h.borrow_mut();
         let due = if held.is_empty() { Vec::new() } else { held.take_due(&HostStore, now_ms()) };

@@ -13,8 +13,8 @@ after that got a 503. A registry change touching every upstream of a
 
 Checked: 800 requests held for `web` (HTTP/1.1, one connection each, spread
 over both workers) are all answered 200 with the new version when `web`
-changes, the plugin's VMs keep serving EDS afterwards, and Envoy logs no
-VM failure.
+changes, the plugin's VMs keep serving EDS afterwards, Envoy logs no VM
+failure, and the poller's wake-ups reached the workers (src/host/wake.rs).
 """
 
 from __future__ import annotations
@@ -81,3 +81,6 @@ def test_many_held_requests_due_at_once_are_all_answered(make_stack):
     log = stack.envoy.log()
     failures = [line for line in log.splitlines() if any(p in line for p in VM_FAILURE)]
     assert not failures, "\n".join(failures[:5])
+    # They were answered from the poller's wake-up (a shared queue per worker), not a tick.
+    assert "wake-ups reach this worker" in log, "no worker got the poller's wake-up"
+

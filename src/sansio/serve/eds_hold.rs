@@ -24,7 +24,13 @@
 //! The tick itself runs only while requests are held ([`EdsHold::tick_change`]):
 //! a VM that holds nothing (Envoy's main-thread instance of the filter, which
 //! never gets a request, or a worker with no EDS stream) is never woken.
+//! Once the poller's wake-ups reach the worker ([`EdsHold::woken`]: on
+//! Envoy a shared queue, which answers the due requests the moment a list
+//! is published), the tick only ends holds and drains a backlog: every
+//! [`WOKEN_TICK_MS`] while nothing is left over, every [`HOLD_TICK_MS`]
+//! otherwise.
 
+use crate::sansio::config::roles::HOLD_TICK_MS;
 use crate::sansio::serve::eds::{current_version, DiscoveryRequest};
 use crate::sansio::shared::snapshot::read_sequence;
 use crate::sansio::shared::store::SharedStore;
@@ -34,6 +40,11 @@ use std::collections::VecDeque;
 /// safe in one VM call (module docs); 1,000 due at once go out within 16
 /// ticks (160 ms at the 10 ms hold tick).
 pub const MAX_ANSWERS_PER_CALL: usize = 64;
+
+/// The tick while requests are held and the poller's wake-ups answer
+/// them: it only ends holds that ran out, up to this late (holds last
+/// minutes).
+pub const WOKEN_TICK_MS: u64 = 1_000;
 
 /// A held EDS request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,22 +64,31 @@ pub struct EdsHold {
     seen: Option<u64>,
     /// The earliest end of a hold.
     earliest: u64,
-    /// Whether the host's tick is armed (it is after on_configure).
-    ticking: bool,
+    /// The host's tick period in ms, 0 when stopped (on_configure arms it).
+    tick_ms: u64,
+    /// A wake-up from the poller came: they reach this worker.
+    woken: bool,
 }
 
 impl Default for EdsHold {
     fn default() -> Self {
-        EdsHold { held: Vec::new(), backlog: VecDeque::new(), seen: None, earliest: 0, ticking: true }
+        EdsHold {
+            held: Vec::new(),
+            backlog: VecDeque::new(),
+            seen: None,
+            earliest: 0,
+            tick_ms: HOLD_TICK_MS,
+            woken: false,
+        }
     }
 }
 
 /// What to do with the host's tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tick {
-    /// Requests are held and the tick is off: arm it.
-    Arm,
-    /// Nothing is held and the tick is on: stop it.
+    /// Tick every this many ms.
+    Every(u64),
+    /// Nothing is held: stop it.
     Stop,
 }
 
@@ -97,19 +117,43 @@ impl EdsHold {
     }
 
     /// The tick change needed now, if any: the tick is wanted exactly while
-    /// a request is held. The caller makes it and reports it with
-    /// [`EdsHold::ticked`] (a change the host refused is asked again).
+    /// a request is held, at [`HOLD_TICK_MS`] until wake-ups arrive or while
+    /// a backlog is left, else at [`WOKEN_TICK_MS`]. The caller makes it and
+    /// reports it with [`EdsHold::ticked`] (a change the host refused is
+    /// asked again).
     pub fn tick_change(&self) -> Option<Tick> {
-        match (self.is_empty(), self.ticking) {
-            (false, false) => Some(Tick::Arm),
-            (true, true) => Some(Tick::Stop),
-            _ => None,
+        let want = match (self.is_empty(), self.woken && self.backlog.is_empty()) {
+            (true, _) => 0,
+            (false, true) => WOKEN_TICK_MS,
+            (false, false) => HOLD_TICK_MS,
+        };
+        if want == self.tick_ms {
+            return None;
         }
+        Some(if want == 0 { Tick::Stop } else { Tick::Every(want) })
     }
 
     /// The host made `change`.
     pub fn ticked(&mut self, change: Tick) {
-        self.ticking = change == Tick::Arm;
+        self.tick_ms = match change {
+            Tick::Every(ms) => ms,
+            Tick::Stop => 0,
+        };
+    }
+
+    /// A wake-up from the poller arrived: from now on the tick only ends
+    /// holds and drains backlogs ([`EdsHold::tick_change`]).
+    pub fn woken(&mut self) {
+        self.woken = true;
+    }
+
+    pub fn is_woken(&self) -> bool {
+        self.woken
+    }
+
+    /// Whether the host's tick runs (at whatever period).
+    pub fn is_ticking(&self) -> bool {
+        self.tick_ms != 0
     }
 
     /// The held requests to answer now, at most [`MAX_ANSWERS_PER_CALL`]:
@@ -202,10 +246,10 @@ mod tests {
         hold.ticked(Tick::Stop);
         assert_eq!(hold.tick_change(), None);
         hold.hold(1, request(&["web"], ""), 100);
-        assert_eq!(hold.tick_change(), Some(Tick::Arm), "a held request needs the tick");
+        assert_eq!(hold.tick_change(), Some(Tick::Every(HOLD_TICK_MS)), "a held request needs the tick");
         // The host refused: asked again.
-        assert_eq!(hold.tick_change(), Some(Tick::Arm));
-        hold.ticked(Tick::Arm);
+        assert_eq!(hold.tick_change(), Some(Tick::Every(HOLD_TICK_MS)));
+        hold.ticked(Tick::Every(HOLD_TICK_MS));
         hold.hold(2, request(&["web"], ""), 200);
         assert_eq!(hold.tick_change(), None, "armed once, however many are held");
         assert_eq!(hold.take_due(&store, 100).len(), 1);
@@ -214,8 +258,8 @@ mod tests {
         assert_eq!(hold.tick_change(), Some(Tick::Stop), "the last stream went away");
         hold.ticked(Tick::Stop);
         hold.hold(3, request(&["web"], ""), 300);
-        assert_eq!(hold.tick_change(), Some(Tick::Arm));
-        hold.ticked(Tick::Arm);
+        assert_eq!(hold.tick_change(), Some(Tick::Every(HOLD_TICK_MS)));
+        hold.ticked(Tick::Every(HOLD_TICK_MS));
         assert_eq!(hold.take_due(&store, 300).len(), 1);
         assert_eq!(hold.tick_change(), Some(Tick::Stop), "the last hold ran out");
     }
@@ -284,6 +328,35 @@ mod tests {
         want.push(500);
         assert_eq!(next, want, "the left-over first, then the newly due");
         assert!(hold.is_empty());
+    }
+
+    #[test]
+    fn once_woken_the_tick_only_ends_holds_unless_a_backlog_is_left() {
+        let mut store = MemoryStore::new(StoreRules::Envoy);
+        publish(&mut store, "web", "10.0.0.1:80");
+        let mut hold = EdsHold::default();
+        let tick = |hold: &mut EdsHold| {
+            let change = hold.tick_change();
+            if let Some(c) = change {
+                hold.ticked(c);
+            }
+            change
+        };
+        for i in 0..(MAX_ANSWERS_PER_CALL as u32 + 1) {
+            hold.hold(i, request(&["web"], "1"), 30_000);
+        }
+        assert_eq!(tick(&mut hold), None, "not woken: the fast tick checks the held requests");
+        hold.woken();
+        assert_eq!(tick(&mut hold), Some(Tick::Every(WOKEN_TICK_MS)), "woken: the tick only ends holds");
+        assert!(hold.take_due(&store, 10).is_empty());
+        publish(&mut store, "web", "10.0.0.2:80");
+        assert_eq!(hold.take_due(&store, 20).len(), MAX_ANSWERS_PER_CALL, "a wake-up answers a tick's worth");
+        assert_eq!(tick(&mut hold), Some(Tick::Every(HOLD_TICK_MS)), "the backlog is drained at the fast tick");
+        assert_eq!(hold.take_due(&store, 30).len(), 1);
+        assert_eq!(tick(&mut hold), Some(Tick::Stop), "nothing held");
+        hold.hold(100, request(&["web"], "2"), 30_000);
+        assert_eq!(tick(&mut hold), Some(Tick::Every(WOKEN_TICK_MS)));
+        assert!(hold.is_ticking());
     }
 
     /// Counts reads.

@@ -50,6 +50,12 @@ pub fn discovered_key(entry: usize) -> String {
     format!("{KEY_NAMESPACE}/discovered/{entry}")
 }
 
+/// Envoy: the shared queues of the workers holding EDS requests, which the
+/// poller wakes when it publishes.
+pub fn wake_queues_key() -> String {
+    format!("{KEY_NAMESPACE}/wake")
+}
+
 /// Every upstream found by `discover[]`, for the CDS endpoint (Envoy).
 pub fn cds_key() -> String {
     format!("{KEY_NAMESPACE}/cds")

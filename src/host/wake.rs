@@ -17,8 +17,10 @@ use crate::sansio::shared::keys::wake_queues_key;
 use crate::sansio::shared::names;
 use std::collections::HashMap;
 
-/// Names kept in the list: a few configuration reloads of a many-worker Envoy.
-const MAX_WAKE_QUEUES: usize = 64;
+/// Names kept in the list: the workers of a 64-core Envoy through a few
+/// configuration reloads (a worker whose name fell off is still answered
+/// from its tick, within `WOKEN_TICK_MS`).
+const MAX_WAKE_QUEUES: usize = 256;
 
 /// Registers this worker's queue (from its root context) and lists it.
 pub fn register(identity: u64) -> Option<u32> {

@@ -42,9 +42,10 @@ use std::collections::VecDeque;
 pub const MAX_ANSWERS_PER_CALL: usize = 64;
 
 /// The tick while requests are held and the poller's wake-ups answer
-/// them: it only ends holds that ran out, up to this late (holds last
-/// minutes).
-pub const WOKEN_TICK_MS: u64 = 1_000;
+/// them: it ends holds that ran out, and answers within this long what a
+/// lost wake-up left (a worker whose queue fell off the poller's list).
+/// A tenth of the ticks of [`HOLD_TICK_MS`]: each costs a worker ~25 µs.
+pub const WOKEN_TICK_MS: u64 = 100;
 
 /// A held EDS request.
 #[derive(Debug, Clone, PartialEq, Eq)]

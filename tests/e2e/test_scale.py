@@ -212,7 +212,7 @@ def test_a_change_to_every_upstream_at_once_reaches_envoy(wasm, tmp_path, nofile
     # HTTP/2 connection: answered a bounded number per tick, and the EDS
     # server keeps serving. How many come due in one tick varies with
     # timing: the module before that bound failed a run like this one (this
-    # module's stack at 1,000 x 2, the change right after test 1) in 3 of 5
+    # module's stack at 1,000 x 2, the change right after test 1) in 5 of 7
     # tries, with V8's "Maximum call stack size exceeded" in
     # proxy_on_response_headers, the worker's EDS VM lost and 464 upstreams
     # never changed, but passed this test as written 3 times out of 3:

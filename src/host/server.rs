@@ -35,13 +35,7 @@ pub fn on_queue_ready(root_id: u32, queue_id: u32) {
         return;
     }
     super::wake::drain(queue_id);
-    let first = HELD.with(|h| {
-        let mut held = h.borrow_mut();
-        let first = !held.is_woken();
-        held.woken();
-        first
-    });
-    if first {
+    if HELD.with(|h| h.borrow_mut().woken()) {
         log::info!("EDS: the poller's wake-ups reach this worker: held requests are answered from them");
     }
     answer_held(root_id);

@@ -54,18 +54,24 @@ pub fn drain(id: u32) {
     }
 }
 
-/// The poller's side: the queues resolved so far, by name.
+/// The poller's side: the listed queues (re-read only when the list's
+/// entry was written since) and those resolved so far, by name.
 #[derive(Default)]
 pub struct Waker {
     vm_id: Option<String>,
+    listed_cas: Option<u32>,
+    listed: Vec<String>,
     queues: HashMap<String, u32>,
 }
 
 impl Waker {
     /// One message in every listed queue.
     pub fn wake(&mut self) {
-        let listed = names::read(&HostStore, &wake_queues_key()).ok().flatten().unwrap_or_default();
-        if listed.is_empty() {
+        if let Ok(Some(listed)) = names::read_changed(&HostStore, &wake_queues_key(), &mut self.listed_cas) {
+            self.queues.retain(|name, _| listed.contains(name));
+            self.listed = listed;
+        }
+        if self.listed.is_empty() {
             return;
         }
         let vm_id = self.vm_id.get_or_insert_with(|| {
@@ -75,11 +81,10 @@ impl Waker {
                 .and_then(|b| String::from_utf8(b).ok())
                 .unwrap_or_default()
         });
-        self.queues.retain(|name, _| listed.contains(name));
-        for name in listed {
-            let id = match self.queues.get(&name) {
+        for name in &self.listed {
+            let id = match self.queues.get(name) {
                 Some(id) => *id,
-                None => match abi::resolve_shared_queue(vm_id, &name) {
+                None => match abi::resolve_shared_queue(vm_id, name) {
                     Ok(Some(id)) => {
                         self.queues.insert(name.clone(), id);
                         id
@@ -90,7 +95,7 @@ impl Waker {
             // At most one message waits in a queue nobody drains.
             let _ = abi::dequeue_shared_queue(id);
             if abi::enqueue_shared_queue(id, b"1").is_err() {
-                self.queues.remove(&name);
+                self.queues.remove(name);
             }
         }
     }

@@ -143,13 +143,10 @@ impl EdsHold {
     }
 
     /// A wake-up from the poller arrived: from now on the tick only ends
-    /// holds and drains backlogs ([`EdsHold::tick_change`]).
-    pub fn woken(&mut self) {
-        self.woken = true;
-    }
-
-    pub fn is_woken(&self) -> bool {
-        self.woken
+    /// holds and drains backlogs ([`EdsHold::tick_change`]). `true` for the
+    /// first one.
+    pub fn woken(&mut self) -> bool {
+        !std::mem::replace(&mut self.woken, true)
     }
 
     /// Whether the host's tick runs (at whatever period).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import http.client
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,13 @@ class Stack:
             s = self.sample(n, headers)
             return s if pred(s) else None
 
-        return harness.wait_until(check, 15, 0.05, what)
+        got = harness.wait_until(check, 15, 0.05, what)
+        # A sample runs on one connection, so on one of Envoy's two workers.
+        # The other worker's picker refreshes from the snapshot on its own
+        # tick (POLL_TICK_MS = 50 ms), so it may still be one tick behind:
+        # give it three ticks before a caller samples on a new connection.
+        time.sleep(0.15)
+        return got
 
 
 @pytest.fixture(scope="module")

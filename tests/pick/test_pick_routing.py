@@ -67,8 +67,9 @@ class Stack:
         # A sample runs on one connection, so on one of Envoy's two workers.
         # The other worker's picker refreshes from the snapshot on its own
         # tick (POLL_TICK_MS = 50 ms), so it may still be one tick behind:
-        # give it three ticks before a caller samples on a new connection.
-        time.sleep(0.15)
+        # give it six ticks (a loaded CI machine delays ticks) before a caller
+        # samples on a new connection.
+        time.sleep(0.3)
         return got
 
 
